@@ -1,0 +1,1 @@
+"""FINN+ hardware flow for the tree; built in issue #5."""

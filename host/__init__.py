@@ -1,0 +1,1 @@
+"""PYNQ host driver (numpy and pynq only, never torch); built in issue #6."""

@@ -1,0 +1,1 @@
+"""Sigma-Branch: dense backbones, the tree, conversion, fine-tuning and accounting."""

@@ -1,0 +1,115 @@
+"""Run configurations: YAML or JSON files loaded into typed dataclasses.
+
+Unknown keys are an error (a typo must not silently fall back to a default).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str | None = None
+    augment: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "edge_cnn"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd (Nesterov momentum) or adam
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine (with linear warm-up) or step
+    warmup_epochs: int = 0
+    step_size: int = 20  # step schedule: decay every step_size epochs
+    gamma: float = 0.7  # step schedule: decay factor
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; the file format of ``configs/*.yaml``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 30
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    seed: int = 0
+    num_workers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # stage-specific settings (tree, quant, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    kwargs = {}
+    for key, value in values.items():
+        sub = known[key].default_factory if known[key].default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[key] = _build(sub, value or {}, f"{where}.{key}")
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
+    return _build(TrainConfig, values, where)
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Load a YAML (``.yaml``/``.yml``) or JSON config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from err
+    return config_from_dict(values or {}, where=str(path))
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML scalars), e.g. ``epochs=2``."""
+    values = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=0.05)")
+        dotted, raw = item.split("=", 1)
+        node = values
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = node[part]
+        node[leaf] = yaml.safe_load(raw)
+    return config_from_dict(values, where="config (with overrides)")

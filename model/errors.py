@@ -1,0 +1,6 @@
+"""The error types that mean "bad input" (the CLI prints them as one line, exit code 2)."""
+from .checkpoint import CheckpointError
+from .config import ConfigError
+from .data import DatasetError
+
+USER_ERRORS: tuple[type[Exception], ...] = (CheckpointError, ConfigError, DatasetError, FileNotFoundError)

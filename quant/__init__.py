@@ -1,0 +1,1 @@
+"""Quantization-aware fine-tuning of the tree (Brevitas) and QONNX export; built in issue #4."""

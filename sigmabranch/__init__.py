@@ -1,0 +1,1 @@
+"""The `sigmabranch` command line."""

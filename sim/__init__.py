@@ -1,0 +1,1 @@
+"""cocotb + Verilator testbenches; built in issue #5."""
