@@ -1,0 +1,187 @@
+"""The Sigma-Branch tree: a shared backbone, binary routers, specialisers and leaf heads.
+
+Layout (state-dict names):
+- ``backbone``: copies of the dense model's early stages, run for every input.
+- ``routers[l][n]``: node ``n`` of level ``l`` (``2**l`` nodes): router projection (average
+  pool -> linear -> LayerNorm -> dropout) and a binary router (linear; softmax outside).
+- ``specialisers[l][b]``: branch ``b`` of level ``l`` (``2**(l+1)`` branches); the children of
+  node ``n`` are branches ``2n`` and ``2n+1``, and branch ``b`` is node ``b`` of level ``l+1``.
+- ``heads[leaf]``: one classifier per leaf (``2**depth`` leaves).
+
+Training mode evaluates every leaf (soft routing, :meth:`forward_soft`); eval mode runs one
+root-to-leaf path per input (hard top-1, :meth:`forward_hard`): inputs are grouped by branch
+and each chosen branch runs once on its group; unchosen branches never run. A tie between the
+two router logits goes to branch 0 (the first index, as ``argmax`` does).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .accounting import count_macs, count_params
+
+Features = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def pool_features(h: Features) -> torch.Tensor:
+    """The router's average pool: (B,C,H,W) and (B,C,S) -> (B,C); PointNet's (xyz, points) pools points."""
+    if isinstance(h, tuple):
+        h = h[-1]
+    if h.dim() == 4:
+        return h.mean((2, 3))
+    if h.dim() == 3:
+        return h.mean(2)
+    return h
+
+
+def take_rows(h: Features, rows: torch.Tensor) -> Features:
+    if isinstance(h, tuple):
+        return tuple(t.index_select(0, rows) for t in h)
+    return h.index_select(0, rows)
+
+
+def batch_size(h: Features) -> int:
+    return (h[0] if isinstance(h, tuple) else h).shape[0]
+
+
+class RouterNode(nn.Module):
+    """Router projection and binary router of one tree node.
+
+    Args:
+        in_features: channels of the feature the node routes.
+        proj_dim: latent size of the projection (the paper's 128).
+        dropout: dropout on the latent during training.
+    """
+
+    def __init__(self, in_features: int, proj_dim: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.proj = nn.Linear(in_features, proj_dim)
+        self.norm = nn.LayerNorm(proj_dim)
+        self.drop = nn.Dropout(dropout)
+        self.router = nn.Linear(proj_dim, 2)
+
+    def latent(self, h: Features) -> torch.Tensor:
+        return self.drop(self.norm(self.proj(pool_features(h))))
+
+    def forward(self, h: Features) -> torch.Tensor:
+        """Router logits (B, 2); the routing distribution is their softmax."""
+        return self.router(self.latent(h))
+
+
+class SigmaBranchTree(nn.Module):
+    """A hierarchical binary tree built from a dense model (see the module docstring).
+
+    Args:
+        backbone: the shared stages.
+        routers: per level, its ``2**l`` router nodes.
+        specialisers: per level, its ``2**(l+1)`` branch modules.
+        heads: the ``2**depth`` leaf classifiers.
+        spec: how the tree was cut from its dense model (stored in checkpoints, see convert.py).
+    """
+
+    def __init__(self, backbone: nn.Module, routers: list[list[RouterNode]], specialisers: list[list[nn.Module]],
+                 heads: list[nn.Module], spec: dict[str, Any] | None = None):
+        super().__init__()
+        depth = len(routers)
+        if len(specialisers) != depth or len(heads) != 2 ** depth:
+            raise ValueError(f"a depth-{depth} tree needs {depth} specialiser levels and {2 ** depth} heads")
+        for level in range(depth):
+            if len(routers[level]) != 2 ** level or len(specialisers[level]) != 2 ** (level + 1):
+                raise ValueError(f"level {level} needs {2 ** level} routers and {2 ** (level + 1)} specialisers")
+        self.backbone = backbone
+        self.routers = nn.ModuleList(nn.ModuleList(level) for level in routers)
+        self.specialisers = nn.ModuleList(nn.ModuleList(level) for level in specialisers)
+        self.heads = nn.ModuleList(heads)
+        self.depth = depth
+        self.spec = dict(spec or {})
+        self.last_leaves: torch.Tensor | None = None
+
+    @property
+    def num_leaves(self) -> int:
+        return 2 ** self.depth
+
+    # ------------------------------------------------------------------ soft routing (training)
+    def forward_soft(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every leaf: ``(leaf_logits (B, L, C), leaf_log_probs (B, L))``, leaves in branch order.
+
+        The leaf probability is the product of the per-level router probabilities on its path.
+        """
+        feats: list[Features] = [self.backbone(x)]
+        log_probs = [torch.zeros(batch_size(feats[0]), device=x.device)]
+        for level in range(self.depth):
+            next_feats, next_log_probs = [], []
+            for node, (h, lp) in enumerate(zip(feats, log_probs)):
+                route = F.log_softmax(self.routers[level][node](h).float(), dim=1)
+                for child in (0, 1):
+                    next_feats.append(self.specialisers[level][2 * node + child](h))
+                    next_log_probs.append(lp + route[:, child])
+            feats, log_probs = next_feats, next_log_probs
+        leaf_logits = torch.stack([head(h) for head, h in zip(self.heads, feats)], dim=1)
+        return leaf_logits, torch.stack(log_probs, dim=1)
+
+    def soft_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The routing-weighted combination of leaf logits."""
+        leaf_logits, leaf_log_probs = self.forward_soft(x)
+        return (leaf_log_probs.exp().unsqueeze(-1) * leaf_logits).sum(1)
+
+    # ------------------------------------------------------------------ hard routing (inference)
+    def forward_hard(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One root-to-leaf path per input: ``(logits (B, C), leaf index (B,))``."""
+        h = self.backbone(x)
+        n = batch_size(h)
+        rows = torch.arange(n, device=x.device)
+        logits: list[tuple[torch.Tensor, torch.Tensor]] = []
+        leaves = torch.empty(n, dtype=torch.long, device=x.device)
+        self._route(h, 0, 0, rows, logits, leaves)
+        out = torch.empty(n, logits[0][1].shape[1], dtype=logits[0][1].dtype, device=x.device)
+        for group_rows, group_logits in logits:
+            out[group_rows] = group_logits
+        self.last_leaves = leaves
+        return out, leaves
+
+    def _route(self, h: Features, level: int, node: int, rows: torch.Tensor, logits: list, leaves: torch.Tensor) -> None:
+        if level == self.depth:
+            logits.append((rows, self.heads[node](h)))
+            leaves[rows] = node
+            return
+        choice = self.routers[level][node](h).argmax(dim=1)  # ties -> branch 0
+        for child in (0, 1):
+            picked = (choice == child).nonzero().flatten()
+            if len(picked) == 0:
+                continue  # this branch is not chosen by anyone in the batch: never run it
+            branch = 2 * node + child
+            sub = h if len(picked) == len(rows) else take_rows(h, picked)
+            self._route(self.specialisers[level][branch](sub), level + 1, branch, rows[picked], logits, leaves)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training: soft routing (weighted leaf logits). Eval: hard top-1 single path."""
+        return self.soft_logits(x) if self.training else self.forward_hard(x)[0]
+
+    # ------------------------------------------------------------------ accounting
+    def path_modules(self, leaf: int = 0) -> list[nn.Module]:
+        """The modules one input runs on its way to ``leaf`` (Eq. 4's active set)."""
+        modules: list[nn.Module] = [self.backbone]
+        for level in range(self.depth):
+            branch = leaf >> (self.depth - level - 1)
+            modules += [self.routers[level][branch >> 1], self.specialisers[level][branch]]
+        return modules + [self.heads[leaf]]
+
+    def active_params(self) -> int:
+        """Parameters on one root-to-leaf path (backbone, routers, specialisers, head)."""
+        counts = {sum(count_params(m) for m in self.path_modules(leaf)) for leaf in range(self.num_leaves)}
+        if len(counts) != 1:  # all branches of a level have the same shape by construction
+            raise AssertionError(f"paths differ in parameter count: {sorted(counts)}")
+        return counts.pop()
+
+    def path_macs(self, input_shape: tuple[int, ...]) -> int:
+        """MACs of one hard-routed inference at batch 1 (fvcore convention, routers included)."""
+        was_training = self.training
+        self.eval()
+        x = torch.zeros(1, *input_shape)
+        try:
+            return count_macs(lambda: self.forward_hard(x), self)
+        finally:
+            self.train(was_training)
