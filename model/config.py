@@ -47,6 +47,25 @@ class OptimConfig:
 
 
 @dataclass
+class TreeConfig:
+    """Conversion (Section III-C) and fine-tuning loss (III-D) settings.
+
+    The paper's copy lost the values of tau and N; the defaults here are our choices.
+    """
+
+    depth: int = 2
+    alpha: float = 0.5  # fraction of each specialiser's channels shared by both branches
+    width_factors: list[float] | None = None  # per level; None = the architecture's default
+    proj_dim: int = 128
+    dropout: float = 0.1
+    max_samples: int = 2048  # N: training samples forwarded for k-means and activation statistics
+    kmeans_iters: int = 50
+    init: str = "activation"  # or "random" (random channel partition, Section V-E ablation)
+    resp_lambda: float = 0.3  # weight of the responsibility loss (0 = the Section V-E ablation)
+    resp_tau: float = 1.0  # temperature of the soft-min responsibility target
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs; the file format of ``configs/*.yaml``."""
 
@@ -58,7 +77,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     seed: int = 0
     num_workers: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)  # stage-specific settings (tree, quant, ...)
+    tree: TreeConfig = field(default_factory=TreeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,8 +13,9 @@ from .train import evaluate_classifier, fit, make_loader, write_json
 from .distributed import is_main_process, local_device
 
 
-def dataset_for(cfg: TrainConfig):
-    return build_dataset(cfg.data.name, cfg.data.root, seed=cfg.seed, augment=cfg.data.augment, **cfg.data.options)
+def dataset_for(cfg: TrainConfig, augment: bool | None = None):
+    augment = cfg.data.augment if augment is None else augment
+    return build_dataset(cfg.data.name, cfg.data.root, seed=cfg.seed, augment=augment, **cfg.data.options)
 
 
 def model_args_for(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, ...]) -> dict[str, Any]:

@@ -105,9 +105,12 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax_loss.plot(epochs, [h["test_loss"] for h in history], label="test")
+    if all("test_loss" in h for h in history):
+        ax_loss.plot(epochs, [h["test_loss"] for h in history], label="test")
     ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("loss"), ax_loss.legend()
     ax_acc.plot(epochs, [h["test_top1"] for h in history], label="test top-1")
+    if all("test_top1_soft" in h for h in history):
+        ax_acc.plot(epochs, [h["test_top1_soft"] for h in history], label="test top-1 (soft routing)")
     ax_acc.set_xlabel("epoch"), ax_acc.set_ylabel("top-1 (%)"), ax_acc.legend()
     fig.suptitle(title)
     fig.tight_layout()

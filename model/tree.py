@@ -156,9 +156,22 @@ class SigmaBranchTree(nn.Module):
             sub = h if len(picked) == len(rows) else take_rows(h, picked)
             self._route(self.specialisers[level][branch](sub), level + 1, branch, rows[picked], logits, leaves)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Training: soft routing (weighted leaf logits). Eval: hard top-1 single path."""
-        return self.soft_logits(x) if self.training else self.forward_hard(x)[0]
+    def forward(self, x: torch.Tensor, mode: str | None = None):
+        """Training: soft routing (weighted leaf logits). Eval: hard top-1 single path.
+
+        ``mode`` picks explicitly (and passes through a DistributedDataParallel wrapper):
+        ``"leaves"`` -> :meth:`forward_soft`, ``"soft"`` -> :meth:`soft_logits`,
+        ``"hard"`` -> :meth:`forward_hard`.
+        """
+        if mode == "leaves":
+            return self.forward_soft(x)
+        if mode == "hard":
+            return self.forward_hard(x)
+        if mode == "soft" or (mode is None and self.training):
+            return self.soft_logits(x)
+        if mode is None:
+            return self.forward_hard(x)[0]
+        raise ValueError(f"mode must be None, 'leaves', 'soft' or 'hard', got {mode!r}")
 
     # ------------------------------------------------------------------ accounting
     def path_modules(self, leaf: int = 0) -> list[nn.Module]:
