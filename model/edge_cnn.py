@@ -55,6 +55,7 @@ class EdgeCNN(nn.Module):
         self.num_features = prev
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(prev, num_classes)
+        self.default_input_shape = (in_chans, 8, 8)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.stage_names:

@@ -1,6 +1,7 @@
 """The error types that mean "bad input" (the CLI prints them as one line, exit code 2)."""
 from .checkpoint import CheckpointError
 from .config import ConfigError
+from .convert import ConversionError
 from .data import DatasetError
 
-USER_ERRORS: tuple[type[Exception], ...] = (CheckpointError, ConfigError, DatasetError, FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (CheckpointError, ConfigError, ConversionError, DatasetError, FileNotFoundError)

@@ -355,6 +355,7 @@ class PointNet2SSG(nn.Module):
         self.bn2 = nn.BatchNorm1d(fc_dims[1])
         self.drop2 = nn.Dropout(dropout)
         self.fc3 = nn.Linear(fc_dims[1], num_classes)
+        self.default_input_shape = (1024, in_chans)
 
     def forward_backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``(B, N, in_chans)`` -> SA2 output ``(xyz (B, 3, S2), points (B, D2, S2))``."""
@@ -408,4 +409,6 @@ def pointnet2_ssg_small(num_classes: int = 10, in_chans: int = 3, **kwargs) -> P
         fc_dims=(128, 64),
     )
     cfg.update(kwargs)
-    return PointNet2SSG(num_classes=num_classes, in_chans=in_chans, **cfg)
+    model = PointNet2SSG(num_classes=num_classes, in_chans=in_chans, **cfg)
+    model.default_input_shape = (256, in_chans)
+    return model

@@ -175,8 +175,10 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _resnet(block, layers, widths=(64, 128, 256, 512), **kwargs) -> ResNet:
-    return ResNet(block, layers, widths, **kwargs)
+def _resnet(block, layers, widths=(64, 128, 256, 512), input_size: int = 224, **kwargs) -> ResNet:
+    model = ResNet(block, layers, widths, **kwargs)
+    model.default_input_shape = (kwargs.get("in_chans", 3), input_size, input_size)
+    return model
 
 
 @register_model
@@ -188,18 +190,18 @@ def resnet50_imagenet(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> R
 @register_model
 def resnet50_cifar(num_classes: int = 100, in_chans: int = 3, **kwargs) -> ResNet:
     """ResNet-50 with a 3x3 stride-1 stem and no max-pool, for 32x32 inputs."""
-    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, in_chans=in_chans, stem="cifar", **kwargs)
+    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes, in_chans=in_chans, stem="cifar", input_size=32, **kwargs)
 
 
 @register_model
 def resnet20(num_classes: int = 10, in_chans: int = 3, **kwargs) -> ResNet:
     """He et al.'s CIFAR ResNet-20: 3 stages of 3 basic blocks, 16/32/64 channels."""
     return _resnet(BasicBlock, [3, 3, 3], (16, 32, 64), num_classes=num_classes, in_chans=in_chans,
-                   stem="cifar", stem_width=16, **kwargs)
+                   stem="cifar", stem_width=16, input_size=32, **kwargs)
 
 
 @register_model
 def resnet8(num_classes: int = 10, in_chans: int = 1, **kwargs) -> ResNet:
     """The smallest CIFAR-style ResNet (one basic block a stage); the small residual net for digits."""
     return _resnet(BasicBlock, [1, 1, 1], (16, 32, 64), num_classes=num_classes, in_chans=in_chans,
-                   stem="cifar", stem_width=16, **kwargs)
+                   stem="cifar", stem_width=16, input_size=8, **kwargs)

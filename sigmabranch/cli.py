@@ -13,8 +13,11 @@ DESCRIPTION = """\
 Take a pretrained dense network to an FPGA as a Sigma-Branch tree.
 
 Stages (each reads and writes files you can inspect):
-  train      train a dense model from a YAML/JSON config
-  evaluate   Top-1/Top-5, params and MACs of a checkpoint
+  train      train a dense model from a YAML/JSON config          -> checkpoint.pt
+  convert    dense checkpoint -> initialised Sigma-Branch tree    -> tree.pt, partition.png
+  finetune   soft-routing fine-tuning of a tree                   -> checkpoint.pt
+  evaluate   Top-1/Top-5, params, MACs, leaf usage of a checkpoint (dense or tree)
+  summary    dense vs default tree accounting of a registered model, no data needed
   models     list the registered models
   demo       the main job on the embedded digits data (what `make run` calls)
 
@@ -29,6 +32,14 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: auto)")
 
 
+def tree_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--init", choices=["activation", "random"], help="channel partition (random = ablation)")
+    p.add_argument("--lambda", dest="resp_lambda", type=float, help="responsibility-loss weight (0 = ablation)")
+    p.add_argument("--alpha", type=float, help="shared-channel fraction of each specialiser")
+    p.add_argument("--depth", type=int, help="tree levels (leaves = 2**depth)")
+    p.add_argument("--max-samples", dest="max_samples", type=int, help="training samples used for k-means")
+
+
 def _load_cfg(args):
     from model.config import apply_overrides, load_config
     return apply_overrides(load_config(args.config), args.overrides)
@@ -41,10 +52,60 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _tree_overrides(args) -> list[str]:
+    extra = []
+    for flag, key in (("init", "tree.init"), ("resp_lambda", "tree.resp_lambda"), ("alpha", "tree.alpha"),
+                      ("depth", "tree.depth"), ("max_samples", "tree.max_samples")):
+        if getattr(args, flag, None) is not None:
+            extra.append(f"{key}={getattr(args, flag)}")
+    return extra
+
+
+def cmd_convert(args) -> int:
+    from model.config import apply_overrides
+    from model.convert import run_convert
+    cfg = apply_overrides(_load_cfg(args), _tree_overrides(args))
+    report = run_convert(args.dense, cfg, args.out)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from model.config import apply_overrides
+    from model.finetune import run_finetune
+    cfg = apply_overrides(_load_cfg(args), _tree_overrides(args))
+    print(json.dumps(run_finetune(args.tree, cfg, args.out, device=args.device, resume=args.resume), indent=2))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
-    from model.dense import evaluate_dense
+    from model.checkpoint import load_checkpoint
     cfg = _load_cfg(args) if args.config else None
-    print(json.dumps(evaluate_dense(args.checkpoint, cfg, device=args.device), indent=2))
+    kind = load_checkpoint(args.checkpoint).get("kind")
+    if kind == "tree":
+        from model.tree_report import evaluate_tree_checkpoint
+        result = evaluate_tree_checkpoint(args.checkpoint, cfg, device=args.device, out_dir=args.out,
+                                          dense_checkpoint=args.dense)
+        result.pop("class_leaf_counts")
+    else:
+        from model.dense import evaluate_dense
+        result = evaluate_dense(args.checkpoint, cfg, device=args.device)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from model.tree_report import summarize
+    result = summarize(args.model, args.num_classes, depth=args.depth, input_shape=args.input_shape)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['model']} ({result['num_classes']} classes, input {tuple(result['input_shape'])}), "
+              f"depth {result['depth']}, levels {result['level_names']} at widths {result['widths']}")
+        print(f"  params   dense {result['dense_params'] / 1e6:8.3f}M   tree total {result['total_params'] / 1e6:8.3f}M"
+              f"   active {result['active_params'] / 1e6:8.3f}M ({result['active_reduction_pct']:.1f}% fewer)")
+        print(f"  MACs     dense {result['dense_macs'] / 1e9:8.3f}G   hard path  {result['path_macs'] / 1e9:8.3f}G"
+              f"   ({result['mac_ratio']:.3f}x)")
     return 0
 
 
@@ -61,7 +122,8 @@ def cmd_models(args) -> int:
 
 def cmd_demo(args) -> int:
     from sigmabranch.pipeline import run_demo
-    metrics = run_demo(args.out, config=args.config, quick=args.quick, device=args.device)
+    metrics = run_demo(args.out, config=args.config, tree_config=args.tree_config, quick=args.quick,
+                       device=args.device, tree_overrides=_tree_overrides(args))
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -80,13 +142,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="continue from this checkpoint.pt")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a dense checkpoint",
-                       description="Top-1/Top-5 (%%), params and MACs (fvcore convention, batch 1) of a checkpoint.")
-    p.add_argument("checkpoint", help="checkpoint.pt written by `sigmabranch train`")
+    p = sub.add_parser("convert", help="dense checkpoint -> initialised tree",
+                       description="Phases 0-5 of Sigma-Branch (Section III-C): spherical k-means routers and "
+                                   "activation-based channel partition. Writes tree.pt, conversion.json and "
+                                   "partition.png (per-channel activation, cluster 0 vs 1).")
+    _add_config_args(p)
+    p.add_argument("--dense", required=True, help="dense checkpoint.pt (from `sigmabranch train`)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    tree_flags(p)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("finetune", help="soft-routing fine-tuning of a tree",
+                       description="Specialist loss + lambda * responsibility loss (Section III-D), every leaf "
+                                   "evaluated; evaluation uses hard top-1 routing. Resumable; DDP under torchrun.")
+    _add_config_args(p)
+    p.add_argument("--tree", required=True, help="tree.pt from `sigmabranch convert` (or a fine-tuned checkpoint)")
+    p.add_argument("--out", required=True, type=Path, help="output run directory")
+    p.add_argument("--resume", help="continue from this checkpoint.pt")
+    tree_flags(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="evaluate a dense or tree checkpoint",
+                       description="Dense: Top-1/Top-5 (%%), params, MACs (fvcore convention, batch 1). Tree: hard "
+                                   "and soft Top-1, Top-5, total/active params, path MACs, leaf usage, balance and "
+                                   "a per-class leaf heatmap PNG.")
+    p.add_argument("checkpoint", help="checkpoint.pt / tree.pt")
     p.add_argument("--config", help="evaluate on this config's data (default: the config stored in the checkpoint)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dense", help="(tree) also evaluate this dense checkpoint and report the active-param cut")
+    p.add_argument("--out", type=Path, help="(tree) where to write leaf_heatmap.png (default: beside the checkpoint)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("summary", help="dense vs tree accounting of a registered model",
+                       description="Build a dense model and its default tree without data and print params, "
+                                   "active params along a hard path, and MACs (dense and path, batch 1).")
+    p.add_argument("--model", required=True, help="registered model (see `sigmabranch models`)")
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--depth", type=int, default=2, help="tree levels (default 2: 4 leaves)")
+    p.add_argument("--input-shape", type=int, nargs="+", help="one input's shape (default: the model's own)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("models", help="list registered models", description="List the registered models.")
     p.add_argument("--params", action="store_true", help="also print each model's parameter count")
@@ -97,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "writing runs/demo/metrics.json and plots.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default: runs/demo)")
     p.add_argument("--config", default=None, help="dense config (default: configs/demo_edge_digits.yaml)")
+    p.add_argument("--tree-config", default=None, help="tree config (default: configs/demo_tree_digits.yaml)")
     p.add_argument("--quick", action="store_true", help="a few epochs only (smoke test)")
+    tree_flags(p)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
     return parser

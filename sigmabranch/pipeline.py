@@ -1,4 +1,9 @@
-"""The main job (`make run`): the whole flow on the embedded digits data."""
+"""The main job (`make run`): the whole flow on the embedded digits data.
+
+dense training -> conversion -> soft-routing fine-tuning -> hard-routed evaluation, writing
+``runs/demo/metrics.json`` and the plots. Every stage also writes its own folder, so each
+step's files can be inspected (and re-run by hand with the same CLI subcommand).
+"""
 from __future__ import annotations
 
 import time
@@ -9,20 +14,49 @@ from model.config import apply_overrides, load_config
 from model.train import write_json
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO / "configs" / "demo_edge_digits.yaml"
+DEFAULT_DENSE_CONFIG = REPO / "configs" / "demo_edge_digits.yaml"
+DEFAULT_TREE_CONFIG = REPO / "configs" / "demo_tree_digits.yaml"
 
 
-def run_demo(out: str | Path = "runs/demo", config: str | Path | None = None, quick: bool = False,
-             device: str = "auto") -> dict[str, Any]:
-    """Dense training on digits; writes ``<out>/dense/`` and ``<out>/metrics.json``."""
+def run_demo(out: str | Path = "runs/demo", config: str | Path | None = None, tree_config: str | Path | None = None,
+             quick: bool = False, device: str = "auto", tree_overrides: list[str] | None = None) -> dict[str, Any]:
+    """Dense -> tree on digits; ``quick`` trains a few epochs only (smoke test)."""
+    from model.convert import run_convert
     from model.dense import train_dense
+    from model.finetune import run_finetune
+    from model.tree_report import evaluate_tree_checkpoint
 
     out = Path(out)
-    cfg = load_config(config or DEFAULT_CONFIG)
+    dense_cfg = load_config(config or DEFAULT_DENSE_CONFIG)
+    tree_cfg = apply_overrides(load_config(tree_config or DEFAULT_TREE_CONFIG), tree_overrides or [])
     if quick:
-        cfg = apply_overrides(cfg, ["epochs=2"])
+        dense_cfg = apply_overrides(dense_cfg, ["epochs=2"])
+        tree_cfg = apply_overrides(tree_cfg, ["epochs=1"])
+    seconds: dict[str, float] = {}
+
     t0 = time.perf_counter()
-    dense = train_dense(cfg, out / "dense", device=device)
-    metrics = {"dense": dense, "seconds": {"dense": time.perf_counter() - t0}}
+    dense = train_dense(dense_cfg, out / "dense", device=device)
+    seconds["dense"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    conversion = run_convert(out / "dense" / "checkpoint.pt", tree_cfg, out / "tree")
+    seconds["convert"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    run_finetune(out / "tree" / "tree.pt", tree_cfg, out / "finetune", device=device)
+    seconds["finetune"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    tree = evaluate_tree_checkpoint(out / "finetune" / "checkpoint.pt", tree_cfg, device=device, out_dir=out)
+    seconds["evaluate"] = time.perf_counter() - t0
+    tree.pop("class_leaf_counts")
+    tree["active_reduction_pct"] = 100 * (1 - tree["active_params"] / dense["params"])
+    tree["conversion"] = {k: conversion[k] for k in ("widths", "level_names", "nodes", "init", "alpha")}
+    tree["resp_lambda"] = tree_cfg.tree.resp_lambda
+    (out / "tree" / "partition.png").replace(out / "partition.png")
+
+    metrics = {"dense": dense, "tree": tree,
+               "seconds": seconds, "config": {"dense": str(config or DEFAULT_DENSE_CONFIG),
+                                              "tree": str(tree_config or DEFAULT_TREE_CONFIG)}}
     write_json(out / "metrics.json", metrics)
     return metrics
