@@ -78,8 +78,9 @@ def _blocks(dense: nn.Module, source: str) -> list[nn.Module]:
 _RESNET_BOTTLENECK_CUTS = {1: ["layer4"], 2: ["layer3", "layer4"], 3: ["layer3[0:3]", "layer3[3:]", "layer4"]}
 
 
-def _cuts(stage_names: Sequence[str], depth: int) -> list[str]:
-    if depth > len(stage_names) - 1:
+def _cuts(stage_names: Sequence[str], depth: int, keep: int) -> list[str]:
+    """The last ``depth`` stages, keeping at least ``keep`` stages in the backbone."""
+    if depth > len(stage_names) - keep:
         raise ValueError(f"a depth-{depth} tree needs more than {len(stage_names)} stages to cut")
     return list(stage_names[-depth:])
 
@@ -96,7 +97,7 @@ def split_dense(dense: nn.Module, depth: int = 2) -> DenseSplit:
         stages = dense.stage_names[1:]
         bottleneck = out_channels(dense.layer1[0]) == 4 * dense.layer1[0].conv1.out_channels
         cuts = _RESNET_BOTTLENECK_CUTS.get(depth) if bottleneck and len(stages) == 4 else None
-        cuts = cuts or _cuts(stages, depth)
+        cuts = cuts or _cuts(stages, depth, keep=0)  # the stem stays in the backbone
         first_cut = _SLICE.match(cuts[0]).group(1)
         before = stages[:stages.index(first_cut)]
         stem = [dense.conv1, dense.bn1, dense.relu, dense.maxpool]
@@ -107,7 +108,7 @@ def split_dense(dense: nn.Module, depth: int = 2) -> DenseSplit:
         level_blocks = [_blocks(dense, c) for c in cuts]
         factors = [2 ** -0.5, 0.5] + _factors(depth, 0.5)[1:] if depth >= 2 else [0.5]
     elif isinstance(dense, EdgeCNN):
-        cuts = _cuts(dense.stage_names, depth)
+        cuts = _cuts(dense.stage_names, depth, keep=1)
         before = dense.stage_names[:dense.stage_names.index(cuts[0])]
         backbone = nn.Sequential(*[copy.deepcopy(getattr(dense, s)) for s in before])
         backbone_channels = out_channels(backbone[-1])
