@@ -1,0 +1,170 @@
+"""Conversion (Phases 0-5), its degenerate cases, the fine-tuning loss, checkpoints and the demo."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from model.checkpoint import CheckpointError
+from model.config import TreeConfig
+from model.convert import ConversionError, convert, save_tree, select_channels, spherical_kmeans, tree_from_checkpoint
+from model.finetune import balance_score, sigma_branch_loss
+from model.registry import create_model
+
+
+def clustered_digits_like(n=96, seed=0):
+    """Inputs from two well-separated families, so k-means has something to find."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    x = torch.randn(n, 1, 8, 8, generator=g) * 0.2
+    x[y < 2, :, :4] += 2.0
+    x[y >= 2, :, 4:] += 2.0
+    return TensorDataset(x, y)
+
+
+def converted(init="activation", n=96, depth=2, seed=0, data=None):
+    torch.manual_seed(seed)
+    dense = create_model("edge_cnn", num_classes=4).eval()
+    cfg = TreeConfig(depth=depth, init=init, max_samples=n)
+    return dense, *convert(dense, "edge_cnn", {"num_classes": 4}, data or clustered_digits_like(n), cfg, seed=seed)
+
+
+def test_spherical_kmeans_separates_two_directions_and_is_seeded():
+    rng = np.random.default_rng(0)
+    a = rng.normal([5, 0, 0], 0.3, size=(40, 3))
+    b = rng.normal([0, 5, 0], 0.3, size=(30, 3))
+    centroids, assign = spherical_kmeans(np.concatenate([a, b]), seed=3)
+    assert sorted(np.bincount(assign).tolist()) == [30, 40]
+    assert np.allclose(np.linalg.norm(centroids, axis=1), 1)
+    assert np.array_equal(assign, spherical_kmeans(np.concatenate([a, b]), seed=3)[1])
+
+
+def test_select_channels_hand_case():
+    m0 = torch.tensor([1.0, 0.9, 0.0, 0.8, 0.1, 0.5])
+    m1 = torch.tensor([1.0, 0.0, 0.9, 0.7, 0.2, 0.5])
+    (b0, b1), shared = select_channels(m0, m1, width=4, alpha=0.5)
+    # min over clusters: [1, 0, 0, .7, .1, .5] -> shared {0, 3}; contrast picks 1,5 vs 2,4.
+    assert shared.tolist() == [0, 3]
+    assert b0.tolist() == [0, 1, 3, 5] and b1.tolist() == [0, 2, 3, 4]
+
+
+def test_router_decision_is_the_kmeans_partition_and_channels_are_copied():
+    dense, tree, report = converted()
+    root = report["nodes"][0]
+    assert root["samples"] == 96 and sum(root["cluster_sizes"]) == 96 and min(root["cluster_sizes"]) > 0
+    assert all(node["recovery"] is None for node in report["nodes"])
+    # Each level-1 branch: 91 channels, half of them shared.
+    assert [len(i) for i in tree.spec["out_indices"][0]] == [91, 91]
+    shared = set(tree.spec["out_indices"][0][0]) & set(tree.spec["out_indices"][0][1])
+    assert len(shared) >= round(0.5 * 91)
+    # The router on the k-means latents reproduces the clusters it was initialised from.
+    x = clustered_digits_like()[:][0]
+    with torch.no_grad():
+        latents = tree.routers[0][0].eval().latent(tree.backbone(x))
+        decision = tree.routers[0][0].router(latents).argmax(1)
+    _, assign = spherical_kmeans(latents.numpy(), seed=0)
+    assert np.bincount(decision.numpy(), minlength=2).tolist() == root["cluster_sizes"]
+    assert (decision.numpy() == assign).all() or (decision.numpy() == 1 - assign).all()
+    # Phase 2 copies: branch 0's last conv holds the dense weights of its channels.
+    idx = torch.tensor(tree.spec["out_indices"][0][0])
+    dense_w = dense.block3[1].conv.weight[idx]
+    assert torch.equal(tree.specialisers[0][0][0][1].conv.weight, dense_w[:, tree_inner_rows(tree, dense)])
+    # Phase 5: leaf heads hold the dense classifier's columns, the bias is shared.
+    leaf_idx = torch.tensor(tree.spec["out_indices"][1][3])
+    assert torch.equal(tree.heads[3][2].weight, dense.fc.weight[:, leaf_idx])
+    assert torch.equal(tree.heads[3][2].bias, dense.fc.bias)
+
+
+def tree_inner_rows(tree, dense):
+    """The inner (first-conv) channels the level-1 specialisers kept: the top L1 filters of the dense conv."""
+    k = tree.specialisers[0][0][0][0].conv.out_channels
+    return dense.block3[0].conv.weight.flatten(1).abs().sum(1).topk(k).indices.sort().values
+
+
+def test_random_partition_ablation_keeps_sizes_but_changes_channels():
+    _, tree_act, _ = converted("activation")
+    _, tree_rand, report = converted("random")
+    assert report["init"] == "random"
+    assert [len(i) for i in tree_rand.spec["out_indices"][0]] == [91, 91]
+    assert tree_rand.spec["out_indices"] != tree_act.spec["out_indices"]
+    # Seeded: the same call gives the same partition.
+    assert converted("random")[1].spec["out_indices"] == tree_rand.spec["out_indices"]
+
+
+def test_too_few_samples_is_a_clear_error():
+    with pytest.raises(ConversionError, match=r"level \d node \d received \d training sample"):
+        converted(n=3, data=clustered_digits_like(3))
+
+
+def test_nan_inputs_are_a_clear_error():
+    data = clustered_digits_like()
+    data.tensors[0][5] = float("nan")
+    with pytest.raises(ConversionError, match="NaN"):
+        converted(data=data)
+
+
+def test_identical_inputs_cannot_be_split():
+    x = torch.ones(16, 1, 8, 8)
+    with pytest.raises(ConversionError, match="identical"):
+        converted(n=16, data=TensorDataset(x, torch.zeros(16, dtype=torch.long)))
+
+
+def test_tree_checkpoint_roundtrip_and_wrong_kind(tmp_path):
+    _, tree, _ = converted()
+    path = save_tree(tmp_path / "tree.pt", tree)
+    rebuilt, _ = tree_from_checkpoint(path)
+    x = clustered_digits_like(8)[:][0]
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), tree.eval()(x))
+    from model.checkpoint import save_checkpoint
+    save_checkpoint(tmp_path / "dense.pt", kind="dense", model_name="edge_cnn", state_dict={})
+    with pytest.raises(CheckpointError, match="expected a 'tree'"):
+        tree_from_checkpoint(tmp_path / "dense.pt")
+    state = dict(tree.state_dict())
+    state.pop("heads.2.2.bias")
+    save_checkpoint(tmp_path / "broken.pt", kind="tree", model_name="edge_cnn", spec=tree.spec, state_dict=state)
+    with pytest.raises(CheckpointError, match=r"missing key 'heads.2.2.bias'"):
+        tree_from_checkpoint(tmp_path / "broken.pt")
+
+
+def test_loss_on_a_hand_computed_case():
+    # One sample, two leaves, two classes.
+    leaf_logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])
+    log_p = torch.log(torch.tensor([[0.25, 0.75]])).requires_grad_()
+    y = torch.tensor([0])
+    ce = [math.log(1 + math.exp(-2.0)), math.log(1 + math.exp(1.0))]
+    specialist = 0.25 * ce[0] + 0.75 * ce[1]
+    r = torch.softmax(-torch.tensor(ce) / 0.5, 0)
+    responsibility = -(r[0] * math.log(0.25) + r[1] * math.log(0.75))
+    loss = sigma_branch_loss(leaf_logits, log_p, y, resp_lambda=0.3, resp_tau=0.5)
+    assert loss.item() == pytest.approx(specialist + 0.3 * responsibility.item(), rel=1e-6)
+    assert sigma_branch_loss(leaf_logits, log_p, y, resp_lambda=0.0).item() == pytest.approx(specialist, rel=1e-6)
+    # The responsibility target is a stop-gradient: no gradient reaches the leaf logits through it.
+    logits = leaf_logits.clone().requires_grad_()
+    (0.3 * -(torch.softmax(-F.cross_entropy(logits[0], torch.tensor([0, 0]), reduction="none").detach() / 0.5, 0)
+             * log_p[0]).sum()).backward()
+    assert logits.grad is None
+
+
+def test_balance_score_matches_the_papers_examples():
+    assert balance_score([25, 25, 25, 25]) == pytest.approx(1.0)
+    assert balance_score([100, 0, 0, 0]) == 0.0
+    assert balance_score([16.6, 30.8, 17.6, 35.1]) == pytest.approx(0.965, abs=0.01)
+    assert balance_score([0.2, 0.0, 52.9, 46.9]) == pytest.approx(0.504, abs=0.01)
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_the_metrics(tmp_path):
+    from sigmabranch.pipeline import run_demo
+    metrics = run_demo(tmp_path, quick=True, device="cpu")
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["dense"]["top1"] == metrics["dense"]["top1"] > 50
+    for key in ("top1_hard", "total_params", "active_params", "leaf_usage", "balance"):
+        assert key in written["tree"]
+    assert written["tree"]["active_params"] < 0.5 * written["dense"]["params"]
+    assert sum(written["tree"]["leaf_usage"]) == pytest.approx(100)
+    for png in ("leaf_heatmap.png", "partition.png", "dense/train_curve.png", "finetune/train_curve.png"):
+        assert (tmp_path / png).stat().st_size > 1000
