@@ -82,37 +82,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, out):
+def build(kind):
+    """The dense model, or a tree cut from it, with its training loss (the one `fit` uses)."""
+    torch.manual_seed(0)
+    dense = create_model("resnet8", num_classes=4)
+    if kind == "dense":
+        return dense, lambda model, x, y: F.cross_entropy(model(x), y)
+    from model.finetune import sigma_branch_loss
+    from model.tree_layout import build_tree, default_spec
+    # No router dropout: its random masks would differ between the two runs.
+    tree = build_tree(dense, default_spec("resnet8", {"num_classes": 4}, dense, dropout=0.0))
+    return tree, lambda model, x, y: sigma_branch_loss(*model(x, mode="leaves"), y)
+
+
+def _ddp_worker(rank, world, port, out, kind):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
                       RANK=str(rank), LOCAL_RANK=str(rank))
     from model.distributed import init_distributed
     init_distributed(torch.device("cpu"))
-    torch.manual_seed(0)
-    model = create_model("resnet8", num_classes=4)
+    model, loss_fn = build(kind)
     # Each rank evaluates its shard of the test set; the metrics are summed across ranks.
     metrics = evaluate_classifier(model, make_loader(tiny_data(32, seed=1), 8, False, 0), torch.device("cpu"))
     ddp = torch.nn.parallel.DistributedDataParallel(model.train())
     x, y = tiny_data(32)[:]
     half = slice(rank * 16, (rank + 1) * 16)
-    F.cross_entropy(ddp(x[half]), y[half]).backward()
+    loss_fn(ddp, x[half], y[half]).backward()
     if rank == 0:
         torch.save({"grads": {n: p.grad for n, p in model.named_parameters()}, "metrics": metrics}, out)
     torch.distributed.destroy_process_group()
 
 
 @pytest.mark.distributed
-def test_ddp_on_two_processes_matches_one_process(tmp_path):
+@pytest.mark.parametrize("kind", ["dense", "tree"])
+def test_ddp_on_two_processes_matches_one_process(tmp_path, kind):
     out = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(out), kind), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
 
     # One process, same semantics: each replica's BN sees its own half-batch, DDP averages grads.
-    torch.manual_seed(0)
-    model = create_model("resnet8", num_classes=4)
+    model, loss_fn = build(kind)
     single = evaluate_classifier(model, make_loader(tiny_data(32, seed=1), 8, False, 0), torch.device("cpu"))
     x, y = tiny_data(32)[:]
     model.train()
-    loss = (F.cross_entropy(model(x[:16]), y[:16]) + F.cross_entropy(model(x[16:]), y[16:])) / 2
+    loss = (loss_fn(model, x[:16], y[:16]) + loss_fn(model, x[16:], y[16:])) / 2
     loss.backward()
     for name, p in model.named_parameters():
         # Only the order of float summation differs (all-reduce vs autograd).
