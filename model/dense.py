@@ -9,7 +9,7 @@ from .checkpoint import model_from_checkpoint
 from .config import TrainConfig
 from .data import build_dataset
 from .registry import create_model
-from .train import evaluate_classifier, fit, make_loader, write_json
+from .train import evaluate_classifier, fit, make_loader, seed_everything, write_json
 from .distributed import is_main_process, local_device
 
 
@@ -31,6 +31,7 @@ def train_dense(cfg: TrainConfig, out_dir: str | Path, device: str = "auto", res
     """Train the dense model of ``cfg``; writes checkpoint.pt, metrics.json, train_curve.png."""
     data = dataset_for(cfg)
     args = model_args_for(cfg, data.num_classes, data.input_shape)
+    seed_everything(cfg.seed)  # the initial weights too, so a config reproduces its run
     model = create_model(cfg.model.name, **args)
     result = fit(model, cfg, data.train, data.test, out_dir, kind="dense", model_name=cfg.model.name,
                  model_args=args, device=device, resume=resume,
