@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .pooled import PooledClassifier
 from .registry import register_model
 
 
@@ -32,7 +33,7 @@ def conv_block(in_chans: int, out_chans: int, pool: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class EdgeCNN(nn.Module):
+class EdgeCNN(PooledClassifier):
     """Stages ``block1``..``blockN`` (conv pairs, max-pool after the first ``num_pools``), then ``fc``.
 
     Args:
@@ -61,13 +62,6 @@ class EdgeCNN(nn.Module):
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model

@@ -16,6 +16,7 @@ from typing import Sequence, Type
 import torch
 import torch.nn as nn
 
+from .pooled import PooledClassifier
 from .registry import register_model
 
 
@@ -95,7 +96,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + shortcut)
 
 
-class ResNet(nn.Module):
+class ResNet(PooledClassifier):
     """A ResNet whose stages are named ``stem`` (conv1/bn1/relu/maxpool), ``layer1``.. and ``fc``.
 
     Args:
@@ -157,22 +158,11 @@ class ResNet(nn.Module):
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
-    def stage(self, name: str) -> nn.Module:
-        """The module that runs stage ``name`` (``"stem"`` is a bound method's module: self)."""
-        return getattr(self, name)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for name in self.stage_names[1:]:
             x = getattr(self, name)(x)
         return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _resnet(block, layers, widths=(64, 128, 256, 512), input_size: int = 224, **kwargs) -> ResNet:
