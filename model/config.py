@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +68,14 @@ class TreeConfig:
 
 
 @dataclass
+class QuantConfig:
+    """Quantisation-aware fine-tuning (``sigmabranch quantize``)."""
+
+    bits: str = "w4a4"  # a preset of quant/presets.py: w8a8, w4a4 (hardware default), w2a2, or wXaY
+    calibration_batches: int = 8  # forward passes (no gradient) that set the activation scales first
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs; the file format of ``configs/*.yaml``."""
 
@@ -78,15 +88,44 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     tree: TreeConfig = field(default_factory=TreeConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a leaf value against its field type. YAML 1.1 reads ``1e-3`` (no dot) as a string,
+    so a string that parses as a number is accepted for a float field."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{where}: a value is required")
+    for option in options:
+        base = typing.get_origin(option) or option
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                continue
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base in (bool, str, dict) and isinstance(value, base):
+            return value
+        if base is list and isinstance(value, list):
+            return value
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"{where}: expected {names}, got {value!r}")
 
 
 def _build(cls, values: dict[str, Any], where: str):
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
@@ -96,7 +135,7 @@ def _build(cls, values: dict[str, Any], where: str):
         if sub is not None and dataclasses.is_dataclass(sub):
             kwargs[key] = _build(sub, value or {}, f"{where}.{key}")
         else:
-            kwargs[key] = value
+            kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)
 
 

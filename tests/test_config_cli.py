@@ -34,6 +34,17 @@ def test_json_configs_and_overrides(tmp_path):
         apply_overrides(cfg, ["epochs"])
 
 
+def test_values_are_type_checked(tmp_path):
+    cfg = load_config(CONFIGS / "demo_edge_digits.yaml")
+    # YAML 1.1 reads 1e-3 (no dot) as a string: accepted as the float it means.
+    assert apply_overrides(cfg, ["optim.lr=1e-3"]).optim.lr == 1e-3
+    with pytest.raises(ConfigError, match=r"epochs: expected int, got 'abc'"):
+        apply_overrides(cfg, ["epochs=abc"])
+    with pytest.raises(ConfigError, match=r"optim.lr: expected float"):
+        apply_overrides(cfg, ["optim.lr=fast"])
+    assert apply_overrides(cfg, ["tree.width_factors=[0.5, 0.5]"]).tree.width_factors == [0.5, 0.5]
+
+
 def test_malformed_yaml_names_the_file(tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text("epochs: [3\n")
