@@ -13,6 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
+	$(PIP) --no-deps finn-plus==1.6.1
 	$(PIP) -e ".[dev]"
 	touch $(STAMP)
 
