@@ -13,6 +13,10 @@
   The chosen dense channels' weights (every layer of the block, BN included) are copied.
 - Phases 3-4: the same for every node of the next level, on the samples its branch receives.
 - Phase 5: each leaf head takes the dense classifier's columns of its channels; biases shared.
+- Beyond the paper (``tree.recalibrate_bn``, on by default): after each level is built, the BN
+  running statistics of its specialisers (and finally of the heads) are re-estimated on the
+  samples routed to them, because narrowing removes input channels and shifts the pre-BN
+  statistics the dense model recorded. Weights are untouched.
 
 Degenerate cases: a node that receives fewer than 2 samples, or NaN/inf latents or activations,
 is an error naming the node. If k-means leaves a cluster empty (e.g. duplicated latents), the
@@ -37,7 +41,7 @@ from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_checke
 from .config import TreeConfig
 from .narrow import full_index
 from .registry import create_model
-from .tree import RouterNode, SigmaBranchTree, pool_features, take_rows
+from .tree import RouterNode, SigmaBranchTree, pool_features, route_groups
 from .tree_layout import build_tree, dense_chain, level_widths, split_dense
 
 
@@ -115,28 +119,46 @@ def dense_source_activations(dense: nn.Module, depth: int, loader: DataLoader) -
 def latents_at_level(tree_parts: dict[str, Any], level: int, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     """Route every sample hard through the already-initialised levels; return its node at ``level``
     and that node's projection latent: ``(node (N,), latent (N, proj_dim))``."""
-    backbone, routers, specialisers = tree_parts["backbone"], tree_parts["routers"], tree_parts["specialisers"]
+    routers = tree_parts["routers"]
     nodes, latents = [], []
     for x, _ in loader:
-        groups = [(torch.arange(len(x)), backbone(x), 0)]
-        for l in range(level):
-            next_groups = []
-            for rows, h, node in groups:
-                choice = routers[l][node](h).argmax(1)
-                for child in (0, 1):
-                    picked = (choice == child).nonzero().flatten()
-                    if len(picked):
-                        branch = 2 * node + child
-                        next_groups.append((rows[picked], specialisers[l][branch](take_rows(h, picked)), branch))
-            groups = next_groups
         node_of = torch.empty(len(x), dtype=torch.long)
         latent = torch.empty(len(x), routers[level][0].proj.out_features)
-        for rows, h, node in groups:
+        for rows, h, node in route_groups(tree_parts["backbone"], routers, tree_parts["specialisers"], x, level):
             node_of[rows] = node
             latent[rows] = routers[level][node].latent(h)
         nodes.append(node_of)
         latents.append(latent)
     return torch.cat(nodes), torch.cat(latents)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(modules: list[nn.Module], run_batch, loader: DataLoader) -> None:
+    """Re-estimate the running statistics of the BN layers in ``modules`` on the samples that
+    reach them (``run_batch(x)`` routes a batch hard). Narrowing drops input channels, so the
+    dense model's running statistics no longer describe the pre-BN activations. Only BN
+    statistics change, never weights; a BN that no sample reaches keeps the dense statistics."""
+    bns = [m for module in modules for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = {m: copy.deepcopy(m.state_dict()) for m in bns}
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the calibration batches
+
+    def train_if_batch(m, inputs):  # a batch of one value per channel cannot give statistics
+        m.train(inputs[0].numel() > inputs[0].shape[1])
+
+    handles = [m.register_forward_pre_hook(train_if_batch) for m in bns]
+    try:
+        for x, _ in loader:
+            run_batch(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m in bns:
+            m.momentum = 0.1
+            m.eval()
+            if int(m.num_batches_tracked) == 0:
+                m.load_state_dict(saved[m])
 
 
 def convert(dense: nn.Module, dense_name: str, dense_args: dict[str, Any], train_set: Dataset, cfg: TreeConfig,
@@ -205,6 +227,9 @@ def convert(dense: nn.Module, dense_name: str, dense_args: dict[str, Any], train
         ratio = widths[level] / split.dense_widths[level]
         specialisers.append([narrow_unit(split.level_blocks[level], parent_out[b // 2], level_out[b], ratio).eval()
                              for b in range(2 ** (level + 1))])
+        if cfg.recalibrate_bn:
+            recalibrate_batchnorm(specialisers[level], lambda x, n=level + 1: route_groups(
+                backbone, routers, specialisers, x, n), loader)
         out_indices.append([idx.tolist() for idx in level_out])
         parent_out = level_out
 
@@ -217,6 +242,11 @@ def convert(dense: nn.Module, dense_name: str, dense_args: dict[str, Any], train
         for level, nodes in enumerate(routers):
             for node, router in enumerate(nodes):
                 tree.routers[level][node].load_state_dict(router.state_dict())
+            for branch, module in enumerate(specialisers[level]):
+                tree.specialisers[level][branch].load_state_dict(module.state_dict())
+    if cfg.recalibrate_bn:
+        tree.eval()
+        recalibrate_batchnorm(list(tree.heads), tree.forward_hard, loader)
     report["partitions"] = partitions
     return tree, report
 

@@ -47,6 +47,31 @@ def batch_size(h: Features) -> int:
     return (h[0] if isinstance(h, tuple) else h).shape[0]
 
 
+@torch.no_grad()
+def route_groups(backbone: nn.Module, routers, specialisers, x: torch.Tensor, levels: int,
+                 visit=None) -> list[tuple[torch.Tensor, Features, int]]:
+    """Hard-route a batch through the first ``levels`` levels of a (possibly partly built) tree.
+
+    Returns ``[(rows, features, node)]``: the batch rows that reached each node of level
+    ``levels`` and their features there. ``visit(level, node, h)`` is called at every router
+    before it decides (statistics, calibration).
+    """
+    groups = [(torch.arange(batch_size(x) if isinstance(x, tuple) else len(x)), backbone(x), 0)]
+    for level in range(levels):
+        next_groups = []
+        for rows, h, node in groups:
+            if visit is not None:
+                visit(level, node, h)
+            choice = routers[level][node].decide(h)
+            for child in (0, 1):
+                picked = (choice == child).nonzero().flatten()
+                if len(picked):
+                    branch = 2 * node + child
+                    next_groups.append((rows[picked], specialisers[level][branch](take_rows(h, picked)), branch))
+        groups = next_groups
+    return groups
+
+
 class RouterNode(nn.Module):
     """Router projection and binary router of one tree node.
 
@@ -69,6 +94,10 @@ class RouterNode(nn.Module):
     def forward(self, h: Features) -> torch.Tensor:
         """Router logits (B, 2); the routing distribution is their softmax."""
         return self.router(self.latent(h))
+
+    def decide(self, h: Features) -> torch.Tensor:
+        """Hard top-1 branch per input (a tie goes to branch 0)."""
+        return self(h).argmax(dim=1)
 
 
 class SigmaBranchTree(nn.Module):
@@ -147,7 +176,7 @@ class SigmaBranchTree(nn.Module):
             logits.append((rows, self.heads[node](h)))
             leaves[rows] = node
             return
-        choice = self.routers[level][node](h).argmax(dim=1)  # ties -> branch 0
+        choice = self.routers[level][node].decide(h)
         for child in (0, 1):
             picked = (choice == child).nonzero().flatten()
             if len(picked) == 0:

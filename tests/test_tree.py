@@ -4,7 +4,7 @@ import torch
 
 from model.accounting import count_params
 from model.registry import create_model
-from model.tree import take_rows
+from model.tree import route_groups, take_rows
 from model.tree_layout import build_tree, default_spec, dense_chain
 from model.tree_report import summarize
 
@@ -28,19 +28,12 @@ def randomise_bn(model):
 def balance_routers(tree, x):
     """Shift each router's bias so that it splits the samples reaching it at their median:
     random routers send everything one way, and the tests want every path exercised."""
-    groups = [(tree.backbone(x), 0)]
-    for level in range(tree.depth):
-        next_groups = []
-        for h, node in groups:
-            router = tree.routers[level][node]
-            logits = router(h)
-            router.router.bias[1] -= (logits[:, 1] - logits[:, 0]).median() + 1e-4
-            choice = router(h).argmax(1)
-            for child in (0, 1):
-                picked = (choice == child).nonzero().flatten()
-                if len(picked):
-                    next_groups.append((tree.specialisers[level][2 * node + child](take_rows(h, picked)), 2 * node + child))
-        groups = next_groups
+    def split_at_median(level, node, h):
+        router = tree.routers[level][node]
+        logits = router(h)
+        router.router.bias[1] -= (logits[:, 1] - logits[:, 0]).median() + 1e-4
+
+    route_groups(tree.backbone, tree.routers, tree.specialisers, x, tree.depth, visit=split_at_median)
     return tree
 
 
