@@ -45,18 +45,27 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict[st
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
-    """``load_state_dict(strict=True)`` with an error that names the first offending key."""
-    expected = model.state_dict()
-    for key, value in state_dict.items():
-        if key not in expected:
-            raise CheckpointError(f"{source}: unexpected key {key!r} (not in {type(model).__name__})")
-        if tuple(expected[key].shape) != tuple(value.shape):
-            raise CheckpointError(f"{source}: shape mismatch for {key!r}: checkpoint {tuple(value.shape)}, "
-                                  f"model {tuple(expected[key].shape)}")
-    for key in expected:
-        if key not in state_dict:
-            raise CheckpointError(f"{source}: missing key {key!r} required by {type(model).__name__}")
-    model.load_state_dict(state_dict, strict=True)
+    """``load_state_dict(strict=True)`` with an error that names the first offending key.
+
+    Torch's own strict load runs first: modules such as Brevitas quantizers add state (learned
+    scales) only once trained and accept it at load time, which a plain key comparison would reject.
+    """
+    try:
+        model.load_state_dict(state_dict, strict=True)
+        return
+    except RuntimeError as err:
+        expected = model.state_dict()
+        for key, value in state_dict.items():
+            if key in expected and tuple(expected[key].shape) != tuple(value.shape):
+                raise CheckpointError(f"{source}: shape mismatch for {key!r}: checkpoint {tuple(value.shape)}, "
+                                      f"model {tuple(expected[key].shape)}") from err
+        for key in expected:
+            if key not in state_dict:
+                raise CheckpointError(f"{source}: missing key {key!r} required by {type(model).__name__}") from err
+        for key in state_dict:
+            if key not in expected:
+                raise CheckpointError(f"{source}: unexpected key {key!r} (not in {type(model).__name__})") from err
+        raise CheckpointError(f"{source}: does not fit {type(model).__name__}: {err}") from err
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:

@@ -4,4 +4,11 @@ from .config import ConfigError
 from .convert import ConversionError
 from .data import DatasetError
 
-USER_ERRORS: tuple[type[Exception], ...] = (CheckpointError, ConfigError, ConversionError, DatasetError, FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (CheckpointError, ConfigError, ConversionError, DatasetError,
+                                            FileNotFoundError)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """USER_ERRORS plus the later stages' own (imported lazily: they pull in Brevitas)."""
+    from quant.qtree import QuantizationError
+    return USER_ERRORS + (QuantizationError,)

@@ -16,6 +16,7 @@ Stages (each reads and writes files you can inspect):
   train      train a dense model from a YAML/JSON config          -> checkpoint.pt
   convert    dense checkpoint -> initialised Sigma-Branch tree    -> tree.pt, partition.png
   finetune   soft-routing fine-tuning of a tree                   -> checkpoint.pt
+  quantize   Brevitas quantisation-aware fine-tuning of a tree   -> checkpoint.pt (W4A4 default)
   evaluate   Top-1/Top-5, params, MACs, leaf usage of a checkpoint (dense or tree)
   summary    dense vs default tree accounting of a registered model, no data needed
   models     list the registered models
@@ -75,6 +76,16 @@ def cmd_finetune(args) -> int:
     from model.finetune import run_finetune
     cfg = apply_overrides(_load_cfg(args), _tree_overrides(args))
     print(json.dumps(run_finetune(args.tree, cfg, args.out, device=args.device, resume=args.resume), indent=2))
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from model.config import apply_overrides
+    from quant.qat import run_quantize
+    cfg = _load_cfg(args)
+    if args.bits:
+        cfg = apply_overrides(cfg, [f"quant.bits={args.bits}"])
+    print(json.dumps(run_quantize(args.tree, cfg, args.out, device=args.device, resume=args.resume), indent=2))
     return 0
 
 
@@ -162,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     tree_flags(p)
     p.set_defaults(func=cmd_finetune)
 
+    p = sub.add_parser("quantize", help="quantisation-aware fine-tuning of a tree (Brevitas)",
+                       description="Turn a fine-tuned tree into a Brevitas tree (signed narrow-range weights, "
+                                   "unsigned activations, 8-bit input) and fine-tune it with the soft-routing "
+                                   "objective. Evaluation uses hard routing with the integer router decision; "
+                                   "router_agreement says how often it matches the float LayerNorm router.")
+    _add_config_args(p)
+    p.add_argument("--tree", required=True, help="fine-tuned tree checkpoint.pt (from `sigmabranch finetune`)")
+    p.add_argument("--out", required=True, type=Path, help="output run directory")
+    p.add_argument("--bits", help="preset: w8a8, w4a4 (default), w2a2 or wXaY")
+    p.add_argument("--resume", help="continue from this checkpoint.pt")
+    p.set_defaults(func=cmd_quantize)
+
     p = sub.add_parser("evaluate", help="evaluate a dense or tree checkpoint",
                        description="Dense: Top-1/Top-5 (%%), params, MACs (fvcore convention, batch 1). Tree: hard "
                                    "and soft Top-1, Top-5, total/active params, path MACs, leaf usage, balance and "
@@ -207,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from model.errors import USER_ERRORS
+    from model.errors import user_errors
     try:
         return args.func(args)
-    except USER_ERRORS as err:
+    except user_errors() as err:
         # Bad input is reported as one clear line, not a traceback.
         print(f"sigmabranch {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """The main job (`make run`): the whole flow on the embedded digits data.
 
-dense training -> conversion -> soft-routing fine-tuning -> hard-routed evaluation, writing
+dense training -> conversion -> soft-routing fine-tuning -> hard-routed evaluation ->
+quantisation-aware fine-tuning (W4A4, integer router decision), writing
 ``runs/demo/metrics.json`` and the plots. Every stage also writes its own folder, so each
 step's files can be inspected (and re-run by hand with the same CLI subcommand).
 """
@@ -16,6 +17,7 @@ from model.train import write_json
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DENSE_CONFIG = REPO / "configs" / "demo_edge_digits.yaml"
 DEFAULT_TREE_CONFIG = REPO / "configs" / "demo_tree_digits.yaml"
+DEFAULT_QUANT_CONFIG = REPO / "configs" / "demo_quant_digits.yaml"
 
 
 def run_demo(out: str | Path = "runs/demo", config: str | Path | None = None, tree_config: str | Path | None = None,
@@ -29,9 +31,11 @@ def run_demo(out: str | Path = "runs/demo", config: str | Path | None = None, tr
     out = Path(out)
     dense_cfg = load_config(config or DEFAULT_DENSE_CONFIG)
     tree_cfg = apply_overrides(load_config(tree_config or DEFAULT_TREE_CONFIG), tree_overrides or [])
+    quant_cfg = load_config(DEFAULT_QUANT_CONFIG)
     if quick:
         dense_cfg = apply_overrides(dense_cfg, ["epochs=2"])
         tree_cfg = apply_overrides(tree_cfg, ["epochs=1"])
+        quant_cfg = apply_overrides(quant_cfg, ["epochs=1"])
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -55,7 +59,16 @@ def run_demo(out: str | Path = "runs/demo", config: str | Path | None = None, tr
     tree["resp_lambda"] = tree_cfg.tree.resp_lambda
     (out / "tree" / "partition.png").replace(out / "partition.png")
 
-    metrics = {"dense": dense, "tree": tree,
+    from quant.qat import run_quantize
+
+    t0 = time.perf_counter()
+    quant = run_quantize(out / "finetune" / "checkpoint.pt", quant_cfg, out / "quant", device=device)
+    seconds["quantize"] = time.perf_counter() - t0
+    quant = {"top1_hard": quant["top1"], "top1_soft": quant["top1_soft"], "bits": quant["bits"],
+             "router_agreement": quant["router_agreement"], "active_weight_bytes": quant["active_weight_bytes"],
+             "balance": quant["balance"]}
+
+    metrics = {"dense": dense, "tree": tree, "quant": quant,
                "seconds": seconds, "config": {"dense": str(config or DEFAULT_DENSE_CONFIG),
                                               "tree": str(tree_config or DEFAULT_TREE_CONFIG)}}
     write_json(out / "metrics.json", metrics)

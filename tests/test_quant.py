@@ -1,0 +1,134 @@
+"""Quantised tree: Brevitas layers, the integer router decision, QAT and its checkpoints."""
+import math
+
+import brevitas.nn as qnn
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from host.router_rule import projection_int, router_decision
+from model.config import TreeConfig, config_from_dict
+from model.convert import convert, save_tree
+from model.registry import create_model
+from model.tree_layout import build_tree, default_spec
+from quant.presets import get_preset
+from quant.qat import active_weight_bytes, qtree_from_checkpoint, run_quantize
+from quant.qtree import QuantizationError, quantize_tree, router_agreement
+
+
+def float_sign_rule(z, u, c, e):
+    """The same decision through division and a square root in float64 (an independent path)."""
+    z = z.astype(np.float64)
+    n = z.shape[1]
+    centred = z - z.mean(1, keepdims=True)
+    sigma = np.sqrt((centred ** 2).mean(1) + e / n ** 2)
+    return (centred @ u / sigma + c > 0).astype(np.int64), np.abs(centred @ u / sigma + c)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_integer_decision_equals_the_layernorm_sign_rule(bits):
+    rng = np.random.default_rng(bits)
+    hi = 2 ** (bits - 1) - 1
+    z = rng.integers(-hi * 500, hi * 500, size=(2000, 16))
+    u = rng.integers(-32767, 32767, size=16)
+    for c, e in [(0, 0), (1234, 0), (-50000, 77), (3_000_000, 10_000)]:
+        exact = router_decision(z, u, c, e)
+        approx, margin = float_sign_rule(z, u, c, e)
+        clear = margin > 1e-6 * (np.abs(u).sum() + abs(c))  # float64 cannot settle near-ties
+        assert clear.mean() > 0.99 and (exact[clear] == approx[clear]).all()
+        assert 0 < exact.mean() < 1 or c != 0
+
+
+def test_ties_go_to_branch_zero_and_no_overflow():
+    z = np.zeros((1, 4), dtype=np.int64)          # d == 0 exactly
+    assert router_decision(z, np.array([1, -1, 2, 0]), 0, 0).tolist() == [0]
+    big = np.full((1, 128), 12_000_000, dtype=np.int64)
+    big[0, 0] = -12_000_000                        # A**2 ~ 1e27: needs Python ints
+    u = np.full(128, 32767, dtype=np.int64)
+    assert router_decision(big, u, -32767, 0).tolist() == router_decision(big, u, -32767, 0).tolist()
+    assert projection_int(np.array([[1, 2]]), np.array([[3, -1]]), np.array([5])).tolist() == [[6]]
+
+
+def small_edge_tree(seed=0):
+    torch.manual_seed(seed)
+    dense = create_model("edge_cnn", num_classes=4).eval()
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(64) % 4
+    x = torch.randn(64, 1, 8, 8, generator=g) * 0.3
+    x[y < 2, :, :4] += 2.0
+    tree, _ = convert(dense, "edge_cnn", {"num_classes": 4}, TensorDataset(x, y), TreeConfig(max_samples=64))
+    return tree, x
+
+
+def test_quantize_tree_replaces_every_layer_with_mappable_quantizers():
+    tree, x = small_edge_tree()
+    qtree = quantize_tree(tree, get_preset("w4a4")).eval()
+    count = lambda model, kind: sum(type(m) is kind for m in model.modules())
+    assert count(qtree, qnn.QuantConv2d) == count(tree, torch.nn.Conv2d)
+    assert count(qtree, qnn.QuantReLU) == count(tree, torch.nn.ReLU)
+    # Every Linear but the routers' final one (folded into the integer decision) is quantised.
+    assert count(qtree, qnn.QuantLinear) == count(tree, torch.nn.Linear) - len(sum(map(list, tree.routers), []))
+    conv = qtree.specialisers[0][1][0][0].conv
+    w = conv.quant_weight().int()
+    assert isinstance(conv, qnn.QuantConv2d) and w.min() >= -7 and w.max() <= 7  # signed, narrow range
+    assert isinstance(qtree.backbone[0], qnn.QuantIdentity)
+    logits, leaves = qtree.forward_hard(x)
+    assert logits.shape == (64, 4) and leaves.max() < 4
+    assert qtree.spec["quant"] == {"name": "w4a4", "weight_bits": 4, "act_bits": 4, "input_bits": 8}
+    assert 0.9 <= router_agreement(qtree, x) <= 1.0
+
+
+def test_quantized_router_decision_is_the_integer_rule_on_its_integers():
+    tree, x = small_edge_tree()
+    qtree = quantize_tree(tree, get_preset("w8a8")).eval()
+    router = qtree.routers[0][0]
+    with torch.no_grad():
+        h = qtree.backbone(x)
+    ints = router.integer_params(h.shape[2] * h.shape[3])
+    # The pooled sums are integers of the input activation's grid.
+    pooled = router.pooled_sum_int(h)
+    assert np.allclose(pooled * ints["act_scale"], h.double().sum((2, 3)).numpy(), rtol=1e-6, atol=1e-9)
+    z = projection_int(pooled, ints["weight_int"], ints["bias_int"])
+    expected = router_decision(z, ints["u_int"], ints["c_int"], ints["e_int"])
+    assert router.decide(h).numpy().tolist() == expected.tolist()
+    # ... and it is the float LayerNorm router's choice up to rounding of u, c and the bias.
+    assert (router.float_decide(h).numpy() == expected).mean() >= 0.95
+
+
+def test_bit_widths_finn_cannot_map_and_unsupported_trees_are_refused():
+    with pytest.raises(ValueError, match="weight bit width 1"):
+        get_preset("w1a4")
+    with pytest.raises(ValueError, match="unknown quantisation preset"):
+        get_preset("int4")
+    dense = create_model("resnet8")
+    tree = build_tree(dense, default_spec("resnet8", {}, dense))
+    with pytest.raises(QuantizationError, match="edge_cnn"):
+        quantize_tree(tree, get_preset("w4a4"))
+
+
+def test_active_weight_bytes_counts_path_weights_at_the_bit_width():
+    tree, _ = small_edge_tree()
+    n = sum(m.weight.numel() for part in tree.path_modules(0) for m in part.modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert active_weight_bytes(quantize_tree(tree, get_preset("w4a4")), 4) == math.ceil(n / 2)
+
+
+@pytest.mark.slow
+def test_qat_runs_and_its_checkpoint_rebuilds(tmp_path):
+    tree, _ = small_edge_tree()
+    tree.spec["dense_args"] = {"num_classes": 10}
+    dense = create_model("edge_cnn", num_classes=10)
+    tree = build_tree(dense, tree.spec)  # a digits-sized tree (10 classes)
+    save_tree(tmp_path / "tree.pt", tree)
+    cfg = config_from_dict({"model": {"name": "edge_cnn"}, "data": {"name": "digits"}, "epochs": 1,
+                            "quant": {"bits": "w4a4", "calibration_batches": 2}, "optim": {"name": "adam", "lr": 1e-3}})
+    metrics = run_quantize(tmp_path / "tree.pt", cfg, tmp_path / "q", device="cpu")
+    assert metrics["bits"] == "w4a4" and 0 <= metrics["router_agreement"] <= 1
+    assert metrics["active_weight_bytes"] == active_weight_bytes(tree, 4)
+    qtree, _ = qtree_from_checkpoint(tmp_path / "q" / "checkpoint.pt")
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        first = qtree.eval()(x)
+        again = qtree_from_checkpoint(tmp_path / "q" / "checkpoint.pt")[0].eval()(x)
+    assert torch.equal(first, again)
