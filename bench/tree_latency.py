@@ -27,7 +27,7 @@ Timing: ``torch.inference_mode``, ``time.perf_counter``; the candidates of one c
 interleaved (one call of each per round) so background load hits them alike; each candidate gets
 at least ``min_reps`` calls and ``min_time`` seconds after a warm-up. The process's CPU share while
 timing is printed: well below 1.0 means other processes took the cores and the numbers are
-distorted. The tree is data-free (``default_spec``: the paper's widths, placeholder channel
+distorted. The tree is data-free (``default_spec``: the paper's widths, first-k channel
 indices, random routers), which is fine for timing.
 """
 from __future__ import annotations

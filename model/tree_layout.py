@@ -152,7 +152,8 @@ def first_k_indices(dense_width: int, width: int, branches: int) -> list[list[in
 
 def default_spec(dense_name: str, dense_args: dict[str, Any], dense: nn.Module, depth: int = 2,
                  width_factors: Sequence[float] | None = None, proj_dim: int = 128, dropout: float = 0.1) -> dict[str, Any]:
-    """A tree spec with placeholder channel indices: the right shapes without any data."""
+    """A tree spec whose branches keep the first ``width`` channels: the right shapes, no data needed
+    (accounting and timing)."""
     split = split_dense(dense, depth)
     widths = level_widths(split, width_factors)
     return {"dense_model": dense_name, "dense_args": dict(dense_args), "depth": depth, "widths": widths,
