@@ -168,3 +168,17 @@ def test_quick_demo_writes_the_metrics(tmp_path):
     assert sum(written["tree"]["leaf_usage"]) == pytest.approx(100)
     for png in ("leaf_heatmap.png", "partition.png", "dense/train_curve.png", "finetune/train_curve.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_full_demo_meets_the_method_bars(tmp_path):
+    """The main job end to end (about a minute): the bars of the method issue on digits."""
+    from sigmabranch.pipeline import run_demo
+    m = run_demo(tmp_path, device="cpu")
+    dense, tree, quant = m["dense"], m["tree"], m["quant"]
+    assert dense["top1"] >= 97.0
+    assert tree["top1_hard"] >= dense["top1"] - 1.0            # within 1 pp of dense
+    assert tree["active_params"] <= 0.5 * dense["params"]       # at least 50% fewer active params
+    assert min(tree["leaf_usage"]) >= 5.0                       # no starved leaf
+    assert quant["bits"] == "w4a4" and quant["top1_hard"] >= tree["top1_hard"] - 1.5
+    assert quant["router_agreement"] >= 0.99
