@@ -42,7 +42,7 @@ from .config import TreeConfig
 from .narrow import full_index
 from .registry import create_model
 from .tree import RouterNode, SigmaBranchTree, pool_features, route_groups
-from .tree_layout import build_tree, dense_chain, level_widths, split_dense
+from .tree_layout import build_tree, dense_chain, level_widths, narrow_unit, split_dense
 
 
 class ConversionError(ValueError):
@@ -186,7 +186,6 @@ def convert(dense: nn.Module, dense_name: str, dense_args: dict[str, Any], train
     report: dict[str, Any] = {"widths": widths, "level_names": split.level_names, "init": cfg.init,
                               "alpha": cfg.alpha, "samples": len(acts[0]), "nodes": []}
     partitions = []
-    from .tree_layout import narrow_unit
 
     for level in range(cfg.depth):
         in_features = split.backbone_channels if level == 0 else widths[level - 1]

@@ -95,7 +95,7 @@ def run_finetune(tree_checkpoint: str | Path, cfg: TrainConfig, out_dir: str | P
     data = dataset_for(cfg)
     result = fit(tree, cfg, data.train, data.test, out_dir, kind="tree", model_name=ckpt["model_name"],
                  model_args=ckpt["spec"]["dense_args"], loss_fn=tree_loss(cfg),
-                 evaluate_fn=lambda m, loader, dev: {k: v for k, v in evaluate_tree(m, loader, dev).items()},
+                 evaluate_fn=evaluate_tree,
                  device=device, resume=resume, extra_checkpoint={"spec": tree.spec, "input_shape": list(data.input_shape)})
     metrics = {**result.final, "epochs": cfg.epochs, "resp_lambda": cfg.tree.resp_lambda,
                "train_seconds": sum(h["seconds"] for h in result.history)}

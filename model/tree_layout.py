@@ -145,7 +145,7 @@ def narrow_unit(blocks: list[nn.Module], in_idx: torch.Tensor, out_idx: torch.Te
     return nn.Sequential(*narrowed)
 
 
-def first_k_indices(dense_width: int, width: int, branches: int) -> list[list[int]]:
+def first_k_indices(width: int, branches: int) -> list[list[int]]:
     """Index sets for a data-free tree (accounting only): the first ``width`` channels."""
     return [list(range(width))] * branches
 
@@ -159,7 +159,7 @@ def default_spec(dense_name: str, dense_args: dict[str, Any], dense: nn.Module, 
     return {"dense_model": dense_name, "dense_args": dict(dense_args), "depth": depth, "widths": widths,
             "dense_widths": split.dense_widths, "level_names": split.level_names,
             "backbone_channels": split.backbone_channels, "proj_dim": proj_dim, "dropout": dropout,
-            "out_indices": [first_k_indices(dw, w, 2 ** (l + 1)) for l, (dw, w) in enumerate(zip(split.dense_widths, widths))]}
+            "out_indices": [first_k_indices(w, 2 ** (l + 1)) for l, w in enumerate(widths)]}
 
 
 def build_tree(dense: nn.Module, spec: dict[str, Any]) -> SigmaBranchTree:
