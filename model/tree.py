@@ -47,7 +47,6 @@ def batch_size(h: Features) -> int:
     return (h[0] if isinstance(h, tuple) else h).shape[0]
 
 
-@torch.no_grad()
 def route_groups(backbone: nn.Module, routers, specialisers, x: torch.Tensor, levels: int,
                  visit=None) -> list[tuple[torch.Tensor, Features, int]]:
     """Hard-route a batch through the first ``levels`` levels of a (possibly partly built) tree.
@@ -56,7 +55,8 @@ def route_groups(backbone: nn.Module, routers, specialisers, x: torch.Tensor, le
     ``levels`` and their features there. ``visit(level, node, h)`` is called at every router
     before it decides (statistics, calibration).
     """
-    groups = [(torch.arange(batch_size(x) if isinstance(x, tuple) else len(x)), backbone(x), 0)]
+    h = backbone(x)
+    groups = [(torch.arange(batch_size(h), device=(h[0] if isinstance(h, tuple) else h).device), h, 0)]
     for level in range(levels):
         next_groups = []
         for rows, h, node in groups:
@@ -65,9 +65,10 @@ def route_groups(backbone: nn.Module, routers, specialisers, x: torch.Tensor, le
             choice = routers[level][node].decide(h)
             for child in (0, 1):
                 picked = (choice == child).nonzero().flatten()
-                if len(picked):
+                if len(picked):  # an unchosen branch never runs
                     branch = 2 * node + child
-                    next_groups.append((rows[picked], specialisers[level][branch](take_rows(h, picked)), branch))
+                    sub = h if len(picked) == len(rows) else take_rows(h, picked)
+                    next_groups.append((rows[picked], specialisers[level][branch](sub), branch))
         groups = next_groups
     return groups
 
@@ -168,29 +169,17 @@ class SigmaBranchTree(nn.Module):
                 h = self.specialisers[level][node](h)
             self.last_leaves = torch.full((1,), node, dtype=torch.long, device=x.device)
             return self.heads[node](h), self.last_leaves
-        rows = torch.arange(n, device=x.device)
-        logits: list[tuple[torch.Tensor, torch.Tensor]] = []
-        leaves = torch.empty(n, dtype=torch.long, device=x.device)
-        self._route(h, 0, 0, rows, logits, leaves)
-        out = torch.empty(n, logits[0][1].shape[1], dtype=logits[0][1].dtype, device=x.device)
-        for group_rows, group_logits in logits:
-            out[group_rows] = group_logits
+        groups = route_groups(nn.Identity(), self.routers, self.specialisers, h, self.depth)
+        out = leaves = None
+        for rows, features, leaf in groups:
+            group_logits = self.heads[leaf](features)
+            if out is None:
+                out = group_logits.new_empty(n, group_logits.shape[1])
+                leaves = torch.empty(n, dtype=torch.long, device=group_logits.device)
+            out[rows] = group_logits
+            leaves[rows] = leaf
         self.last_leaves = leaves
         return out, leaves
-
-    def _route(self, h: Features, level: int, node: int, rows: torch.Tensor, logits: list, leaves: torch.Tensor) -> None:
-        if level == self.depth:
-            logits.append((rows, self.heads[node](h)))
-            leaves[rows] = node
-            return
-        choice = self.routers[level][node].decide(h)
-        for child in (0, 1):
-            picked = (choice == child).nonzero().flatten()
-            if len(picked) == 0:
-                continue  # this branch is not chosen by anyone in the batch: never run it
-            branch = 2 * node + child
-            sub = h if len(picked) == len(rows) else take_rows(h, picked)
-            self._route(self.specialisers[level][branch](sub), level + 1, branch, rows[picked], logits, leaves)
 
     def forward(self, x: torch.Tensor, mode: str | None = None):
         """Training: soft routing (weighted leaf logits). Eval: hard top-1 single path.
