@@ -63,6 +63,7 @@ class TreeConfig:
     max_samples: int = 2048  # N: training samples forwarded for k-means and activation statistics
     kmeans_iters: int = 50
     init: str = "activation"  # or "random" (random channel partition, Section V-E ablation)
+    channel_score: str = "activation"  # Phase 2 per-channel score: mean "activation" or "agf" utility (baselines/criteria.py)
     recalibrate_bn: bool = True  # re-estimate BN statistics of narrowed layers (not in the paper)
     resp_lambda: float = 0.3  # weight of the responsibility loss (0 = the Section V-E ablation)
     resp_tau: float = 1.0  # temperature of the soft-min responsibility target

@@ -10,6 +10,10 @@
 - Phase 2: shared channels = top ``alpha * width`` of the per-channel minimum over the two
   clusters; branch-specific channels = the rest of the width, from the remaining channels, by
   the contrast score ``m_c - m_other``. Inner planes by filter L1 norm (shared by both branches).
+  With ``tree.channel_score: agf`` the per-cluster means are of each sample's AGF utility
+  ``|sum_hw a * dL/da|`` at the source block's output (the dense model's loss on the true
+  labels) instead of its mean activation: a channel is kept where it matters to the loss, not
+  where it is large.
   The chosen dense channels' weights (every layer of the block, BN included) are copied.
 - Phases 3-4: the same for every node of the next level, on the samples its branch receives.
 - Phase 5: each leaf head takes the dense classifier's columns of its channels; biases shared.
@@ -34,6 +38,7 @@ import faiss
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -115,6 +120,27 @@ def dense_source_activations(dense: nn.Module, depth: int, loader: DataLoader) -
     return [torch.cat(a) for a in acts]
 
 
+def dense_source_utilities(dense: nn.Module, depth: int, loader: DataLoader) -> list[torch.Tensor]:
+    """Per level: each sample's AGF utility ``|sum_spatial a * dL/da|`` of every channel of the level's
+    source block output in the dense model, (N, dense width). The loss is the summed cross-entropy
+    on the true labels, so every row is that sample's own first-order loss change."""
+    from baselines.criteria import agf_sample_utilities  # the one definition of the AGF utility
+
+    chain = dense_chain(dense, depth).eval()
+    utils: list[list[torch.Tensor]] = [[] for _ in range(depth)]
+    for x, y in tqdm(loader, desc="dense AGF utilities", leave=False, disable=None):
+        outputs = []
+        h = chain[0](x)
+        for level in range(depth):
+            h = chain[1 + level](h)
+            outputs.append(h[-1] if isinstance(h, tuple) else h)
+        loss = F.cross_entropy(chain[-1](h), y, reduction="sum")
+        grads = torch.autograd.grad(loss, outputs)
+        for level, (a, g) in enumerate(zip(outputs, grads)):
+            utils[level].append(agf_sample_utilities(a, g).float())
+    return [torch.cat(u) for u in utils]
+
+
 @torch.no_grad()
 def latents_at_level(tree_parts: dict[str, Any], level: int, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     """Route every sample hard through the already-initialised levels; return its node at ``level``
@@ -166,6 +192,8 @@ def convert(dense: nn.Module, dense_name: str, dense_args: dict[str, Any], train
     """Phases 0-5. Returns the initialised tree and a report (per node: samples, clusters, channels)."""
     if cfg.init not in ("activation", "random"):
         raise ConversionError(f"tree.init must be 'activation' or 'random', got {cfg.init!r}")
+    if cfg.channel_score not in ("activation", "agf"):
+        raise ConversionError(f"tree.channel_score must be 'activation' or 'agf', got {cfg.channel_score!r}")
     torch.manual_seed(seed)
     dense = dense.eval()
     split = split_dense(dense, cfg.depth)
@@ -176,6 +204,12 @@ def convert(dense: nn.Module, dense_name: str, dense_args: dict[str, Any], train
         if not torch.isfinite(a).all():
             raise ConversionError(f"dense activations of {split.level_names[level]} contain NaN/inf: "
                                   "check the dense checkpoint and the input normalisation")
+    # Phase 2's per-channel scores: the activations themselves, or their AGF utilities.
+    with torch.random.fork_rng():  # an extra pass draws loader seeds; keep the routers' initial weights
+        scores = dense_source_utilities(dense, cfg.depth, loader) if cfg.channel_score == "agf" else acts
+    for level, s in enumerate(scores):
+        if not torch.isfinite(s).all():
+            raise ConversionError(f"AGF utilities of {split.level_names[level]} contain NaN/inf")
     generator = torch.Generator().manual_seed(seed) if cfg.init == "random" else None
 
     backbone = copy.deepcopy(split.backbone).eval()
@@ -184,7 +218,8 @@ def convert(dense: nn.Module, dense_name: str, dense_args: dict[str, Any], train
     out_indices: list[list[list[int]]] = []
     parent_out = [full_index(split.backbone_channels)]
     report: dict[str, Any] = {"widths": widths, "level_names": split.level_names, "init": cfg.init,
-                              "alpha": cfg.alpha, "samples": len(acts[0]), "nodes": []}
+                              "alpha": cfg.alpha, "channel_score": cfg.channel_score, "samples": len(acts[0]),
+                              "nodes": []}
     partitions = []
 
     for level in range(cfg.depth):
@@ -215,10 +250,11 @@ def convert(dense: nn.Module, dense_name: str, dense_args: dict[str, Any], train
                 router.router.weight.copy_(torch.from_numpy(centroids))
                 router.router.bias.zero_()
             assign_t = torch.from_numpy(assign)
-            means = [acts[level][rows[assign_t == c]].mean(0) for c in (0, 1)]
+            means = [scores[level][rows[assign_t == c]].mean(0) for c in (0, 1)]
             branches, shared = select_channels(means[0], means[1], widths[level], cfg.alpha, generator)
             level_out += branches
-            partitions.append({"level": level, "node": node, "means": means, "branches": branches, "shared": shared})
+            partitions.append({"level": level, "node": node, "means": means, "branches": branches, "shared": shared,
+                               "score": "mean AGF utility" if cfg.channel_score == "agf" else "mean activation"})
             report["nodes"].append({"level": level + 1, "node": node, "samples": len(rows),
                                     "cluster_sizes": np.bincount(assign, minlength=2).tolist(),
                                     "shared_channels": len(shared), "branch_channels": widths[level],
@@ -235,7 +271,7 @@ def convert(dense: nn.Module, dense_name: str, dense_args: dict[str, Any], train
     spec = {"dense_model": dense_name, "dense_args": dict(dense_args), "depth": cfg.depth, "widths": widths,
             "dense_widths": split.dense_widths, "level_names": split.level_names,
             "backbone_channels": split.backbone_channels, "proj_dim": cfg.proj_dim, "dropout": cfg.dropout,
-            "out_indices": out_indices, "init": cfg.init, "alpha": cfg.alpha}
+            "out_indices": out_indices, "init": cfg.init, "alpha": cfg.alpha, "channel_score": cfg.channel_score}
     tree = build_tree(dense, spec)  # Phases 0, 2 (copies) and 5 (heads), from the spec alone
     with torch.no_grad():
         for level, nodes in enumerate(routers):
@@ -268,8 +304,9 @@ def plot_partitions(partitions: list[dict[str, Any]], level_names: list[str], pa
         ax.scatter(m0, m1, s=8, c=colours)
         top = max(m0.max(), m1.max()) * 1.05
         ax.plot([0, top], [0, top], "k--", lw=0.6)
-        ax.set_xlabel("mean activation, cluster 0")
-        ax.set_ylabel("mean activation, cluster 1")
+        score = part.get("score", "mean activation")
+        ax.set_xlabel(f"{score}, cluster 0")
+        ax.set_ylabel(f"{score}, cluster 1")
         ax.set_title(f"{level_names[part['level']]} (level {part['level'] + 1}, node {part['node']})", fontsize=9)
     handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=l) for c, l in
                [("tab:green", "shared"), ("tab:blue", "branch 0 only"), ("tab:orange", "branch 1 only"),

@@ -39,6 +39,8 @@ def tree_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, help="shared-channel fraction of each specialiser")
     p.add_argument("--depth", type=int, help="tree levels (leaves = 2**depth)")
     p.add_argument("--max-samples", dest="max_samples", type=int, help="training samples used for k-means")
+    p.add_argument("--channel-score", dest="channel_score", choices=["activation", "agf"],
+                   help="Phase 2 channel score: mean activation (paper) or AGF utility |a * dL/da|")
 
 
 def _load_cfg(args):
@@ -56,7 +58,8 @@ def cmd_train(args) -> int:
 def _tree_overrides(args) -> list[str]:
     extra = []
     for flag, key in (("init", "tree.init"), ("resp_lambda", "tree.resp_lambda"), ("alpha", "tree.alpha"),
-                      ("depth", "tree.depth"), ("max_samples", "tree.max_samples")):
+                      ("depth", "tree.depth"), ("max_samples", "tree.max_samples"),
+                      ("channel_score", "tree.channel_score")):
         if getattr(args, flag, None) is not None:
             extra.append(f"{key}={getattr(args, flag)}")
     return extra
