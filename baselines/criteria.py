@@ -36,13 +36,16 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from tqdm.auto import tqdm
 
+from model.config import ConfigError
+
 CRITERIA = ("l1", "fpgm", "hrank", "agf")
 WEIGHT_CRITERIA = ("l1", "fpgm")
 DATA_CRITERIA = ("hrank", "agf")
 
 
-class PruningError(ValueError):
-    """Bad pruning input (unknown criterion, ratio outside (0, 1), a group no criterion can score)."""
+class PruningError(ConfigError):
+    """Bad pruning input (unknown criterion, ratio outside (0, 1), a group no criterion can score).
+    A ConfigError, so the CLI reports it as one line."""
 
 
 def check_criterion(name: str) -> str:

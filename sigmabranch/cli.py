@@ -17,10 +17,12 @@ Stages (each reads and writes files you can inspect):
   convert    dense checkpoint -> initialised Sigma-Branch tree    -> tree.pt, partition.png
   finetune   soft-routing fine-tuning of a tree                   -> checkpoint.pt
   quantize   Brevitas quantisation-aware fine-tuning of a tree   -> checkpoint.pt (W4A4 default)
+  export     quantised tree -> QONNX per node, integer programs    -> tree.json, <node>.onnx/.npz
   evaluate   Top-1/Top-5, params, MACs, leaf usage of a checkpoint (dense or tree)
   summary    dense vs default tree accounting of a registered model, no data needed
   models     list the registered models
   demo       the main job on the embedded digits data (what `make run` calls)
+  compare    tree vs L1/FPGM/HRank/AGF pruning and AGF routing     -> compare.md/.csv, pareto.png
 
 Run `sigmabranch <stage> --help` for a stage's options.
 """
@@ -92,6 +94,19 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from quant.export import run_export
+    manifest = run_export(args.checkpoint, args.out)
+    print(f"exported {len(manifest['nodes'])} nodes to {args.out} (manifest {args.out / 'tree.json'})")
+    if args.check:
+        from quant.check import run_check
+        cfg = _load_cfg(args) if args.config else None
+        report = run_check(args.checkpoint, args.out, cfg, limit=args.limit, finn_inputs=args.finn_inputs)
+        (args.out / "check.json").write_text(json.dumps(report, indent=1))
+        print(json.dumps({k: v for k, v in report.items() if k != "nodes"}, indent=2))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from model.checkpoint import load_checkpoint
     cfg = _load_cfg(args) if args.config else None
@@ -131,6 +146,13 @@ def cmd_models(args) -> int:
         if args.params:
             line += f"  {count_params(create_model(name)) / 1e6:.3f}M params"
         print(line)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from baselines.compare import run_compare
+    metrics = run_compare(args.config, args.out, overrides=args.overrides, device=args.device)
+    print(metrics["table"])
     return 0
 
 
@@ -188,6 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="continue from this checkpoint.pt")
     p.set_defaults(func=cmd_quantize)
 
+    p = sub.add_parser("export", help="quantised tree -> QONNX per node + tree.json (+ cross-checks)",
+                       description="Export every node of a quantised tree (backbone, routers, branches, leaf heads) "
+                                   "as QONNX, run FINN+'s ConvertQONNXtoFINN + streamlining on it, and write its "
+                                   "integer program and tree.json (topology, shapes, datatypes, scales, router "
+                                   "integers). --check compares the numpy integer reference with qonnx's and "
+                                   "FINN+'s execution of every node and with the Brevitas tree end to end, on the "
+                                   "test split, and writes check.json.")
+    p.add_argument("checkpoint", help="checkpoint.pt of kind qtree (from `sigmabranch quantize`)")
+    p.add_argument("--out", required=True, type=Path, help="export directory (e.g. runs/export)")
+    p.add_argument("--check", action="store_true", help="run the cross-checks on the test split")
+    p.add_argument("--config", help="(--check) take the test data from this config (default: the checkpoint's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--limit", type=int, help="(--check) at most this many test inputs")
+    p.add_argument("--finn-inputs", dest="finn_inputs", type=int,
+                   help="(--check) run FINN+'s executor (slow, one input at a time) on only this many inputs")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("evaluate", help="evaluate a dense or tree checkpoint",
                        description="Dense: Top-1/Top-5 (%%), params, MACs (fvcore convention, batch 1). Tree: hard "
                                    "and soft Top-1, Top-5, total/active params, path MACs, leaf usage, balance and "
@@ -213,6 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list registered models", description="List the registered models.")
     p.add_argument("--params", action="store_true", help="also print each model's parameter count")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("compare", help="tree vs static pruning, AGF and routing: one table",
+                       description="Train (or reuse) the dense model, the tree with each channel score, L1/FPGM/HRank/"
+                                   "AGF pruning at each ratio (fine-tuned with the tree's budget) and AGF confidence "
+                                   "routing; write compare.md, compare.csv, pareto.png and metrics.json to --out. "
+                                   "Stages whose folder holds results of the same settings are reused.")
+    p.add_argument("--config", required=True, help="compare config (configs/compare_*.yaml)")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output directory (default: runs/compare)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a compare-config entry, e.g. --set 'ratios=[0.5]' (repeatable)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="the main job on the embedded digits data",
                        description="Dense training on scikit-learn's digits and every later stage, "
