@@ -1,0 +1,163 @@
+"""Cross-checks of an exported tree (``sigmabranch export --check``).
+
+Three independent executions of every node are compared with the integer reference
+(``host/int_reference.py``), each fed the reference's integers from the node's parent, so every
+branch sees every test input (not only those routed to it):
+
+1. qonnx's executor on ``<node>.onnx`` (the QONNX export, float graph): its output divided by
+   the node's output scale (less a head's bias) must round to the reference's integers, and sit
+   within ``ROUNDING_SLACK`` of them (float32 noise of the scale multiply).
+2. FINN+'s executor on ``<node>.finn.onnx`` (ConvertQONNXtoFINN + streamlining) without its float
+   tail: integer tensors, compared for equality.
+3. The Brevitas node module on the same integer input: rounds to the same integers.
+
+End to end, the reference's hard-routed inference is compared with the Brevitas tree's: the
+same class and the same leaf on every input. Logits may differ where a float scale remains:
+Brevitas passes float tensors (integer x scale) between layers, so a pre-activation landing
+within float32 rounding of a quantisation boundary can round to the neighbouring integer in
+Brevitas but never in the integer datapath. Such a flip moves a head's accumulator by a few
+units; ``LOGIT_TOLERANCE`` (relative to the largest logit) bounds it, and the report counts the
+inputs whose accumulators are not identical.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from host.int_reference import IntegerTree
+
+from .export import tree_nodes
+
+ROUNDING_SLACK = 0.05  # in output integer units; a true mismatch is >= 1
+LOGIT_TOLERANCE = 0.05  # max |logit difference| / max |logit|, end to end vs Brevitas
+
+
+class ExportMismatch(AssertionError):
+    pass
+
+
+def _with_batch(model, batch: int):
+    """The graph with batch size ``batch``: every tensor's leading 1 becomes ``batch`` (qonnx's
+    ChangeBatchSize drops intermediate shapes, which FINN's NHWC max-pool cannot re-infer)."""
+    graph = model.graph
+    for info in [*graph.input, *graph.output, *graph.value_info]:
+        dims = info.type.tensor_type.shape.dim
+        if dims and dims[0].dim_value == 1:
+            dims[0].dim_value = batch
+    return model
+
+
+def _drop_float_tail(model):
+    """A copy of a streamlined graph without its trailing Mul/Add: its output is the integers."""
+    import copy
+
+    from qonnx.core.modelwrapper import ModelWrapper
+    model = ModelWrapper(copy.deepcopy(model.model))
+    graph = model.graph
+    while graph.node[-1].op_type in ("Mul", "Add"):
+        last = graph.node[-1]
+        info = next(v for v in graph.value_info if v.name == last.input[0])
+        graph.output[0].CopyFrom(info)
+        graph.value_info.remove(info)
+        graph.node.remove(last)
+    return model
+
+
+def _integers(y: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+    bias = np.asarray(info.get("output_bias") or 0.0)
+    return (y.reshape(len(y), -1) - bias.reshape(1, -1) if info["kind"] == "head" else y) / info["output_scale"]
+
+
+def _compare(name: str, what: str, approx: np.ndarray, exact: np.ndarray) -> float:
+    approx = approx.reshape(exact.shape)
+    wrong = int((np.round(approx) != exact).sum())
+    slack = float(np.abs(approx - exact).max()) if exact.size else 0.0
+    if wrong or slack > ROUNDING_SLACK:
+        raise ExportMismatch(f"node {name}: {what} differs from the integer reference in {wrong} of {exact.size} "
+                             f"values (max |diff| {slack:.3g})")
+    return slack
+
+
+@torch.no_grad()
+def check_export(export_dir: str | Path, qtree, x: torch.Tensor, finn_inputs: int | None = None,
+                 qonnx: bool = True) -> dict[str, Any]:
+    """Run the checks above on inputs ``x`` (float, as the dataset gives them); raise
+    :class:`ExportMismatch` naming the first node that differs; return a report."""
+    import qonnx.core.onnx_exec as qonnx_exec
+    from finn.core.onnx_exec import execute_onnx as finn_execute
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    root = Path(export_dir)
+    ref = IntegerTree.load(root)
+    qtree.eval()
+    modules = {node["name"]: node["module"] for node in tree_nodes(qtree)}
+    ints: dict[str, np.ndarray] = {}
+    report: dict[str, Any] = {"inputs": len(x), "nodes": {}}
+    q_in = ref.quantize_input(x.numpy())
+    for name, node in ref.nodes.items():  # manifest order: every producer before its consumers
+        src = q_in if node.info["input_node"] is None else ints[node.info["input_node"]]
+        ints[name] = out = node.run(src)
+        entry = {"brevitas_max_diff": _compare(name, "the Brevitas module", _integers(
+            modules[name](torch.from_numpy(src).float()).numpy(), node.info), out)}
+        if qonnx:
+            model = _with_batch(ModelWrapper(str(root / node.info["qonnx"])), len(src))
+            y = qonnx_exec.execute_onnx(model, {model.graph.input[0].name: src.astype(np.float32)})
+            entry["qonnx_max_diff"] = _compare(name, "qonnx's execution of the QONNX file",
+                                               _integers(y[model.graph.output[0].name], node.info), out)
+        if finn_inputs is None or finn_inputs > 0:
+            # One input at a time: qonnx's Im2Col (used in FINN's streamlined graphs) mixes up
+            # images at batch > 1, and FINN itself always executes batch 1.
+            model = _drop_float_tail(ModelWrapper(str(root / node.info["finn_onnx"])))
+            rows = range(len(src) if finn_inputs is None else min(len(src), finn_inputs))
+            y = np.stack([finn_execute(model, {model.graph.input[0].name: src[i:i + 1].astype(np.float32)})[
+                model.graph.output[0].name].reshape(out.shape[1:]) for i in rows])
+            if not np.array_equal(y, out[:len(y)]):
+                raise ExportMismatch(f"node {name}: FINN+'s execution of the streamlined graph differs from the "
+                                     f"integer reference in {int((y != out[:len(y)]).sum())} values")
+            entry["finn_exact_inputs"] = len(y)
+        report["nodes"][name] = entry
+    report.update(end_to_end(ref, qtree, x))
+    return report
+
+
+@torch.no_grad()
+def end_to_end(ref: IntegerTree, qtree, x: torch.Tensor) -> dict[str, Any]:
+    """Hard-routed reference inference vs the Brevitas tree: class, leaf, logits."""
+    result = ref.infer(x.numpy())
+    logits, leaves = qtree(x, mode="hard")
+    logits = logits.numpy()
+    same_class = float((result["classes"] == logits.argmax(1)).mean())
+    same_leaf = float((result["leaves"] == leaves.numpy()).mean())
+    head_scale = np.array([ref.nodes[ref.head_name(int(k))].info["output_scale"] for k in result["leaves"]])
+    acc_diff = np.abs(logits - result["logits"]).max(1) / head_scale  # in accumulator units
+    logit_diff = float(np.abs(logits - result["logits"]).max() / max(np.abs(logits).max(), 1e-12))
+    report = {"same_class": same_class, "same_leaf": same_leaf, "identical_accumulators": float((acc_diff < 0.5).mean()),
+              "max_relative_logit_diff": logit_diff}
+    if same_class < 1 or same_leaf < 1 or logit_diff > LOGIT_TOLERANCE:
+        raise ExportMismatch(f"end to end vs the Brevitas tree: same class {same_class:.2%}, same leaf {same_leaf:.2%}, "
+                             f"max relative logit difference {logit_diff:.3g} (tolerance {LOGIT_TOLERANCE})")
+    return report
+
+
+def test_inputs(checkpoint: str | Path, cfg=None, limit: int | None = None) -> torch.Tensor:
+    """The test split of the checkpoint's own config (or ``cfg``), as one float tensor."""
+    from model.checkpoint import load_checkpoint
+    from model.config import config_from_dict
+    from model.dense import dataset_for
+
+    cfg = cfg or config_from_dict(load_checkpoint(checkpoint)["config"])
+    test = dataset_for(cfg, augment=False).test
+    count = len(test) if limit is None else min(limit, len(test))
+    return torch.stack([test[i][0] for i in range(count)])
+
+
+def run_check(checkpoint: str | Path, export_dir: str | Path, cfg=None, limit: int | None = None,
+              finn_inputs: int | None = None) -> dict[str, Any]:
+    """``sigmabranch export --check``: the checks above on the checkpoint's test split."""
+    from .qat import qtree_from_checkpoint
+
+    qtree, _ = qtree_from_checkpoint(checkpoint)
+    return check_export(export_dir, qtree, test_inputs(checkpoint, cfg, limit), finn_inputs=finn_inputs)
