@@ -250,7 +250,8 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def verdict(rows: list[dict[str, Any]], methods: list[str], tolerance_pp: float) -> tuple[str, dict[str, Any]]:
+def verdict(rows: list[dict[str, Any]], methods: list[str], tolerance_pp: float,
+            test_samples: int | None = None) -> tuple[str, dict[str, Any]]:
     """Per static method: its largest active-param cut among ratios whose Top-1 is at most
     ``tolerance_pp`` below the tree's, against the tree's cut."""
     tree = next((r for r in rows if r["method"] == "tree (activation score)"), None) or \
@@ -259,7 +260,9 @@ def verdict(rows: list[dict[str, Any]], methods: list[str], tolerance_pp: float)
         return "No tree row: nothing to compare against.\n", {}
     tree_cut = 100 - tree["active_pct"]
     lines = [f"**Verdict** (matched Top-1 = at most {tolerance_pp:g} pp below the tree's {tree['top1']:.2f}%; "
-             f"tree: {tree['method']}, active params cut {tree_cut:.1f}%):", ""]
+             f"tree: {tree['method']}, active params cut {tree_cut:.1f}%"
+             + (f"; {test_samples} test samples, so one sample = {100 / test_samples:.2f} pp" if test_samples else "")
+             + "):", ""]
     result: dict[str, Any] = {"tree": tree["method"], "tree_top1": tree["top1"], "tree_cut_pct": tree_cut}
     for method in methods:
         candidates = [r for r in rows if r["method"] == method and r["source"] == "measured"]
@@ -270,9 +273,10 @@ def verdict(rows: list[dict[str, Any]], methods: list[str], tolerance_pp: float)
             best = max(matched, key=lambda r: 100 - r["active_pct"])
             cut = 100 - best["active_pct"]
             margin = tree_cut - cut
-            word = "beats" if margin > 0 else "does not beat"
+            outcome = (f"the tree beats it by {margin:.1f} pp of active params" if margin > 0 else
+                       f"the tree does NOT beat it: {method} cuts {-margin:.1f} pp more active params")
             lines.append(f"- {method}: best matched = {best['setting']} (Top-1 {best['top1']:.2f}%, cut {cut:.1f}%): "
-                         f"the tree {word} it by {margin:+.1f} pp of active params.")
+                         f"{outcome}.")
             result[method] = {"matched": best["setting"], "top1": best["top1"], "cut_pct": cut, "tree_margin_pp": margin}
         else:
             closest = max(candidates, key=lambda r: r["top1"])
@@ -400,7 +404,9 @@ def run_compare(config: str | Path, out: str | Path = "runs/compare", overrides:
 
     title = f"{dense_cfg.model.name} on {dense_cfg.data.name}: Sigma-Branch tree vs. static pruning, AGF, routing"
     plot_pareto(rows, out / "pareto.png", title)
-    text_verdict, result = verdict(rows, cfg.methods, cfg.match_tolerance_pp)
+    from model.dense import dataset_for
+    text_verdict, result = verdict(rows, cfg.methods, cfg.match_tolerance_pp,
+                                   test_samples=len(dataset_for(tree_cfg, augment=False).test))
     seconds["total"] = time.perf_counter() - t_start
     footer = (text_verdict + "\n"
               f"Fine-tuning budget of every pruned model = the tree's: {tree_cfg.epochs} epochs, "
