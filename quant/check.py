@@ -83,7 +83,7 @@ def _compare(name: str, what: str, approx: np.ndarray, exact: np.ndarray) -> flo
 
 @torch.no_grad()
 def check_export(export_dir: str | Path, qtree, x: torch.Tensor, finn_inputs: int | None = None,
-                 qonnx: bool = True) -> dict[str, Any]:
+                 qonnx: bool = True, labels: torch.Tensor | None = None) -> dict[str, Any]:
     """Run the checks above on inputs ``x`` (float, as the dataset gives them); raise
     :class:`ExportMismatch` naming the first node that differs; return a report."""
     import qonnx.core.onnx_exec as qonnx_exec
@@ -119,13 +119,14 @@ def check_export(export_dir: str | Path, qtree, x: torch.Tensor, finn_inputs: in
                                      f"integer reference in {int((y != out[:len(y)]).sum())} values")
             entry["finn_exact_inputs"] = len(y)
         report["nodes"][name] = entry
-    report.update(end_to_end(ref, qtree, x))
+    report.update(end_to_end(ref, qtree, x, labels))
     return report
 
 
 @torch.no_grad()
-def end_to_end(ref: IntegerTree, qtree, x: torch.Tensor) -> dict[str, Any]:
-    """Hard-routed reference inference vs the Brevitas tree: class, leaf, logits."""
+def end_to_end(ref: IntegerTree, qtree, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, Any]:
+    """Hard-routed reference inference vs the Brevitas tree: class, leaf, logits (and the
+    reference's Top-1 in % when ``labels`` are given)."""
     result = ref.infer(x.numpy())
     logits, leaves = qtree(x, mode="hard")
     logits = logits.numpy()
@@ -136,14 +137,16 @@ def end_to_end(ref: IntegerTree, qtree, x: torch.Tensor) -> dict[str, Any]:
     logit_diff = float(np.abs(logits - result["logits"]).max() / max(np.abs(logits).max(), 1e-12))
     report = {"same_class": same_class, "same_leaf": same_leaf, "identical_accumulators": float((acc_diff < 0.5).mean()),
               "max_relative_logit_diff": logit_diff}
+    if labels is not None:
+        report["top1"] = 100.0 * float((result["classes"] == labels.numpy()).mean())
     if same_class < 1 or same_leaf < 1 or logit_diff > LOGIT_TOLERANCE:
         raise ExportMismatch(f"end to end vs the Brevitas tree: same class {same_class:.2%}, same leaf {same_leaf:.2%}, "
                              f"max relative logit difference {logit_diff:.3g} (tolerance {LOGIT_TOLERANCE})")
     return report
 
 
-def test_inputs(checkpoint: str | Path, cfg=None, limit: int | None = None) -> torch.Tensor:
-    """The test split of the checkpoint's own config (or ``cfg``), as one float tensor."""
+def test_split(checkpoint: str | Path, cfg=None, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test split of the checkpoint's own config (or ``cfg``): ``(inputs, labels)``."""
     from model.checkpoint import load_checkpoint
     from model.config import config_from_dict
     from model.dense import dataset_for
@@ -151,7 +154,8 @@ def test_inputs(checkpoint: str | Path, cfg=None, limit: int | None = None) -> t
     cfg = cfg or config_from_dict(load_checkpoint(checkpoint)["config"])
     test = dataset_for(cfg, augment=False).test
     count = len(test) if limit is None else min(limit, len(test))
-    return torch.stack([test[i][0] for i in range(count)])
+    items = [test[i] for i in range(count)]
+    return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
 
 
 def run_check(checkpoint: str | Path, export_dir: str | Path, cfg=None, limit: int | None = None,
@@ -160,4 +164,5 @@ def run_check(checkpoint: str | Path, export_dir: str | Path, cfg=None, limit: i
     from .qat import qtree_from_checkpoint
 
     qtree, _ = qtree_from_checkpoint(checkpoint)
-    return check_export(export_dir, qtree, test_inputs(checkpoint, cfg, limit), finn_inputs=finn_inputs)
+    x, labels = test_split(checkpoint, cfg, limit)
+    return check_export(export_dir, qtree, x, finn_inputs=finn_inputs, labels=labels)

@@ -27,6 +27,7 @@ import copy
 import io
 import json
 import logging
+import re
 import warnings
 import zlib
 from pathlib import Path
@@ -260,6 +261,12 @@ def check_bits(spec: dict[str, Any]) -> dict[str, Any]:
     return quant
 
 
+def readable_json(obj: Any) -> str:
+    """Indented JSON with lists of numbers kept on one line (shapes, permutations, integers)."""
+    text = json.dumps(obj, indent=1)
+    return re.sub(r"\[\s*([-+\d.eE,\s]+?)\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+
+
 @torch.no_grad()
 def export_tree(qtree, input_shape: tuple[int, ...], out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Write every node's QONNX, streamlined graph and integer program, and ``tree.json``."""
@@ -314,7 +321,7 @@ def export_tree(qtree, input_shape: tuple[int, ...], out_dir: str | Path, progre
                           "scale": manifest_nodes["backbone"]["input_scale"],
                           "quantize": "q = clip(round_half_even(float32(x) / scale)) on the host"},
                 "nodes": manifest_nodes}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    (out / MANIFEST).write_text(readable_json(manifest))
     IntegerTree.load(out)  # the manifest must load and every program must give its declared shape
     return manifest
 

@@ -1,7 +1,8 @@
 """The main job (`make run`): the whole flow on the embedded digits data.
 
 dense training -> conversion -> soft-routing fine-tuning -> hard-routed evaluation ->
-quantisation-aware fine-tuning (W4A4, integer router decision), writing
+quantisation-aware fine-tuning (W4A4, integer router decision) -> QONNX export per node and
+the integer reference's cross-checks, writing
 ``runs/demo/metrics.json`` and the plots. Every stage also writes its own folder, so each
 step's files can be inspected (and re-run by hand with the same CLI subcommand).
 """
@@ -18,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DENSE_CONFIG = REPO / "configs" / "demo_edge_digits.yaml"
 DEFAULT_TREE_CONFIG = REPO / "configs" / "demo_tree_digits.yaml"
 DEFAULT_QUANT_CONFIG = REPO / "configs" / "demo_quant_digits.yaml"
+DEMO_FINN_INPUTS = 32
 
 
 def run_demo(out: str | Path = "runs/demo", config: str | Path | None = None, tree_config: str | Path | None = None,
@@ -67,6 +69,20 @@ def run_demo(out: str | Path = "runs/demo", config: str | Path | None = None, tr
     quant = {"top1_hard": quant["top1"], "top1_soft": quant["top1_soft"], "bits": quant["bits"],
              "router_agreement": quant["router_agreement"], "active_weight_bytes": quant["active_weight_bytes"],
              "balance": quant["balance"]}
+
+    from quant.check import run_check
+    from quant.export import run_export
+
+    t0 = time.perf_counter()
+    run_export(out / "quant" / "checkpoint.pt", out / "export")
+    # qonnx and Brevitas on every test input; FINN+'s executor runs one input at a time (slow),
+    # so on the first DEMO_FINN_INPUTS only.
+    check = run_check(out / "quant" / "checkpoint.pt", out / "export", quant_cfg, finn_inputs=DEMO_FINN_INPUTS)
+    write_json(out / "export" / "check.json", check)
+    seconds["export"] = time.perf_counter() - t0
+    quant["int_reference"] = {k: check[k] for k in ("top1", "inputs", "same_class", "same_leaf", "identical_accumulators",
+                                                    "max_relative_logit_diff")}
+    quant["int_reference"]["finn_exact_inputs"] = DEMO_FINN_INPUTS
 
     metrics = {"dense": dense, "tree": tree, "quant": quant,
                "seconds": seconds, "config": {"dense": str(config or DEFAULT_DENSE_CONFIG),

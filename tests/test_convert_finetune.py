@@ -182,3 +182,8 @@ def test_full_demo_meets_the_method_bars(tmp_path):
     assert min(tree["leaf_usage"]) >= 5.0                       # no starved leaf
     assert quant["bits"] == "w4a4" and quant["top1_hard"] >= tree["top1_hard"] - 1.5
     assert quant["router_agreement"] >= 0.99
+    # The export issue: the integer reference routes and classifies like the Brevitas tree.
+    ref = quant["int_reference"]
+    assert ref["same_class"] == 1.0 and ref["same_leaf"] == 1.0 and ref["inputs"] == 360
+    assert abs(ref["top1"] - quant["top1_hard"]) < 1e-9
+    assert (tmp_path / "export" / "tree.json").is_file() and (tmp_path / "export" / "check.json").is_file()

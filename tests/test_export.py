@@ -170,6 +170,17 @@ def test_unquantised_trees_and_unmappable_widths_are_refused(tmp_path):
         export_tree(qtree, (1, 8, 8), tmp_path)
 
 
+def test_cli_refuses_a_float_tree_checkpoint(tmp_path, capsys):
+    from model.convert import save_tree
+    from sigmabranch.cli import main
+    tree, _ = convert(create_model("edge_cnn", num_classes=4, widths=WIDTHS).eval(), "edge_cnn",
+                      {"num_classes": 4, "widths": WIDTHS}, TensorDataset(torch.randn(8, 1, 8, 8), torch.arange(8) % 4),
+                      TreeConfig(max_samples=8, proj_dim=16))
+    save_tree(tmp_path / "tree.pt", tree)
+    assert main(["export", str(tmp_path / "tree.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert "is not quantised" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_w2a2_tree_exports_exactly(tmp_path):
     qtree, x = tiny_qtree("w2a2", seed=1)
