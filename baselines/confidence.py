@@ -44,7 +44,7 @@ def default_thresholds(steps: int = 101) -> list[float]:
     """0, 1/(steps-1), ..., 1, and one above 1 (every input escalated)."""
     if steps < 2:
         raise PruningError(f"the threshold sweep needs at least 2 thresholds, got {steps}")
-    return [float(t) for t in np.linspace(0.0, 1.0, steps)] + [1.01]
+    return [round(float(t), 6) for t in np.linspace(0.0, 1.0, steps)] + [1.01]
 
 
 def route_by_confidence(expert_probs: torch.Tensor, full_probs: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
