@@ -11,7 +11,9 @@ of ``sim/``). It reads what ``sigmabranch export`` writes:
 Every op works on int64 tensors, so results are exact. Ops (names and semantics as in FINN+'s
 streamlined graphs): ``Transpose``, ``Im2Col`` (NHWC, columns ordered (kh, kw, c)), ``MatMul``
 (integer weights), ``MultiThreshold`` (count of thresholds <= x, plus an integer bias),
-``MaxPool``/``MaxPoolNHWC``, ``GlobalAccPool`` (sum over H, W), ``Flatten``/``Reshape``.
+``MaxPool``/``MaxPoolNHWC``, ``GlobalAccPool`` (sum over H, W), ``Flatten``/``Reshape``, and
+``Add`` of two tensors (a residual addition; both inputs carry the same scale). Each op names its
+input and output tensors, so a program is a graph (a fork is two ops reading one tensor).
 What stays float is outside the programs and applied by the caller: the input scale (the host
 quantises) and each node's output scale (and, for leaf heads, the classifier bias).
 """
@@ -82,8 +84,11 @@ def _multithreshold(x: np.ndarray, thresholds: np.ndarray, channels_last: bool, 
     return out if channels_last else np.moveaxis(out, -1, 1)
 
 
-def run_op(op: dict[str, Any], x: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
+def run_op(op: dict[str, Any], inputs: list[np.ndarray], params: dict[str, np.ndarray]) -> np.ndarray:
     kind, attrs = op["op"], op.get("attrs", {})
+    x = inputs[0]
+    if kind == "Add":  # a residual addition: both inputs share one scale, so it is an integer sum
+        return inputs[0] + inputs[1]
     if kind == "Transpose":
         return x.transpose(attrs["perm"])
     if kind == "Im2Col":
@@ -118,10 +123,10 @@ class IntegerNode:
         expected = tuple(self.info["input_shape"][1:])
         if x_int.shape[1:] != expected:
             raise ManifestError(f"node {self.name}: input of shape {x_int.shape[1:]}, expected {expected}")
-        h = np.asarray(x_int, dtype=np.int64)
-        for op in self.info["program"]:
-            h = run_op(op, h, self.params)
-        return h
+        tensors = {self.info["program_input"]: np.asarray(x_int, dtype=np.int64)}
+        for op in self.info["program"]:  # topological order (the streamlined graph's)
+            tensors[op["output"]] = run_op(op, [tensors[name] for name in op["inputs"]], self.params)
+        return tensors[self.info["program_output"]]
 
 
 class IntegerTree:
@@ -258,7 +263,7 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
     for name in required:
         if name not in manifest["nodes"]:
             raise ManifestError(f"{path}: node {name} of a depth-{depth} tree is missing")
-        for key in ("input_shape", "output_shape", "program", "params_file"):
+        for key in ("input_shape", "output_shape", "program", "program_input", "program_output", "params_file"):
             if key not in manifest["nodes"][name]:
                 raise ManifestError(f"{path}: node {name} has no {key!r}")
     return manifest

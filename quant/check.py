@@ -57,7 +57,7 @@ def _drop_float_tail(model):
     from qonnx.core.modelwrapper import ModelWrapper
     model = ModelWrapper(copy.deepcopy(model.model))
     graph = model.graph
-    while graph.node[-1].op_type in ("Mul", "Add"):
+    while graph.node[-1].op_type in ("Mul", "Add") and model.get_initializer(graph.node[-1].input[1]) is not None:
         last = graph.node[-1]
         info = next(v for v in graph.value_info if v.name == last.input[0])
         graph.output[0].CopyFrom(info)

@@ -45,7 +45,7 @@ from .qtree import QuantizationError, QuantRouterNode, last_quant_relu
 # The ops a node's integer program may contain; anything else left by streamlining means the
 # node is not fully integer and cannot be mapped.
 INTEGER_OPS = {"Transpose", "Im2Col", "MatMul", "MultiThreshold", "MaxPool", "MaxPoolNHWC", "GlobalAccPool",
-               "Flatten", "Reshape"}
+               "Flatten", "Reshape", "Add"}
 _ATTRS = {"Transpose": ["perm"], "Im2Col": ["kernel_size", "stride", "pad_amount", "pad_value", "dilations"],
           "MultiThreshold": ["out_bias", "out_scale", "data_layout"],
           "MaxPool": ["kernel_shape", "strides", "pads"], "MaxPoolNHWC": ["kernel_shape", "strides", "pads"]}
@@ -170,7 +170,7 @@ def finn_streamline(model):
     from finn.transformation.streamline import Streamline
     from finn.transformation.streamline.absorb import (AbsorbConsecutiveTransposes, AbsorbScalarBiasIntoMultiThreshold,
                                                        AbsorbTransposeIntoMultiThreshold)
-    from finn.transformation.streamline.reorder import MakeMaxPoolNHWC
+    from finn.transformation.streamline.reorder import MakeMaxPoolNHWC, MoveLinearPastEltwiseAdd, MoveLinearPastFork
     from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
     from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
 
@@ -180,6 +180,10 @@ def finn_streamline(model):
         warnings.simplefilter("ignore")
         model = _tidy(model.transform(ConvertQONNXtoFINN()))
         model = model.transform(AbsorbScalarBiasIntoMultiThreshold()).transform(Streamline())
+        # Residual blocks: the input scale must pass the fork and the shared add scale the add
+        # before the thresholds can absorb them (FINN+'s ResNet recipe).
+        for transform in (MoveLinearPastFork(), MoveLinearPastEltwiseAdd(), Streamline()) * 2:
+            model = _tidy(model.transform(transform))
         model = _tidy(model.transform(LowerConvsToMatMul()))
         for transform in (MakeMaxPoolNHWC(), AbsorbTransposeIntoMultiThreshold(), AbsorbConsecutiveTransposes()):
             model = model.transform(transform)
@@ -199,16 +203,18 @@ def _attr_value(attr):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def integer_program(model, name: str) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], dict[str, Any]]:
-    """Split a streamlined graph into ``(integer ops, their arrays, float tail)``.
+def integer_program(model, name: str) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+    """Split a streamlined graph into ``(integer program, its arrays, float tail)``.
 
-    The graph must be a chain: integer ops, then at most a scalar ``Mul`` (the output scale)
-    and an ``Add`` (a classifier bias). Anything else is a :class:`QuantizationError` naming
-    the node and the op.
+    The program is every op up to the graph's float tail, each naming its input and output
+    tensors (a residual block forks and adds). The tail is at most a per-tensor ``Mul`` (the
+    output scale) and an ``Add`` of a constant (a classifier bias) at the end. Any other float op
+    is a :class:`QuantizationError` naming the node and the op.
     """
     nodes = list(model.graph.node)
+    has_const = lambda n: len(n.input) > 1 and model.get_initializer(n.input[1]) is not None
     first_float = len(nodes)
-    while first_float and nodes[first_float - 1].op_type in ("Mul", "Add"):
+    while first_float and nodes[first_float - 1].op_type in ("Mul", "Add") and has_const(nodes[first_float - 1]):
         first_float -= 1
     tail_ops = [n.op_type for n in nodes[first_float:]]
     if tail_ops not in ([], ["Mul"], ["Mul", "Add"]):
@@ -216,8 +222,6 @@ def integer_program(model, name: str) -> tuple[list[dict[str, Any]], dict[str, n
     tail: dict[str, Any] = {"output_scale": 1.0, "output_bias": None}
     for node in nodes[first_float:]:
         value = model.get_initializer(node.input[1])
-        if value is None:
-            raise QuantizationError(f"node {name}: trailing {node.op_type} has no constant operand")
         if node.op_type == "Add":
             tail["output_bias"] = value.astype(np.float64).reshape(-1).tolist()
         elif value.size != 1:
@@ -227,10 +231,11 @@ def integer_program(model, name: str) -> tuple[list[dict[str, Any]], dict[str, n
     nodes = nodes[:first_float]
     program, arrays = [], {}
     for i, node in enumerate(nodes):
-        if node.op_type not in INTEGER_OPS:
+        if node.op_type not in INTEGER_OPS or (node.op_type == "Add" and has_const(node)):
             raise QuantizationError(f"node {name}: op {node.op_type} ({node.name}) is left after streamlining; "
                                     "it has no integer hardware mapping")
-        op = {"op": node.op_type, "name": node.name,
+        dynamic = [t for t in node.input if model.get_initializer(t) is None]
+        op = {"op": node.op_type, "name": node.name, "inputs": dynamic, "output": node.output[0],
               "attrs": {a.name: _attr_value(a) for a in node.attribute if a.name in _ATTRS.get(node.op_type, [])},
               "out_shape": list(model.get_tensor_shape(node.output[0]))}
         if node.op_type == "Im2Col":
@@ -247,7 +252,9 @@ def integer_program(model, name: str) -> tuple[list[dict[str, Any]], dict[str, n
             op["params"] = {key.split("_", 1)[1]: key}
             op["datatype"] = str(model.get_tensor_datatype(node.input[1]).name)
         program.append(op)
-    return program, arrays, tail
+    io = {"program_input": model.graph.input[0].name,
+          "program_output": nodes[-1].output[0] if nodes else model.graph.input[0].name}
+    return {"program": program, **io}, arrays, tail
 
 
 # ------------------------------------------------------------------------------ the manifest
@@ -295,7 +302,7 @@ def export_tree(qtree, input_shape: tuple[int, ...], out_dir: str | Path, progre
         shapes[name] = out_shape
         entry = {**node, "qonnx": qonnx_path.name, "finn_onnx": f"{name}.finn.onnx", "params_file": params_path.name,
                  "params_crc32": zlib.crc32(params_path.read_bytes()), "input_shape": list(in_shape),
-                 "output_shape": out_shape, "program": program}
+                 "output_shape": out_shape, **program}
         if node["kind"] in ("router", "head"):
             entry["output_scale"] = tail["output_scale"]
             entry["output_datatype"] = "INT32"  # an accumulator; its exact width is set by the FINN+ build

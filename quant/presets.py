@@ -26,12 +26,17 @@ class IntInputPerTensorFloat(Int8ActPerTensorFloat):
     """Signed input quantizer (the host sends integers)."""
 
 
+class ResidualActPerTensorFloat(Int8ActPerTensorFloat):
+    """Signed quantizer shared by both inputs of a residual addition."""
+
+
 @dataclass(frozen=True)
 class QuantPreset:
     name: str
     weight_bits: int
     act_bits: int
     input_bits: int = 8
+    residual_bits: int = 8
 
     def __post_init__(self):
         # FINN+ maps 2..8-bit signed weights and 1..8-bit unsigned activations to its RTL layers.

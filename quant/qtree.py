@@ -12,9 +12,10 @@ reference, so their decisions equal this model's on every input. The float route
 differ where rounding ``u``, ``c`` and the projection bias flips the sign of ``logit1 - logit0``:
 ``router_agreement`` measures how often it does not.
 
-Supported now: trees of the edge CNN (conv/BN/ReLU/max-pool blocks). Residual adds (ResNet)
-and PointNet++'s functional ReLUs need matching quantizers on both inputs of the add and are
-refused with a clear error until they are supported.
+Supported: trees of the edge CNN (conv/BN/ReLU/max-pool blocks) and of ResNets, whose blocks
+become :class:`QuantResidualBlock` (one signed quantizer shared by both inputs of the residual
+addition, so the sum is an integer sum). PointNet++ trees are refused: ball-query grouping has
+no FINN+ mapping.
 """
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ import torch
 import torch.nn as nn
 
 from host.router_rule import projection_int, router_decision
+from model.resnet import BasicBlock, Bottleneck
 from model.tree import RouterNode, SigmaBranchTree, route_groups
 
-from .presets import IntInputPerTensorFloat, NarrowIntWeightPerTensorFloat, QuantPreset, UintActPerTensorFloat
+from .presets import (IntInputPerTensorFloat, NarrowIntWeightPerTensorFloat, QuantPreset, ResidualActPerTensorFloat,
+                      UintActPerTensorFloat)
 
 ROUTER_PARAM_BITS = 16  # folded LayerNorm + router vector u and offset c
 
@@ -54,12 +57,50 @@ def _quant_linear(fc: nn.Linear, preset: QuantPreset) -> qnn.QuantLinear:
     return new
 
 
+class QuantResidualBlock(nn.Module):
+    """A ResNet block (basic or bottleneck) for FINN+: ``out_relu(q(body(x)) + q(shortcut(x)))``.
+
+    ``add_quant`` is one signed quantizer used on *both* inputs of the addition, so they share a
+    scale and the sum is an integer sum (FINN+ streamlines the shared scale past the add). Its
+    width is ``preset.residual_bits`` (8 by default: the identity shortcut carries the block
+    input, and 4 signed bits would lose most of it). Parameter names keep the dense block's
+    (``conv1``, ``bn1``, ..., ``downsample``) so a float tree's weights load as they are.
+    """
+
+    def __init__(self, block: nn.Module, preset: QuantPreset):
+        super().__init__()
+        self.bottleneck = hasattr(block, "conv3")
+        layers = ["conv1", "bn1", "conv2", "bn2"] + (["conv3", "bn3"] if self.bottleneck else [])
+        for name in layers:
+            setattr(self, name, getattr(block, name))
+        inner = 2 if self.bottleneck else 1
+        self.inner_relus = nn.ModuleList(
+            qnn.QuantReLU(act_quant=UintActPerTensorFloat, bit_width=preset.act_bits) for _ in range(inner))
+        self.downsample = block.downsample
+        self.add_quant = qnn.QuantIdentity(act_quant=ResidualActPerTensorFloat, bit_width=preset.residual_bits)
+        self.out_relu = qnn.QuantReLU(act_quant=UintActPerTensorFloat, bit_width=preset.act_bits)
+        self.stride = block.stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.inner_relus[0](self.bn1(self.conv1(x)))
+        if self.bottleneck:
+            out = self.inner_relus[1](self.bn2(self.conv2(out)))
+            out = self.bn3(self.conv3(out))
+        else:
+            out = self.bn2(self.conv2(out))
+        return self.out_relu(self.add_quant(out) + self.add_quant(shortcut))
+
+
 def quantize_layers(module: nn.Module, preset: QuantPreset) -> nn.Module:
     """Replace Conv2d/Linear/ReLU below ``module`` in place (RouterNodes are handled apart)."""
     for name, child in module.named_children():
         if isinstance(child, RouterNode):
             continue
-        if isinstance(child, nn.Conv2d):
+        if isinstance(child, (BasicBlock, Bottleneck)):
+            quantize_layers(child, preset)  # its convs (and downsample conv) first
+            setattr(module, name, QuantResidualBlock(child, preset))
+        elif isinstance(child, nn.Conv2d):
             setattr(module, name, _quant_conv(child, preset))
         elif isinstance(child, nn.Linear):
             setattr(module, name, _quant_linear(child, preset))
@@ -128,9 +169,9 @@ class QuantRouterNode(RouterNode):
 
 def quantize_tree(tree: SigmaBranchTree, preset: QuantPreset) -> SigmaBranchTree:
     """A Brevitas copy of a float tree (weights copied; scales start from Brevitas' defaults)."""
-    if tree.spec.get("dense_model") not in (None, "edge_cnn"):
-        raise QuantizationError(f"quantisation supports edge_cnn trees for now, not {tree.spec['dense_model']!r}: "
-                                "residual adds and point-cloud grouping need shared quantizers (planned)")
+    if str(tree.spec.get("dense_model", "")).startswith("pointnet"):
+        raise QuantizationError(f"quantisation supports CNN trees (edge_cnn, ResNet), not {tree.spec['dense_model']!r}: "
+                                "PointNet++'s ball-query grouping has no FINN+ mapping")
     qtree = copy.deepcopy(tree)
     quantize_layers(qtree, preset)
     qtree.backbone = nn.Sequential(qnn.QuantIdentity(act_quant=IntInputPerTensorFloat, bit_width=preset.input_bits),

@@ -19,15 +19,15 @@ from quant.qtree import QuantizationError, quantize_tree
 WIDTHS = [8, 8, 16, 16]  # a narrow edge CNN: every node exports in well under a second
 
 
-def tiny_qtree(bits="w4a4", seed=0):
+def tiny_qtree(bits="w4a4", seed=0, model="edge_cnn"):
     torch.manual_seed(seed)
-    dense = create_model("edge_cnn", num_classes=4, widths=WIDTHS).eval()
+    args = {"num_classes": 4, "widths": WIDTHS} if model == "edge_cnn" else {"num_classes": 4}
+    dense = create_model(model, **args).eval()
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(96) % 4
     x = torch.randn(96, 1, 8, 8, generator=g)
     x[y < 2, :, :4] += 1.5
-    tree, _ = convert(dense, "edge_cnn", {"num_classes": 4, "widths": WIDTHS}, TensorDataset(x, y),
-                      TreeConfig(max_samples=96, proj_dim=16))
+    tree, _ = convert(dense, model, args, TensorDataset(x, y), TreeConfig(max_samples=96, proj_dim=16))
     qtree = quantize_tree(tree, get_preset(bits))
     qtree.train()
     with torch.no_grad():  # calibrate BN statistics and activation scales on the data
@@ -185,5 +185,16 @@ def test_cli_refuses_a_float_tree_checkpoint(tmp_path, capsys):
 def test_w2a2_tree_exports_exactly(tmp_path):
     qtree, x = tiny_qtree("w2a2", seed=1)
     export_tree(qtree, (1, 8, 8), tmp_path, progress=False)
+    report = check_export(tmp_path, qtree, x[:32], finn_inputs=2)
+    assert report["same_leaf"] == 1.0 and report["same_class"] == 1.0
+
+
+@pytest.mark.slow
+def test_resnet_tree_with_residual_adds_exports_exactly(tmp_path):
+    qtree, x = tiny_qtree(model="resnet8")
+    manifest = export_tree(qtree, (1, 8, 8), tmp_path, progress=False)
+    # Residual blocks stay integer: a fork, a shared-scale requantisation of each input, an Add.
+    ops = [op["op"] for op in manifest["nodes"]["backbone"]["program"]]
+    assert "Add" in ops and ops.count("MultiThreshold") >= 3
     report = check_export(tmp_path, qtree, x[:32], finn_inputs=2)
     assert report["same_leaf"] == 1.0 and report["same_class"] == 1.0

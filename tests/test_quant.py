@@ -101,9 +101,9 @@ def test_bit_widths_finn_cannot_map_and_unsupported_trees_are_refused():
         get_preset("w1a4")
     with pytest.raises(ValueError, match="unknown quantisation preset"):
         get_preset("int4")
-    dense = create_model("resnet8")
-    tree = build_tree(dense, default_spec("resnet8", {}, dense))
-    with pytest.raises(QuantizationError, match="edge_cnn"):
+    dense = create_model("pointnet2_ssg_small", num_classes=4)
+    tree = build_tree(dense, default_spec("pointnet2_ssg_small", {"num_classes": 4}, dense))
+    with pytest.raises(QuantizationError, match="PointNet"):
         quantize_tree(tree, get_preset("w4a4"))
 
 
