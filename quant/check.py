@@ -4,12 +4,23 @@ Three independent executions of every node are compared with the integer referen
 (``host/int_reference.py``), each fed the reference's integers from the node's parent, so every
 branch sees every test input (not only those routed to it):
 
-1. qonnx's executor on ``<node>.onnx`` (the QONNX export, float graph): its output divided by
-   the node's output scale (less a head's bias) must round to the reference's integers, and sit
-   within ``ROUNDING_SLACK`` of them (float32 noise of the scale multiply).
-2. FINN+'s executor on ``<node>.finn.onnx`` (ConvertQONNXtoFINN + streamlining) without its float
-   tail: integer tensors, compared for equality.
-3. The Brevitas node module on the same integer input: rounds to the same integers.
+1. FINN+'s executor on ``<node>.finn.onnx`` (ConvertQONNXtoFINN + streamlining) without its float
+   tail: integer tensors (integer-valued float32 sums well below 2**24, so exact), compared for
+   **equality**. This is the graph the hardware is built from.
+2. qonnx's executor on ``<node>.onnx`` (the QONNX export, a float graph): its output divided by
+   the node's output scale (less a head's bias) must round to the reference's integers and sit
+   within ``ROUNDING_SLACK`` of the grid.
+3. The Brevitas node module on the same integer input, likewise.
+
+Why 2 and 3 allow rare off-by-one values (*boundary flips*, at most ``BOUNDARY_FLIP_FRACTION``
+of a node's values, each exactly one step): a float executor computes a convolution as a float32
+sum of (integer x scale) products, then BN, then rounds to the activation grid. When the exact
+pre-activation lies within float32 rounding error of a rounding boundary (k + 1/2 steps), the
+float result can land on either side, while the integer datapath (thresholds on the exact
+integer accumulator) always lands on one. Both are faithful to the trained model; only the
+integer side is reproducible bit for bit, and it is what the hardware computes. Seen so far: none
+in the W4A4 digits edge tree; in a W4A4 ResNet-8 tree on digits, 1 of 132,480 values of one
+branch from Brevitas (qonnx exact), with the same class and leaf on every input end to end.
 
 End to end, the reference's hard-routed inference is compared with the Brevitas tree's: the
 same class and the same leaf on every input. Logits may differ where a float scale remains:
@@ -31,7 +42,8 @@ from host.int_reference import IntegerTree
 
 from .export import tree_nodes
 
-ROUNDING_SLACK = 0.05  # in output integer units; a true mismatch is >= 1
+ROUNDING_SLACK = 0.05  # in output integer units: how far a float executor's output may sit off the grid
+BOUNDARY_FLIP_FRACTION = 1e-4  # off-by-one values allowed from a float executor (boundary flips)
 LOGIT_TOLERANCE = 0.05  # max |logit difference| / max |logit|, end to end vs Brevitas
 
 
@@ -71,14 +83,18 @@ def _integers(y: np.ndarray, info: dict[str, Any]) -> np.ndarray:
     return (y.reshape(len(y), -1) - bias.reshape(1, -1) if info["kind"] == "head" else y) / info["output_scale"]
 
 
-def _compare(name: str, what: str, approx: np.ndarray, exact: np.ndarray) -> float:
+def _compare(name: str, what: str, approx: np.ndarray, exact: np.ndarray) -> dict[str, Any]:
+    """Float executor vs the integers: off-by-one *boundary flips* are counted, and allowed up
+    to ``BOUNDARY_FLIP_FRACTION`` of the values (see the module docstring); anything else fails."""
     approx = approx.reshape(exact.shape)
-    wrong = int((np.round(approx) != exact).sum())
-    slack = float(np.abs(approx - exact).max()) if exact.size else 0.0
-    if wrong or slack > ROUNDING_SLACK:
-        raise ExportMismatch(f"node {name}: {what} differs from the integer reference in {wrong} of {exact.size} "
-                             f"values (max |diff| {slack:.3g})")
-    return slack
+    diff = np.abs(np.round(approx) - exact)
+    flips = int((diff == 1).sum())
+    residual = np.abs(approx - np.round(approx))
+    slack = float(residual.max()) if exact.size else 0.0
+    if diff.max(initial=0) > 1 or flips > BOUNDARY_FLIP_FRACTION * exact.size or slack > ROUNDING_SLACK:
+        raise ExportMismatch(f"node {name}: {what} differs from the integer reference in {int((diff > 0).sum())} of "
+                             f"{exact.size} values (max |diff| {diff.max(initial=0):.0f}, off-grid {slack:.3g})")
+    return {"boundary_flips": flips, "values": int(exact.size), "max_off_grid": slack}
 
 
 @torch.no_grad()
@@ -100,12 +116,12 @@ def check_export(export_dir: str | Path, qtree, x: torch.Tensor, finn_inputs: in
     for name, node in ref.nodes.items():  # manifest order: every producer before its consumers
         src = q_in if node.info["input_node"] is None else ints[node.info["input_node"]]
         ints[name] = out = node.run(src)
-        entry = {"brevitas_max_diff": _compare(name, "the Brevitas module", _integers(
+        entry = {"brevitas": _compare(name, "the Brevitas module", _integers(
             modules[name](torch.from_numpy(src).float()).numpy(), node.info), out)}
         if qonnx:
             model = _with_batch(ModelWrapper(str(root / node.info["qonnx"])), len(src))
             y = qonnx_exec.execute_onnx(model, {model.graph.input[0].name: src.astype(np.float32)})
-            entry["qonnx_max_diff"] = _compare(name, "qonnx's execution of the QONNX file",
+            entry["qonnx"] = _compare(name, "qonnx's execution of the QONNX file",
                                                _integers(y[model.graph.output[0].name], node.info), out)
         if finn_inputs is None or finn_inputs > 0:
             # One input at a time: qonnx's Im2Col (used in FINN's streamlined graphs) mixes up

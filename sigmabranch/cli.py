@@ -101,7 +101,12 @@ def cmd_export(args) -> int:
     if args.check:
         from quant.check import run_check
         cfg = _load_cfg(args) if args.config else None
-        report = run_check(args.checkpoint, args.out, cfg, limit=args.limit, finn_inputs=args.finn_inputs)
+        from quant.check import ExportMismatch
+        try:
+            report = run_check(args.checkpoint, args.out, cfg, limit=args.limit, finn_inputs=args.finn_inputs)
+        except ExportMismatch as err:
+            print(f"sigmabranch export: check FAILED: {err}", file=sys.stderr)
+            return 1
         (args.out / "check.json").write_text(json.dumps(report, indent=1))
         print(json.dumps({k: v for k, v in report.items() if k != "nodes"}, indent=2))
     return 0

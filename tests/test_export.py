@@ -76,7 +76,8 @@ def test_integer_reference_matches_qonnx_finn_and_brevitas(exported):
     assert report["same_class"] == 1.0 and report["same_leaf"] == 1.0
     for name, entry in report["nodes"].items():
         assert entry["finn_exact_inputs"] == 4, name
-        assert entry["qonnx_max_diff"] < 0.05 and entry["brevitas_max_diff"] < 0.05, name
+        assert entry["qonnx"]["max_off_grid"] < 0.05 and entry["brevitas"]["max_off_grid"] < 0.05, name
+        assert entry["qonnx"]["boundary_flips"] <= 1e-4 * entry["qonnx"]["values"], name
 
 
 def test_reference_routes_like_the_quantised_tree(exported):
