@@ -263,15 +263,16 @@ def run_cocotb(sources: Sequence[str | os.PathLike], toplevel: str, test_module:
 
 def run_streams(sources: Sequence[str | os.PathLike], toplevel: str, inputs: Mapping[str, Sequence[int]],
                 outputs: Mapping[str, int], parameters: Mapping[str, Any] | None = None, *, p_valid: float = 0.7,
-                p_ready: float = 0.7, seed: int = 0, **kw) -> dict[str, list[int]]:
+                p_ready: float = 0.7, seed: int = 0, check_idle: bool = True, **kw) -> dict[str, list[int]]:
     """Stream words through a toplevel: ``inputs`` port prefix -> words (ints of any width), ``outputs``
     port prefix -> number of words to collect; random valid/ready. Returns port -> received words.
 
-    An input given an empty word list is held idle. Extra keyword arguments go to :func:`run_cocotb`.
+    An input given an empty word list is held idle. With ``check_idle`` the run fails if an output
+    offers a word beyond its count. Extra keyword arguments go to :func:`run_cocotb`.
     """
     cfg = {"inputs": {p: {"words": [hex(int(w)) for w in ws]} for p, ws in inputs.items()},
            "outputs": {p: {"n_words": int(n)} for p, n in outputs.items()},
-           "p_valid": p_valid, "p_ready": p_ready, "seed": seed}
+           "p_valid": p_valid, "p_ready": p_ready, "seed": seed, "check_idle": check_idle}
     res = run_cocotb(sources, toplevel, "sim.tb.test_stream_io", parameters=parameters, config=cfg, **kw)
     got = json.loads((res.test_dir / "outputs.json").read_text())
     return {p: [int(w, 16) for w in ws] for p, ws in got.items()}

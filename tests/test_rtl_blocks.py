@@ -309,3 +309,36 @@ def test_patched_rtllib_files_pass_verilator_lint():
                             "--top-module", top, *params, *[str(lib / f) for f in files]],
                            capture_output=True, text=True)
         assert r.returncode == 0, f"{top}: {r.stderr[-2000:]}"
+
+
+def _single_node_model(op, shape_in, shape_out, dt_in, dt_out, **attrs):
+    from onnx import TensorProto, helper
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.basic import qonnx_make_model
+    node = helper.make_node(op, ["inp"], ["outp"], domain="finn.custom_op.fpgadataflow.rtl",
+                            backend="fpgadataflow", **attrs)
+    graph = helper.make_graph([node], op, [helper.make_tensor_value_info("inp", TensorProto.FLOAT, shape_in)],
+                              [helper.make_tensor_value_info("outp", TensorProto.FLOAT, shape_out)])
+    model = ModelWrapper(qonnx_make_model(graph, producer_name="sigmabranch-test"))
+    model.set_tensor_datatype("inp", DataType[dt_in])
+    model.set_tensor_datatype("outp", DataType[dt_out])
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", ["ConvolutionInputGenerator_rtl", "FMPadding_rtl"])
+def test_finn_conv_front_nodes(op):
+    """The nodes in front of every conv MVAU: sliding window (3x3, SIMD 2) and padding (1 each side)."""
+    pytest.importorskip("finn")
+    rng = np.random.default_rng(4)
+    if op == "ConvolutionInputGenerator_rtl":
+        model = _single_node_model(op, [1, 6, 6, 4], [1, 4, 4, 36], "UINT4", "UINT4", ConvKernelDim=[3, 3],
+                                   IFMChannels=4, IFMDim=[6, 6], OFMDim=[4, 4], SIMD=2, Stride=[1, 1],
+                                   Dilation=[1, 1], inputDataType="UINT4", outputDataType="UINT4")
+        x = rng.integers(0, 16, [1, 6, 6, 4])
+    else:
+        model = _single_node_model(op, [1, 4, 4, 4], [1, 6, 6, 4], "INT4", "INT4", ImgDim=[4, 4],
+                                   Padding=[1, 1, 1, 1], NumChannels=4, SIMD=2, inputDataType="INT4")
+        x = rng.integers(-8, 8, [1, 4, 4, 4])
+    _check_finn_node(model, x.astype(np.float32), p_valid=0.6, p_ready=0.6)

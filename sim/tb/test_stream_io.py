@@ -1,6 +1,7 @@
 """Generic cocotb stream driver: words in, words out (sim.verilator.run_streams, sim.finn_rtllib.simulate_finn_node).
 
-config: {"inputs": {port: {"words": [hex...]}}, "outputs": {port: {"n_words": k}}, "p_valid", "p_ready", "seed"}.
+config: {"inputs": {port: {"words": [hex...]}}, "outputs": {port: {"n_words": k}}, "p_valid", "p_ready", "seed",
+"check_idle" (default true: fail if an output offers a word beyond n_words)}.
 All input streams are driven and all outputs drained concurrently with random valid/ready; the
 collected output words go to outputs.json in the test directory. The comparison with a reference
 (FINN's Python execution, numpy) happens in the caller, so this test only checks the word count
@@ -40,6 +41,7 @@ async def stream_io(dut):
     await gather(*tasks, *rx)
     out = {port: [hex(w) for w in t.result()] for (port, _, _), t in zip(sinks, rx)}
     (tb_dir() / "outputs.json").write_text(json.dumps(out))
-    for _, s, _ in sinks:
-        await s.expect_idle(50)
+    if cfg.get("check_idle", True):  # FINN's FMPadding emits the next frame's top padding unasked
+        for _, s, _ in sinks:
+            await s.expect_idle(50)
 
