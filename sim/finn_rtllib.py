@@ -19,9 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
-import re
 from typing import Any, Mapping
 
 import numpy as np

@@ -11,10 +11,10 @@ import json
 
 import cocotb
 import numpy as np
-from cocotb.triggers import gather, RisingEdge, ReadOnly
+from cocotb.triggers import ReadOnly, RisingEdge, gather
 
 from host.router_rule import router_decision
-from sim.tb.axis import StreamSink, StreamSource, pack_words, reset, start_clock, unpack_words
+from sim.tb.axis import StreamSink, StreamSource, pack_words, reset, start_clock
 from sim.verilator import tb_config
 
 
