@@ -10,6 +10,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (CheckpointError, ConfigError, Conver
 
 def user_errors() -> tuple[type[Exception], ...]:
     """USER_ERRORS plus the later stages' own (imported lazily: they pull in Brevitas)."""
+    from hls.build import BuildError
     from host.int_reference import ManifestError
     from quant.qtree import QuantizationError
-    return USER_ERRORS + (QuantizationError, ManifestError)
+    return USER_ERRORS + (QuantizationError, ManifestError, BuildError)

@@ -40,7 +40,7 @@ import torch
 
 from host.int_reference import IntegerTree
 
-from .export import tree_nodes
+from .export import drop_float_tail, tree_nodes
 
 ROUNDING_SLACK = 0.05  # in output integer units: how far a float executor's output may sit off the grid
 BOUNDARY_FLIP_FRACTION = 1e-4  # off-by-one values allowed from a float executor (boundary flips)
@@ -59,22 +59,6 @@ def _with_batch(model, batch: int):
         dims = info.type.tensor_type.shape.dim
         if dims and dims[0].dim_value == 1:
             dims[0].dim_value = batch
-    return model
-
-
-def _drop_float_tail(model):
-    """A copy of a streamlined graph without its trailing Mul/Add: its output is the integers."""
-    import copy
-
-    from qonnx.core.modelwrapper import ModelWrapper
-    model = ModelWrapper(copy.deepcopy(model.model))
-    graph = model.graph
-    while graph.node[-1].op_type in ("Mul", "Add") and model.get_initializer(graph.node[-1].input[1]) is not None:
-        last = graph.node[-1]
-        info = next(v for v in graph.value_info if v.name == last.input[0])
-        graph.output[0].CopyFrom(info)
-        graph.value_info.remove(info)
-        graph.node.remove(last)
     return model
 
 
@@ -126,7 +110,7 @@ def check_export(export_dir: str | Path, qtree, x: torch.Tensor, finn_inputs: in
         if finn_inputs is None or finn_inputs > 0:
             # One input at a time: qonnx's Im2Col (used in FINN's streamlined graphs) mixes up
             # images at batch > 1, and FINN itself always executes batch 1.
-            model = _drop_float_tail(ModelWrapper(str(root / node.info["finn_onnx"])))
+            model = drop_float_tail(ModelWrapper(str(root / node.info["finn_onnx"])))
             rows = range(len(src) if finn_inputs is None else min(len(src), finn_inputs))
             y = np.stack([finn_execute(model, {model.graph.input[0].name: src[i:i + 1].astype(np.float32)})[
                 model.graph.output[0].name].reshape(out.shape[1:]) for i in rows])

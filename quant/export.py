@@ -195,6 +195,22 @@ def finn_streamline(model):
     return model
 
 
+def drop_float_tail(model):
+    """A copy of a streamlined graph without its trailing Mul/Add: its output is the integers."""
+    import copy
+
+    from qonnx.core.modelwrapper import ModelWrapper
+    model = ModelWrapper(copy.deepcopy(model.model))
+    graph = model.graph
+    while graph.node[-1].op_type in ("Mul", "Add") and model.get_initializer(graph.node[-1].input[1]) is not None:
+        last = graph.node[-1]
+        info = next(v for v in graph.value_info if v.name == last.input[0])
+        graph.output[0].CopyFrom(info)
+        graph.value_info.remove(info)
+        graph.node.remove(last)
+    return model
+
+
 def _attr_value(attr):
     from onnx import helper
     value = helper.get_attribute_value(attr)
@@ -322,7 +338,9 @@ def export_tree(qtree, input_shape: tuple[int, ...], out_dir: str | Path, progre
             raise QuantizationError(f"node {name}: streamlined output scale {tail['output_scale']} differs from its "
                                     f"last activation's {node['output_scale']}")
         manifest_nodes[name] = entry
-    manifest = {"format": FORMAT, "model": qtree.spec["dense_model"], "depth": qtree.depth,
+    spec = {k: qtree.spec[k] for k in ("dense_model", "dense_args", "widths", "dense_widths", "level_names",
+                                       "backbone_channels") if k in qtree.spec}
+    manifest = {"format": FORMAT, "model": qtree.spec["dense_model"], "depth": qtree.depth, "spec": spec,
                 "num_classes": shapes[IntegerTree.head_name(0)][1], "quant": quant,
                 "input": {"shape": list(input_shape), "layout": "NCHW", "datatype": manifest_nodes["backbone"]["input_datatype"],
                           "scale": manifest_nodes["backbone"]["input_scale"],

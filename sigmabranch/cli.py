@@ -18,6 +18,7 @@ Stages (each reads and writes files you can inspect):
   finetune   soft-routing fine-tuning of a tree                   -> checkpoint.pt
   quantize   Brevitas quantisation-aware fine-tuning of a tree   -> checkpoint.pt (W4A4 default)
   export     quantised tree -> QONNX per node, integer programs    -> tree.json, <node>.onnx/.npz
+  build      exported tree -> FINN+ HW layers per node, placement, DDR weight image (pynq-z2, zcu104)
   evaluate   Top-1/Top-5, params, MACs, leaf usage of a checkpoint (dense or tree)
   summary    dense vs default tree accounting of a registered model, no data needed
   models     list the registered models
@@ -109,6 +110,16 @@ def cmd_export(args) -> int:
             return 1
         (args.out / "check.json").write_text(json.dumps(report, indent=1))
         print(json.dumps({k: v for k, v in report.items() if k != "nodes"}, indent=2))
+    return 0
+
+
+def cmd_build(args) -> int:
+    from hls.build import build, vivado_step
+    report = build(args.export, args.board, args.out, target_cycles=args.target_cycles, folding_config=args.folding,
+                   hdl=not args.no_hdl)
+    print((args.out / "placement.md").read_text())
+    if args.bitstream:
+        vivado_step(args.out)
     return 0
 
 
@@ -231,6 +242,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finn-inputs", dest="finn_inputs", type=int,
                    help="(--check) run FINN+'s executor (slow, one input at a time) on only this many inputs")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("build", help="exported tree -> FINN+ hardware, placement report, DDR weight image",
+                       description="Per node of an exported tree: FINN+ HW layers (RTL where FINN+ has them), "
+                                   "folding, HDL generation (PrepareIP). The backbone and root router keep their "
+                                   "weights on chip; each tree level gets one datapath shared by its branches, "
+                                   "whose weights FINN+'s fetch_weights reads from DDR once per inference. Writes "
+                                   "placement.json/.md (FINN+ estimates vs the board), weights.bin/.json (one "
+                                   "contiguous, 4 KiB-aligned, CRC32-checked region per branch), driver.json, "
+                                   "nodes/*.hw.onnx and hdl/. Refuses a design whose on-chip part does not fit.")
+    p.add_argument("--export", required=True, type=Path, help="directory written by `sigmabranch export`")
+    p.add_argument("--board", required=True, choices=["pynq-z2", "zcu104"])
+    p.add_argument("--out", required=True, type=Path, help="build directory (e.g. build/pynq-z2)")
+    p.add_argument("--target-cycles", dest="target_cycles", type=int,
+                   help="SetFolding target, cycles per frame (default: the board's: pynq-z2 20000, zcu104 2000)")
+    p.add_argument("--folding", help="a FINN folding config JSON (ApplyConfig) instead of SetFolding")
+    p.add_argument("--no-hdl", dest="no_hdl", action="store_true", help="skip HDL generation (PrepareIP)")
+    p.add_argument("--bitstream", action="store_true",
+                   help="then run synthesis and the bitstream (needs `vivado` on PATH)")
+    p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("evaluate", help="evaluate a dense or tree checkpoint",
                        description="Dense: Top-1/Top-5 (%%), params, MACs (fvcore convention, batch 1). Tree: hard "

@@ -14,27 +14,9 @@ from model.registry import create_model
 from quant.check import ExportMismatch, check_export
 from quant.export import check_bits, export_tree
 from quant.presets import get_preset
-from quant.qtree import QuantizationError, quantize_tree
+from quant.qtree import QuantizationError
 
-WIDTHS = [8, 8, 16, 16]  # a narrow edge CNN: every node exports in well under a second
-
-
-def tiny_qtree(bits="w4a4", seed=0, model="edge_cnn"):
-    torch.manual_seed(seed)
-    args = {"num_classes": 4, "widths": WIDTHS} if model == "edge_cnn" else {"num_classes": 4}
-    dense = create_model(model, **args).eval()
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(96) % 4
-    x = torch.randn(96, 1, 8, 8, generator=g)
-    x[y < 2, :, :4] += 1.5
-    tree, _ = convert(dense, model, args, TensorDataset(x, y), TreeConfig(max_samples=96, proj_dim=16))
-    qtree = quantize_tree(tree, get_preset(bits))
-    qtree.train()
-    with torch.no_grad():  # calibrate BN statistics and activation scales on the data
-        for _ in range(3):
-            qtree(x, mode="leaves")
-    return qtree.eval(), x
-
+from fixtures_quant import WIDTHS, tiny_qtree
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

@@ -1,0 +1,115 @@
+"""The FINN+ hardware build: HW layers per node, placement, the DDR weight image, the budget."""
+import json
+import zlib
+
+import numpy as np
+import pytest
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.custom_op.registry import getCustomOp
+
+from hls import boards
+from hls.build import REGION_ALIGN, BuildError, build, fetch_len, vivado_step
+from quant.export import export_tree
+
+from fixtures_quant import tiny_qtree
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    qtree, _ = tiny_qtree()
+    root = tmp_path_factory.mktemp("build")
+    export_tree(qtree, (1, 8, 8), root / "export", progress=False)
+    report = build(root / "export", "pynq-z2", root / "pynq-z2")
+    return root, report
+
+
+def test_every_node_becomes_finn_hw_layers(built):
+    root, _ = built
+    backbone = ModelWrapper(str(root / "pynq-z2" / "nodes" / "backbone.hw.onnx"))
+    ops = [n.op_type for n in backbone.graph.node]
+    assert all(n.domain.startswith("finn.custom_op.fpgadataflow") for n in backbone.graph.node)
+    assert "MVAU_rtl" in ops and "Thresholding_rtl" in ops and "ConvolutionInputGenerator_rtl" in ops
+    # The streams between nodes are NHWC integers: no layout transposes are left at the edges.
+    assert backbone.get_tensor_shape(backbone.graph.input[0].name) == [1, 8, 8, 1]
+    assert str(backbone.get_tensor_datatype(backbone.graph.input[0].name)) == "INT8"
+    for node in backbone.graph.node:
+        if node.op_type == "MVAU_rtl":
+            assert getCustomOp(node).get_nodeattr("mem_mode") == "internal_decoupled"
+    branch = ModelWrapper(str(root / "pynq-z2" / "nodes" / "branch_1_3.hw.onnx"))
+    for node in branch.graph.node:
+        if node.op_type == "MVAU_rtl":
+            assert getCustomOp(node).get_nodeattr("mem_mode") == "external_mem"  # from DDR, fetched once
+    hdl = list((root / "pynq-z2" / "hdl" / "backbone").rglob("*.v")) + list((root / "pynq-z2" / "hdl").rglob("*.sv"))
+    assert hdl, "PrepareIP wrote no HDL"
+
+
+def test_branches_of_a_level_share_one_datapath(built):
+    root, _ = built
+    models = [ModelWrapper(str(root / "pynq-z2" / "nodes" / f"branch_1_{b}.hw.onnx")) for b in range(4)]
+    for attrs in zip(*[[getCustomOp(n).onnx_node.attribute for n in m.graph.node] for m in models]):
+        keep = lambda a: {x.name: x for x in a if x.name in ("PE", "SIMD", "weightDataType", "accDataType",
+                                                              "outputDataType", "inputDataType")}
+        assert all(keep(a) == keep(attrs[0]) for a in attrs)
+
+
+def test_weight_image_has_one_contiguous_checked_region_per_branch(built):
+    root, report = built
+    meta = json.loads((root / "pynq-z2" / "weights.json").read_text())
+    image = (root / "pynq-z2" / "weights.bin").read_bytes()
+    assert len(image) == meta["bytes"] and zlib.crc32(image) == meta["crc32"]
+    assert [len(level["regions"]) for level in meta["levels"]] == [2, 4]
+    for level in meta["levels"]:
+        sizes = {r["bytes"] for r in level["regions"]}
+        assert len(sizes) == 1  # same shape for every branch of a level
+        for region in level["regions"]:
+            assert region["offset"] % REGION_ALIGN == 0
+            assert region["offset"] == level["base"] + region["branch"] * level["region_stride"]
+            data = image[region["offset"]:region["offset"] + region["bytes"]]
+            assert zlib.crc32(data) == region["crc32"]
+            # Its layers, back to back in datapath order, each one fetch_weights set.
+            assert [layer["node"] for layer in region["layers"]][0].startswith("branch_")
+            offset = 0
+            for layer in region["layers"]:
+                assert layer["offset"] == offset
+                assert layer["bytes"] == fetch_len(layer["MH"] * layer["MW"], int(layer["weight_datatype"][3:]))
+                offset += layer["bytes"]
+            assert offset == region["bytes"]
+    # Different branches hold different weights (siblings share their first conv's inner
+    # filters by construction, but not their output channels).
+    assert len({r["crc32"] for r in meta["levels"][1]["regions"]}) == 4
+    ddr = report["ddr"]
+    assert ddr["tree_weight_bytes"] == sum(level["regions"][0]["bytes"] for level in meta["levels"])
+    assert ddr["tree_weight_bytes"] < ddr["dense_weight_bytes"]
+
+
+def test_placement_report_and_driver_metadata(built):
+    root, report = built
+    text = (root / "pynq-z2" / "placement.md").read_text()
+    assert "backbone" in text and "level 1 datapath" in text and "/ 280" in text
+    assert report["total"]["DSP"] <= 220 and report["total"]["BRAM_18K"] <= 280 and not report["problems"]
+    driver = json.loads((root / "pynq-z2" / "driver.json").read_text())
+    assert driver["input"]["shape_nhwc"] == [1, 8, 8, 1] and driver["input"]["datatype"] == "INT8"
+    assert (root / "pynq-z2" / "export" / "tree.json").is_file()
+
+
+def test_a_design_that_does_not_fit_is_refused_with_the_overflow(built, monkeypatch):
+    root, _ = built
+    tiny = boards.Board("tiny", "xc7z020clg400-1", lut=100, dsp=2, bram18=4, uram=0, clk_ns=10.0,
+                        ddr_bytes_per_s=1e9, axi_port_bits=64, target_cycles=20_000)
+    monkeypatch.setitem(boards.BOARDS, "tiny", tiny)
+    with pytest.raises(BuildError, match=r"DSP: \d+ > 2 \(over by \d+\); largest: .*backbone"):
+        build(root / "export", "tiny", root / "tiny", hdl=False)
+    assert (root / "tiny" / "placement.md").is_file()  # the report is written before refusing
+
+
+def test_vivado_step_names_the_missing_tool(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(BuildError, match="`vivado` is not on PATH"):
+        vivado_step(tmp_path)
+
+
+def test_residual_trees_are_refused_clearly(tmp_path):
+    qtree, _ = tiny_qtree(model="resnet8")
+    export_tree(qtree, (1, 8, 8), tmp_path / "export", progress=False)
+    with pytest.raises(BuildError, match="residual additions"):
+        build(tmp_path / "export", "zcu104", tmp_path / "b", hdl=False)
