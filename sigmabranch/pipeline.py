@@ -2,7 +2,8 @@
 
 dense training -> conversion -> soft-routing fine-tuning -> hard-routed evaluation ->
 quantisation-aware fine-tuning (W4A4, integer router decision) -> QONNX export per node and
-the integer reference's cross-checks, writing
+the integer reference's cross-checks -> FINN+ hardware build for PYNQ-Z2 and ZCU104 (up to the
+vendor step), writing
 ``runs/demo/metrics.json`` and the plots. Every stage also writes its own folder, so each
 step's files can be inspected (and re-run by hand with the same CLI subcommand).
 """
@@ -84,7 +85,23 @@ def run_demo(out: str | Path = "runs/demo", config: str | Path | None = None, tr
                                                     "max_relative_logit_diff")}
     quant["int_reference"]["finn_exact_inputs"] = DEMO_FINN_INPUTS
 
-    metrics = {"dense": dense, "tree": tree, "quant": quant,
+    from hls.build import build
+
+    hardware = {}
+    t0 = time.perf_counter()
+    for board in ("pynq-z2", "zcu104"):
+        report = build(out / "export", board, out / "build" / board)
+        hardware[board] = {"ddr_bytes_per_inference": report["ddr"]["tree_weight_bytes"] + report["ddr"]["input_bytes"]
+                           + report["ddr"]["output_bytes"],
+                           "ddr_weight_bytes_per_inference": report["ddr"]["tree_weight_bytes"],
+                           "dense_ddr_weight_bytes_per_inference": report["ddr"]["dense_weight_bytes"],
+                           "tree_vs_dense_ddr": report["ddr"]["tree_vs_dense"],
+                           "onchip_bytes": sum(e["onchip_weight_bytes"] for e in report["onchip"]),
+                           "onchip_estimate": report["total"], "budget": report["budget"],
+                           "target_cycles": report["target_cycles"]}
+    seconds["build"] = time.perf_counter() - t0
+
+    metrics = {"dense": dense, "tree": tree, "quant": quant, "hardware": hardware,
                "seconds": seconds, "config": {"dense": str(config or DEFAULT_DENSE_CONFIG),
                                               "tree": str(tree_config or DEFAULT_TREE_CONFIG)}}
     write_json(out / "metrics.json", metrics)

@@ -187,3 +187,8 @@ def test_full_demo_meets_the_method_bars(tmp_path):
     assert ref["same_class"] == 1.0 and ref["same_leaf"] == 1.0 and ref["inputs"] == 360
     assert abs(ref["top1"] - quant["top1_hard"]) < 1e-9
     assert (tmp_path / "export" / "tree.json").is_file() and (tmp_path / "export" / "check.json").is_file()
+    # The hardware issue: both boards fit, and the tree streams at most 0.45x the dense model's bytes.
+    for board in ("pynq-z2", "zcu104"):
+        hw = m["hardware"][board]
+        assert hw["tree_vs_dense_ddr"] <= 0.45
+        assert all(hw["onchip_estimate"][k] <= hw["budget"][k] for k in hw["budget"])
