@@ -1,0 +1,250 @@
+"""``ref``: the integer reference behind the driver's hardware interface (no hardware).
+
+Results come from :class:`host.int_reference.IntegerTree` (bit-exact with the FINN+ graphs the
+hardware is built from). Time is a transaction-level model in fabric cycles, driven by the
+driver's own calls, so the driver's fetch strategies can be compared before the RTL exists:
+
+- compute: FINN+'s expected cycles per layer (``placement.json``), summed per on-chip part (the
+  critical path FINN+'s ``dataflow_performance`` reports): backbone + root router, then per
+  level its datapath (branch + router below it, or branch + head);
+- one DDR port shared by every fetch (FIFO): a fetch of ``n`` bytes takes
+  ``setup + n / bytes_per_cycle`` cycles, ``bytes_per_cycle = min(port width / 8, DDR
+  bandwidth x clock period)``;
+- a level's datapath starts once its input (the level's decision) is there *and* the host has
+  committed the right weights; each MMIO access costs ``mmio_cycles``.
+
+Faults are not modelled here; tests inject them by subclassing.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..int_reference import IntegerTree
+from .base import Buffer, DesignInfo, Hardware, layout_signature
+
+# Duplicated from hls/boards.py (host/ may not import hls/): DDR bandwidth one PS-PL port gives a
+# fetch, and that port's width. driver.json's own values win when present.
+BOARD_DDR = {"pynq-z2": {"ddr_bytes_per_s": 1.2e9, "axi_port_bits": 64},
+             "zcu104": {"ddr_bytes_per_s": 4.8e9, "axi_port_bits": 128}}
+FETCH_SETUP_NS = 150.0  # first-word latency of a DDR read burst through an HP port (assumption)
+MMIO_CYCLES = 25        # one AXI-Lite register access from the PS (assumption)
+
+
+@dataclass
+class Timing:
+    """Cycle numbers of one design (see the module docstring)."""
+    clk_ns: float
+    bytes_per_cycle: float
+    setup_cycles: int
+    backbone_cycles: int        # backbone + root router
+    level_cycles: list[int]     # per level: its datapath
+    io_bytes_per_cycle: float
+    mmio_cycles: int = MMIO_CYCLES
+
+    def fetch_cycles(self, nbytes: int) -> int:
+        return self.setup_cycles + int(np.ceil(nbytes / self.bytes_per_cycle))
+
+    def io_cycles(self, nbytes: int) -> int:
+        return self.setup_cycles + int(np.ceil(nbytes / self.io_bytes_per_cycle))
+
+    @classmethod
+    def from_bundle(cls, root: Path, driver: dict[str, Any], depth: int) -> "Timing":
+        board = {**BOARD_DDR.get(driver.get("board"), BOARD_DDR["pynq-z2"]),
+                 **{k: driver[k] for k in ("ddr_bytes_per_s", "axi_port_bits") if k in driver}}
+        clk_ns = float(driver["clk_ns"])
+        bpc = min(board["axi_port_bits"] / 8, board["ddr_bytes_per_s"] * clk_ns * 1e-9)
+        placement_path = root / "placement.json"
+        if placement_path.is_file():
+            parts = json.loads(placement_path.read_text())["onchip"]
+            cycles = [sum(int(row["cycles"]) for row in part["layers"]) for part in parts]
+            backbone, levels = cycles[0] + cycles[1], cycles[2:]
+        else:  # no estimate: compute takes no time, fetches still do
+            backbone, levels = 0, [0] * depth
+        return cls(clk_ns=clk_ns, bytes_per_cycle=bpc, setup_cycles=int(np.ceil(FETCH_SETUP_NS / clk_ns)),
+                   backbone_cycles=backbone, level_cycles=levels, io_bytes_per_cycle=bpc)
+
+
+class RefHardware(Hardware):
+    """The integer reference as a :class:`Hardware`. ``design`` is the build the "loaded
+    design" comes from (default: the driver's bundle), so a mismatched bundle can be shown."""
+
+    name = "ref"
+    clock_unit = "cycles"
+
+    def __init__(self, design: str | Path | None = None, fetch_modes: tuple[str, ...] = ("host", "onchip")):
+        self._design_dir = Path(design) if design is not None else None
+        self._fetch_modes = fetch_modes
+        self._buffers: list[Buffer] = []
+        self._next_address = 0x1000_0000
+        self._clock = 0
+        self._inference: dict[str, Any] | None = None
+
+    # -- design
+    def open(self, bundle) -> DesignInfo:
+        root = self._design_dir or bundle.root
+        driver = json.loads((root / "driver.json").read_text())
+        self.tree = IntegerTree.load(root / Path(driver["manifest"]).parent)
+        self.depth = self.tree.depth
+        self.timing = Timing.from_bundle(root, driver, self.depth)
+        self.regions = [(int(l["base"]), int(l["region_stride"]), int(l["region_bytes"])) for l in driver["levels"]]
+        self.in_shape = tuple(driver["input"]["shape_nhwc"])
+        self.in_dtype = np.int8 if driver["input"]["datatype"].startswith("INT") else np.uint8
+        return DesignInfo(signature=layout_signature(driver), levels=len(driver["levels"]),
+                          fetch_modes=self._fetch_modes, clock_unit="cycles",
+                          extra={"timing": self.timing.__dict__})
+
+    def allocate(self, name: str, nbytes: int) -> Buffer:
+        buf = Buffer(name, np.zeros(nbytes, dtype=np.uint8), self._next_address)
+        self._next_address += -(-max(nbytes, 1) // 4096) * 4096 + 4096  # page-aligned, a guard page between
+        self._buffers.append(buf)
+        return buf
+
+    def _buffer_at(self, address: int, nbytes: int) -> Buffer:
+        for buf in self._buffers:
+            if buf.contains(address, nbytes):
+                return buf
+        raise MemoryError(f"ref: DMA of {nbytes} bytes at {address:#x} is outside every allocated buffer")
+
+    def set_weight_base(self, buf: Buffer, fetch_mode: str) -> None:
+        self._tick()
+        self.weights, self.fetch_mode = buf, fetch_mode
+
+    # -- the clock
+    def now(self) -> float:
+        return float(self._clock)
+
+    def _tick(self, cycles: int | None = None) -> None:
+        self._clock += self.timing.mmio_cycles if cycles is None else cycles
+
+    def _advance(self) -> None:
+        """A poll that saw nothing ready: move the clock to the next event, if any is scheduled."""
+        pending = [t for t in self._events() if t > self._clock]
+        if pending:
+            self._clock = min(pending)
+
+    def _events(self) -> list[float]:
+        inf = self._inference
+        if inf is None:
+            return []
+        times = [f["end"] for f in inf["fetches"].values() if f["end"] is not None]
+        times += [t for t in inf["decision_at"] if t is not None]
+        if inf["output_at"] is not None:
+            times.append(inf["output_at"])
+        return times
+
+    # -- one inference
+    def send_input(self, buf: Buffer, nbytes: int, out: Buffer, out_nbytes: int) -> None:
+        self._tick()
+        x = np.frombuffer(buf.array[:nbytes].tobytes(), dtype=self.in_dtype).reshape(self.in_shape)
+        result = self.tree.infer(x.transpose(0, 3, 1, 2).astype(np.int64), quantized=True)
+        path = [int(b) for b in _branches(result["path_decisions"][0])]
+        start = self._clock + self.timing.io_cycles(nbytes)
+        self._port_free = max(getattr(self, "_port_free", 0), self._clock)
+        self._inference = {"path": path, "acc": result["acc"][0].astype(np.int32), "out": out,
+                           "out_nbytes": out_nbytes, "fetches": {}, "log": [], "committed": {},
+                           "decision_at": [start + self.timing.backbone_cycles] + [None] * (self.depth - 1),
+                           "output_at": None}
+        if self.fetch_mode == "onchip":  # the router's decision drives the fetch: schedule all of it now
+            ready = self._inference["decision_at"][0]
+            for level, branch in enumerate(path):
+                base, stride, size = self.regions[level]
+                fetch = self._schedule_fetch(level, self.weights.physical_address + base + branch * stride, size,
+                                             ready if level == 0 else self._inference["decision_at"][level])
+                self._inference["committed"][level] = branch
+                self._run_level(level, max(fetch["end"], self._inference["decision_at"][level]))
+                ready = self._inference["decision_at"][level + 1] if level + 1 < self.depth else None
+
+    def _schedule_fetch(self, level: int, address: int, nbytes: int, issued: float) -> dict[str, Any]:
+        self._buffer_at(address, nbytes)
+        start = max(issued, self._port_free)
+        fetch = {"address": address, "nbytes": nbytes, "start": start,
+                 "end": start + self.timing.fetch_cycles(nbytes), "cancelled": False}
+        self._port_free = fetch["end"]
+        self._inference["fetches"][level] = fetch
+        self._inference["log"].append((level, address, nbytes))
+        return fetch
+
+    def _run_level(self, level: int, start: float) -> None:
+        end = start + self.timing.level_cycles[level]
+        if level + 1 < self.depth:
+            self._inference["decision_at"][level + 1] = end
+        else:
+            self._inference["output_at"] = end + self.timing.io_cycles(self._inference["out_nbytes"])
+
+    def poll_decision(self, level: int) -> int | None:
+        self._tick()
+        inf = self._inference
+        at = inf["decision_at"][level] if inf else None
+        if at is None or at > self._clock:
+            self._advance()
+            return None
+        return inf["path"][level]
+
+    def start_fetch(self, level: int, address: int, nbytes: int) -> None:
+        self._tick()
+        self._schedule_fetch(level, address, nbytes, self._clock)
+
+    def poll_fetch(self, level: int) -> bool:
+        self._tick()
+        fetch = self._inference["fetches"].get(level)
+        if fetch is None or fetch["end"] > self._clock:
+            self._advance()
+            return False
+        return True
+
+    def cancel_fetch(self, level: int) -> None:
+        self._tick()
+        fetch = self._inference["fetches"].pop(level, None)
+        if fetch is not None and fetch["end"] > self._clock:  # stop at the current beat: the port frees now
+            done = max(0.0, self._clock - fetch["start"] - self.timing.setup_cycles)
+            moved = int(min(fetch["nbytes"], done * self.timing.bytes_per_cycle))
+            log = self._inference["log"]
+            log[log.index((level, fetch["address"], fetch["nbytes"]))] = (level, fetch["address"], moved)
+            if self._port_free == fetch["end"]:
+                self._port_free = max(self._clock, fetch["start"])
+
+    def commit_weights(self, level: int, branch: int) -> None:
+        self._tick()
+        inf = self._inference
+        base, stride, size = self.regions[level]
+        fetch = inf["fetches"].get(level)
+        expected = self.weights.physical_address + base + branch * stride
+        if fetch is None or fetch["address"] != expected or fetch["nbytes"] != size:
+            raise RuntimeError(f"ref: commit of level {level} branch {branch} without that region fetched")
+        inf["committed"][level] = branch
+        decided = inf["decision_at"][level]
+        self._run_level(level, max(self._clock, fetch["end"], decided))
+
+    def poll_output(self) -> bool:
+        self._tick()
+        inf = self._inference
+        if inf is None or inf["output_at"] is None or inf["output_at"] > self._clock:
+            self._advance()
+            return False
+        if inf["committed"] != dict(enumerate(inf["path"])):
+            raise RuntimeError("ref: a level ran on weights other than its decided branch")
+        out = inf["out"]
+        out.array[:inf["out_nbytes"]] = np.frombuffer(inf["acc"].astype("<i4").tobytes(), dtype=np.uint8)
+        return True
+
+    def fetch_log(self) -> list[tuple[int, int, int]]:
+        return list(self._inference["log"]) if self._inference else []
+
+    def reset(self) -> None:
+        self._tick()
+        self._inference = None
+        self._port_free = self._clock
+
+
+def _branches(decisions: np.ndarray) -> list[int]:
+    """Per-level decisions (0/1) -> the branch index chosen at each level."""
+    out, branch = [], 0
+    for d in decisions:
+        branch = 2 * (branch if out else 0) + int(d)
+        out.append(branch)
+    return out

@@ -1,0 +1,398 @@
+"""The PYNQ host driver of a Sigma-Branch tree accelerator (numpy, and ``pynq`` on a board).
+
+In the style of FINN's ``FINNExampleOverlay``: :class:`SigmaBranchOverlay` loads the build's
+bundle (``build/<board>/``: ``driver.json``, ``weights.json`` + ``weights.bin``,
+``export/tree.json``) and the design (through a backend, see ``host/backends/base.py``),
+allocates its contiguous buffers once (input, output, the whole DDR weight image), checks the
+bundle against itself and against the loaded design, copies the weight image to DDR and
+verifies every branch region's CRC32 there. Per inference it sends the input, waits (bounded)
+for each router decision, moves only the chosen branch's region for each level (one DMA
+transfer; or, in ``onchip`` fetch mode, checks that the fetchers read exactly that region), and
+returns the prediction, the path, the bytes moved and the latency.
+
+Fetch strategies (``strategy=``):
+
+- ``serial``: fetch a level's region after its decision (the paper's flow);
+- ``prefetch``: before a level's decision, start fetching the branch the router chose most often
+  so far at that node (counts kept by the driver, ties to branch 0); a right guess hides the
+  fetch behind the backbone / the previous level, a wrong one is cancelled and refetched (its
+  partial bytes are reported as ``wasted``).
+
+Usage::
+
+    from host.driver import SigmaBranchOverlay
+    ov = SigmaBranchOverlay("build/pynq-z2", backend="board")   # or "sim", "ref"
+    out = ov.execute(x)            # x: float (N, C, H, W) as the model takes it
+    out["classes"], out["leaves"], out["bytes"]["weights"], out["latency"]
+"""
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .backends.base import Buffer, Hardware, layout_signature
+from .int_reference import ManifestError, datatype_range, quantize_input, read_manifest
+
+STRATEGIES = ("serial", "prefetch")
+DEFAULT_TIMEOUT_S = 2.0
+
+
+class DriverError(RuntimeError):
+    """The accelerator misbehaved (names what and where)."""
+
+
+class DriverTimeout(DriverError, TimeoutError):
+    """A DMA or router wait did not complete in its bounded time; the accelerator was reset."""
+
+
+class DecisionError(DriverError):
+    """The router reported a branch that does not exist or does not continue the path."""
+
+
+class WeightImageError(DriverError):
+    """The weight image in DDR does not match its manifest (CRC32 per region)."""
+
+
+class BundleError(ManifestError):
+    """Bundle files that disagree with each other or with the loaded design."""
+
+
+class InputError(ValueError):
+    """An input the tree cannot take (shape, dtype, range)."""
+
+
+# ------------------------------------------------------------------------------ the bundle
+@dataclass
+class Bundle:
+    """``build/<board>/`` as the driver reads it (numpy only), checked for consistency."""
+    root: Path
+    driver: dict[str, Any]
+    weights: dict[str, Any]
+    manifest: dict[str, Any]
+    image: bytes
+
+    @classmethod
+    def load(cls, root: str | Path) -> "Bundle":
+        root = Path(root)
+        driver = _read_json(root / "driver.json", "sigmabranch-driver/1")
+        weights = _read_json(root / driver.get("weights", "weights.json"), "sigmabranch-weights/1")
+        manifest = read_manifest((root / driver.get("manifest", "export/tree.json")).parent)
+        image_path = root / weights.get("file", "weights.bin")
+        if not image_path.is_file():
+            raise BundleError(f"{image_path} not found (the DDR weight image of the build)")
+        bundle = cls(root, driver, weights, manifest, image_path.read_bytes())
+        bundle.check()
+        return bundle
+
+    @property
+    def depth(self) -> int:
+        return int(self.manifest["depth"])
+
+    def region(self, level: int, branch: int) -> dict[str, Any]:
+        return self.weights["levels"][level]["regions"][branch]
+
+    def check(self) -> None:
+        """tree.json, weights.json, driver.json and weights.bin must describe one design."""
+        d, w, m = self.driver, self.weights, self.manifest
+        where = f"bundle {self.root}"
+        if len(self.image) != int(w["bytes"]):
+            raise BundleError(f"{where}: weights.bin has {len(self.image)} bytes, weights.json says {w['bytes']}")
+        if len(w["levels"]) != self.depth or len(d["levels"]) != self.depth:
+            raise BundleError(f"{where}: tree.json is a depth-{self.depth} tree, but weights.json has "
+                              f"{len(w['levels'])} levels and driver.json {len(d['levels'])}")
+        for level, (wl, dl) in enumerate(zip(w["levels"], d["levels"])):
+            regions = wl["regions"]
+            if len(regions) != 2 ** (level + 1):
+                raise BundleError(f"{where}: level {level} has {len(regions)} weight regions, a depth-{self.depth} "
+                                  f"tree has {2 ** (level + 1)} branches there")
+            if (int(dl["base"]), int(dl["region_stride"])) != (int(wl["base"]), int(wl["region_stride"])):
+                raise BundleError(f"{where}: level {level}: driver.json places regions at base {dl['base']} stride "
+                                  f"{dl['region_stride']}, weights.json at {wl['base']} stride {wl['region_stride']}")
+            for branch, region in enumerate(regions):
+                name = f"branch_{level}_{branch}"
+                if region["nodes"][0] != name or name not in m["nodes"]:
+                    raise BundleError(f"{where}: level {level} region {branch} holds {region['nodes']}, expected "
+                                      f"{name} (from tree.json)")
+                if int(region["offset"]) != int(wl["base"]) + branch * int(wl["region_stride"]):
+                    raise BundleError(f"{where}: region {name} is at offset {region['offset']}, not base + "
+                                      f"{branch} x stride")
+                if int(region["bytes"]) != int(dl["region_bytes"]) or int(region["bytes"]) > int(wl["region_stride"]):
+                    raise BundleError(f"{where}: region {name} has {region['bytes']} bytes; driver.json says "
+                                      f"{dl['region_bytes']}, stride {wl['region_stride']}")
+                if int(region["offset"]) + int(region["bytes"]) > len(self.image):
+                    raise BundleError(f"{where}: region {name} ends past the end of weights.bin")
+        shape = list(d["input"]["shape_nhwc"])
+        nchw = [shape[0], shape[3], shape[1], shape[2]]
+        if nchw[1:] != list(m["input"]["shape"]) or d["input"]["datatype"] != m["input"]["datatype"]:
+            raise BundleError(f"{where}: driver.json's input {shape} (NHWC) {d['input']['datatype']} is not "
+                              f"tree.json's {m['input']['shape']} (CHW) {m['input']['datatype']}")
+        if int(d["input"]["bytes"]) != int(np.prod(shape)) * _element_bytes(d["input"]["datatype"]):
+            raise BundleError(f"{where}: driver.json's input bytes {d['input']['bytes']} do not fit shape {shape}")
+        if int(np.prod(d["output"]["shape"])) != int(m["num_classes"]) or int(d["output"]["bytes"]) != 4 * int(m["num_classes"]):
+            raise BundleError(f"{where}: driver.json's output {d['output']['shape']} ({d['output']['bytes']} bytes) "
+                              f"is not {m['num_classes']} INT32 class accumulators")
+        if zlib.crc32(self.image) != int(w["crc32"]):
+            # Name the region(s) that differ: the same check the driver runs again on the DDR copy.
+            bad = bad_regions(self.weights, self.image)
+            raise WeightImageError(f"{where}: weights.bin fails its CRC32; corrupt region(s): "
+                                   + (", ".join(bad) if bad else "padding between regions"))
+
+
+def _read_json(path: Path, fmt: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise BundleError(f"{path} not found (copy the whole build/<board>/ folder)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{path} is not valid JSON: {err}") from err
+    if data.get("format") != fmt:
+        raise BundleError(f"{path}: format {data.get('format')!r}, expected {fmt!r}")
+    return data
+
+
+def _element_bytes(datatype: str) -> int:
+    bits = int(datatype.lstrip("UINT"))
+    return 1 if bits <= 8 else 2 if bits <= 16 else 4
+
+
+def bad_regions(weights: dict[str, Any], image) -> list[str]:
+    """The regions whose CRC32 over ``image`` differs from ``weights.json``."""
+    view = memoryview(image)
+    bad = []
+    for level in weights["levels"]:
+        for region in level["regions"]:
+            start, size = int(region["offset"]), int(region["bytes"])
+            if zlib.crc32(view[start:start + size]) != int(region["crc32"]):
+                bad.append(f"level {level['level']} branch {region['branch']} ({region['nodes'][0]}, bytes "
+                           f"{start}..{start + size - 1})")
+    return bad
+
+
+# ------------------------------------------------------------------------------ the overlay
+def get_backend(name: str, **kwargs) -> Hardware:
+    if name == "ref":
+        from .backends.ref import RefHardware
+        return RefHardware(**kwargs)
+    if name == "board":
+        from .backends.board import BoardHardware
+        return BoardHardware(**kwargs)
+    if name == "sim":
+        from .backends.sim import SimHardware
+        return SimHardware(**kwargs)
+    raise ValueError(f"unknown backend {name!r}; one of board, sim, ref")
+
+
+class SigmaBranchOverlay:
+    """The accelerator as a PYNQ user drives it (see the module docstring)."""
+
+    def __init__(self, bundle: str | Path | Bundle, backend: str | Hardware = "ref", strategy: str = "serial",
+                 fetch_mode: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, **backend_args):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown fetch strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self.hw = backend if isinstance(backend, Hardware) else get_backend(backend, **backend_args)
+        self.strategy, self.timeout_s = strategy, float(timeout_s)
+        self.fetch_mode = fetch_mode or self.bundle.driver.get("fetch_mode", "host")
+        if self.fetch_mode == "onchip" and strategy != "serial":
+            raise ValueError("in onchip fetch mode the hardware fetches after the decision: strategy must be serial")
+        d = self.bundle.driver
+        self.depth = self.bundle.depth
+        self.design = self.hw.open(self.bundle)
+        self._check_design()
+        # Buffers, once: input, output, the whole weight image.
+        self.ibuf = self.hw.allocate("input", int(d["input"]["bytes"]))
+        self.obuf = self.hw.allocate("output", int(d["output"]["bytes"]))
+        self.wbuf = self.hw.allocate("weights", len(self.bundle.image))
+        self._buffers = (self.ibuf, self.obuf, self.wbuf)
+        self.load_weights()
+        self.hw.set_weight_base(self.wbuf, self.fetch_mode)
+        heads = [self.bundle.manifest["nodes"][f"head_{k}"] for k in range(2 ** self.depth)]
+        self._head_scale = np.array([float(h["output_scale"]) for h in heads])
+        self._head_bias = np.array([np.asarray(h.get("output_bias", 0.0), dtype=np.float64)
+                                    * np.ones(self.bundle.manifest["num_classes"]) for h in heads])
+        self._counts = [np.zeros(2 ** (level + 1), dtype=np.int64) for level in range(self.depth)]
+        self.prior = None  # optional per-level branch counts to start the prefetch predictor from
+
+    # -- load-time checks
+    def _check_design(self) -> None:
+        expected = layout_signature(self.bundle.driver)
+        if self.design.signature != expected or self.design.levels != self.depth:
+            raise BundleError(f"the bundle {self.bundle.root} does not match the loaded design "
+                              f"({self.hw.name}): design layout signature {self.design.signature:#010x} with "
+                              f"{self.design.levels} levels, bundle {expected:#010x} with {self.depth} levels "
+                              "(rebuild, or load the bitstream this bundle was built with)")
+        if self.fetch_mode not in self.design.fetch_modes:
+            raise BundleError(f"fetch mode {self.fetch_mode!r} is not offered by the loaded design "
+                              f"({', '.join(self.design.fetch_modes)})")
+
+    def load_weights(self) -> None:
+        """Copy the weight image into its DDR buffer and check every region's CRC32 there."""
+        self.wbuf.array[:] = np.frombuffer(self.bundle.image, dtype=np.uint8)
+        self.hw.sync_to_device(self.wbuf)
+        bad = bad_regions(self.bundle.weights, self.wbuf.array)
+        if bad:
+            raise WeightImageError("weight image in DDR fails its CRC32 in " + "; ".join(bad)
+                                   + f" (from {self.bundle.root / self.bundle.weights.get('file', 'weights.bin')})")
+
+    # -- inputs
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Float ``(N, C, H, W)`` or already-quantised integers -> checked int64 ``(N, C, H, W)``."""
+        inp = self.bundle.manifest["input"]
+        x = np.asarray(x)
+        expected = tuple(inp["shape"])
+        if x.ndim == len(expected):
+            x = x[None]
+        if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+            raise InputError(f"input of shape {x.shape}, expected (N, {', '.join(map(str, expected))}) "
+                             f"({inp.get('layout', 'NCHW')}, as the model takes it)")
+        lo, hi = datatype_range(inp["datatype"])
+        if x.dtype.kind == "f":
+            if not np.all(np.isfinite(x)):
+                raise InputError("input holds NaN or infinity")
+            return quantize_input(x, inp["scale"], inp["datatype"])
+        if x.dtype.kind in "iu" and x.dtype != np.uint64:
+            if x.size and (x.min() < lo or x.max() > hi):
+                raise InputError(f"integer input outside {inp['datatype']} [{lo}, {hi}]: pass floats to have it "
+                                 "quantised, or integers already quantised")
+            return x.astype(np.int64)
+        raise InputError(f"input dtype {x.dtype} is not accepted: float (quantised here with scale "
+                         f"{inp['scale']:.6g}) or integers in {inp['datatype']}")
+
+    def _pack_input(self, q: np.ndarray) -> int:
+        """One CHW integer sample -> NHWC bytes in the input buffer."""
+        dtype = {1: np.int8, 2: np.int16, 4: np.int32}[_element_bytes(self.bundle.driver["input"]["datatype"])]
+        if self.bundle.driver["input"]["datatype"].startswith("UINT"):
+            dtype = np.dtype(dtype).str.replace("i", "u")
+        data = np.ascontiguousarray(q.transpose(1, 2, 0)).astype(dtype).view(np.uint8).ravel()
+        self.ibuf.array[:data.size] = data
+        self.hw.sync_to_device(self.ibuf)
+        return int(data.size)
+
+    # -- waiting
+    def _wait(self, poll: Callable[[], Any], what: str) -> Any:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            value = poll()
+            if value is not None and value is not False:
+                return value
+            if time.monotonic() > deadline:
+                self.hw.reset()
+                raise DriverTimeout(f"{what} did not complete within {self.timeout_s:g} s ({self.hw.name} backend); "
+                                    "the accelerator was reset and the overlay stays usable")
+            self.hw.idle()
+
+    # -- one inference
+    def _region_address(self, level: int, branch: int) -> tuple[int, int]:
+        region = self.bundle.region(level, branch)
+        address, nbytes = self.wbuf.physical_address + int(region["offset"]), int(region["bytes"])
+        if not self.wbuf.contains(address, nbytes):  # never DMA outside the weight buffer
+            raise DriverError(f"region of level {level} branch {branch} lies outside the weight buffer")
+        return address, nbytes
+
+    def _guess(self, level: int, parent: int | None) -> int:
+        """The prefetch predictor: the child of ``parent`` chosen most often so far (ties: branch 0)."""
+        counts = self._counts[level] + (0 if self.prior is None else np.asarray(self.prior[level]))
+        first = 0 if level == 0 else 2 * parent
+        return first + int(np.argmax(counts[first:first + 2]))
+
+    def _check_decision(self, level: int, branch: Any, parent: int | None) -> int:
+        valid = range(2 ** (level + 1)) if level == 0 else (2 * parent, 2 * parent + 1)
+        if not isinstance(branch, (int, np.integer)) or int(branch) not in valid:
+            self.hw.reset()
+            raise DecisionError(f"the router of level {level} reported branch {branch!r}; valid: "
+                                f"{list(valid)} (level {level} has {2 ** (level + 1)} branches"
+                                + (f", children of branch {parent}" if level else "") + "); nothing was fetched")
+        return int(branch)
+
+    def _run_one(self, q: np.ndarray) -> dict[str, Any]:
+        hw, t0 = self.hw, self.hw.now()
+        in_bytes = self._pack_input(q)
+        out_bytes = int(self.bundle.driver["output"]["bytes"])
+        hw.send_input(self.ibuf, in_bytes, self.obuf, out_bytes)
+        issued: dict[int, tuple[int, int]] = {}  # level -> (branch, bytes) in flight or done
+        wasted = 0
+        if self.strategy == "prefetch":
+            guess = self._guess(0, None)
+            hw.start_fetch(0, *self._region_address(0, guess))
+            issued[0] = (guess, self._region_address(0, guess)[1])
+        path, parent = [], None
+        for level in range(self.depth):
+            branch = self._check_decision(level, self._wait(lambda: hw.poll_decision(level), f"router decision of "
+                                                            f"level {level}"), parent)
+            path.append(branch)
+            if self.fetch_mode == "host":
+                if level in issued and issued[level][0] != branch:
+                    hw.cancel_fetch(level)
+                    del issued[level]
+                if level not in issued:
+                    address, nbytes = self._region_address(level, branch)
+                    hw.start_fetch(level, address, nbytes)
+                    issued[level] = (branch, nbytes)
+                if self.strategy == "prefetch" and level + 1 < self.depth:
+                    guess = self._guess(level + 1, branch)
+                    hw.start_fetch(level + 1, *self._region_address(level + 1, guess))
+                    issued[level + 1] = (guess, self._region_address(level + 1, guess)[1])
+                self._wait(lambda: hw.poll_fetch(level), f"weight fetch of level {level} (branch {branch})")
+                hw.commit_weights(level, branch)
+            parent = branch
+        self._wait(hw.poll_output, "output DMA")
+        hw.sync_from_device(self.obuf)
+        latency = hw.now() - t0
+        acc = np.frombuffer(self.obuf.array[:out_bytes].tobytes(), dtype="<i4").astype(np.int64)
+        # Bytes the fetchers moved, and the check that only the chosen regions were read.
+        by_level = [0] * self.depth
+        for level, address, nbytes in hw.fetch_log():
+            if not self.wbuf.contains(address, nbytes):
+                raise DriverError(f"level {level}'s fetch read {nbytes} bytes at {address:#x}, outside the weight buffer")
+            by_level[level] += nbytes
+        needed = [self._region_address(level, b) for level, b in enumerate(path)]
+        read = {(l, a, n) for l, a, n in hw.fetch_log()}
+        for level, (address, nbytes) in enumerate(needed):
+            if (level, address, nbytes) not in read:
+                raise DriverError(f"level {level}: the fetchers did not read the chosen region (branch {path[level]}, "
+                                  f"{nbytes} bytes at {address:#x}); read: {sorted(read)}")
+        path_bytes = sum(n for _, n in needed)
+        wasted = sum(by_level) - path_bytes
+        for level, branch in enumerate(path):
+            self._counts[level][branch] += 1
+        return {"acc": acc, "path": path, "latency": latency, "weights": sum(by_level), "by_level": by_level,
+                "wasted": wasted, "input": in_bytes, "output": out_bytes}
+
+    def execute(self, x: np.ndarray, progress: Callable | None = None) -> dict[str, Any]:
+        """Inference over a batch (one input at a time through the accelerator): ``classes``,
+        ``leaves``, ``paths`` (branch per level), ``logits``, ``acc``, ``bytes`` (per inference:
+        ``weights``, ``weights_by_level``, ``wasted``, ``input``, ``output``) and ``latency``
+        (per inference, in ``latency_unit``)."""
+        q = self.quantize(x)
+        runs = []
+        for i in range(len(q)):
+            runs.append(self._run_one(q[i]))
+            if progress is not None:
+                progress(1)
+        n, classes = len(runs), int(self.bundle.manifest["num_classes"])
+        acc = np.array([r["acc"] for r in runs], dtype=np.int64).reshape(n, classes)
+        paths = np.array([r["path"] for r in runs], dtype=np.int64).reshape(n, self.depth)
+        leaves = paths[:, -1] if n else np.zeros(0, dtype=np.int64)
+        logits = acc * self._head_scale[leaves][:, None] + self._head_bias[leaves]
+        return {"classes": logits.argmax(1) if n else np.zeros(0, dtype=np.int64), "leaves": leaves, "paths": paths,
+                "logits": logits, "acc": acc,
+                "bytes": {"weights": np.array([r["weights"] for r in runs], dtype=np.int64),
+                          "weights_by_level": np.array([r["by_level"] for r in runs], dtype=np.int64).reshape(n, self.depth),
+                          "wasted": np.array([r["wasted"] for r in runs], dtype=np.int64),
+                          "input": np.array([r["input"] for r in runs], dtype=np.int64),
+                          "output": np.array([r["output"] for r in runs], dtype=np.int64)},
+                "latency": np.array([r["latency"] for r in runs], dtype=np.float64),
+                "latency_unit": self.hw.clock_unit}
+
+    def path_bytes(self) -> int:
+        """Weight bytes one inference moves without speculation: one region per level."""
+        return sum(int(self.bundle.region(level, 0)["bytes"]) for level in range(self.depth))
+
+    def close(self) -> None:
+        self.hw.close()

@@ -1,0 +1,161 @@
+"""Run the tree accelerator over a set of inputs: accuracy, leaf counts, DDR bytes, latency.
+
+    python host/run.py --bundle build/pynq-z2 --inputs samples.npz [--backend board|sim|ref]
+                       [--strategy serial|prefetch] [--limit N] [--json out.json]
+
+``samples.npz`` holds ``x`` (float ``(N, C, H, W)`` as the model takes it, quantised here; or
+integers already quantised) and optionally ``y`` (labels). numpy (and ``pynq`` on a board) only:
+copy ``build/<board>/`` and ``host/`` to the board and run this there (docs/host.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # `python host/run.py`: make `host` importable from its parent
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from host.backends.base import BackendUnavailable  # noqa: E402
+from host.driver import STRATEGIES, DriverError, SigmaBranchOverlay  # noqa: E402
+from host.int_reference import ManifestError  # noqa: E402
+
+
+def load_samples(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    with np.load(path, allow_pickle=False) as npz:
+        if "x" not in npz.files:
+            raise KeyError(f"{path} has no array 'x' (inputs); it has {', '.join(npz.files) or 'nothing'}")
+        x = npz["x"]
+        y = npz["y"] if "y" in npz.files else None
+    if limit is not None:
+        x, y = x[:limit], (None if y is None else y[:limit])
+    return x, y
+
+
+class _Progress:
+    """tqdm when installed, else a one-line bar on stderr."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self.total, self.done, self.desc, self.enabled, self.bar = total, 0, desc, enabled, None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+                self.bar = tqdm(total=total, desc=desc, unit="inf")
+            except ImportError:
+                pass
+
+    def __call__(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled:
+            filled = int(30 * self.done / max(self.total, 1))
+            print(f"\r{self.desc} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}", end="",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            print(file=sys.stderr)
+
+
+def summarize(out: dict[str, Any], y: np.ndarray | None, overlay: SigmaBranchOverlay, backend: str,
+              strategy: str, seconds: float) -> dict[str, Any]:
+    n, depth = len(out["classes"]), overlay.depth
+    by = out["bytes"]
+    unit = out["latency_unit"]
+    clk_ns = float(overlay.bundle.driver["clk_ns"])
+    lat = out["latency"]
+    lat_us = lat * clk_ns / 1e3 if unit == "cycles" else lat * 1e6
+    report = {
+        "bundle": str(overlay.bundle.root), "board": overlay.bundle.driver.get("board"), "backend": backend,
+        "strategy": strategy, "fetch_mode": overlay.fetch_mode, "inputs": n,
+        "accuracy": None if y is None else float(np.mean(out["classes"] == np.asarray(y))),
+        "leaf_counts": np.bincount(out["leaves"], minlength=2 ** depth).tolist(),
+        "path_counts": {f"level {l}": np.bincount(out["paths"][:, l], minlength=2 ** (l + 1)).tolist()
+                        for l in range(depth)},
+        "ddr_bytes_per_inference": {
+            "weights": float(by["weights"].mean()) if n else 0.0,
+            "weights_by_level": by["weights_by_level"].mean(0).tolist() if n else [0.0] * depth,
+            "wasted_prefetch": float(by["wasted"].mean()) if n else 0.0,
+            "input": float(by["input"].mean()) if n else 0.0,
+            "output": float(by["output"].mean()) if n else 0.0,
+            "path_weights": overlay.path_bytes(),
+        },
+        "latency": {"unit": unit, "mean": float(lat.mean()) if n else 0.0,
+                    "p50": float(np.median(lat)) if n else 0.0, "max": float(lat.max()) if n else 0.0,
+                    "mean_us": float(lat_us.mean()) if n else 0.0,
+                    "modelled": backend == "ref"},
+        "wall_seconds": seconds,
+        "predictions": out["classes"].tolist(), "leaves": out["leaves"].tolist(),
+    }
+    d = report["ddr_bytes_per_inference"]
+    d["total"] = d["weights"] + d["input"] + d["output"]
+    return report
+
+
+def print_report(r: dict[str, Any]) -> None:
+    d, lat = r["ddr_bytes_per_inference"], r["latency"]
+    print(f"{r['inputs']} inputs on {r['board']} ({r['backend']} backend, {r['strategy']} fetch, {r['fetch_mode']} mode)")
+    if r["accuracy"] is not None:
+        print(f"accuracy: {100 * r['accuracy']:.2f}%")
+    print("leaf counts: " + ", ".join(f"leaf {k}: {c}" for k, c in enumerate(r["leaf_counts"])))
+    print(f"DDR bytes per inference: weights {d['weights']:.0f} (by level "
+          + ", ".join(f"{b:.0f}" for b in d["weights_by_level"]) + f"; wasted by prefetch {d['wasted_prefetch']:.0f}), "
+          f"input {d['input']:.0f}, output {d['output']:.0f}, total {d['total']:.0f}")
+    kind = "modelled" if lat["modelled"] else "measured"
+    print(f"latency per inference ({kind}): mean {lat['mean']:.0f} {lat['unit']} ({lat['mean_us']:.1f} us), "
+          f"p50 {lat['p50']:.0f}, max {lat['max']:.0f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="host/run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", required=True, type=Path, help="build/<board> folder written by `sigmabranch build`")
+    p.add_argument("--inputs", required=True, type=Path, help="samples.npz with x (and optionally y)")
+    p.add_argument("--backend", default="board", choices=["board", "sim", "ref"])
+    p.add_argument("--strategy", default="serial", choices=STRATEGIES)
+    p.add_argument("--fetch-mode", choices=["host", "onchip"], help="default: driver.json's, else host")
+    p.add_argument("--bitfile", help="board: the bitstream (default: driver.json's)")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds any one DMA or router wait may take")
+    p.add_argument("--limit", type=int, help="first N inputs only")
+    p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        x, y = load_samples(args.inputs, args.limit)
+        if args.backend == "sim":
+            from host.backends.sim import run_sim
+            report = run_sim(args.bundle, args.inputs, strategy=args.strategy, limit=args.limit)
+        else:
+            extra = {"bitfile": args.bitfile} if args.backend == "board" and args.bitfile else {}
+            overlay = SigmaBranchOverlay(args.bundle, args.backend, strategy=args.strategy, fetch_mode=args.fetch_mode,
+                                         timeout_s=args.timeout, **extra)
+            bar = _Progress(len(x), f"{args.backend}/{args.strategy}", enabled=not args.no_progress)
+            t0 = time.perf_counter()
+            try:
+                out = overlay.execute(x, progress=bar)
+            finally:
+                bar.close()
+            report = summarize(out, y, overlay, args.backend, args.strategy, time.perf_counter() - t0)
+            overlay.close()
+    except (BackendUnavailable, DriverError, ManifestError, ValueError, KeyError, FileNotFoundError) as err:
+        print(f"host/run.py: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    print_report(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
