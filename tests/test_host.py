@@ -1,0 +1,257 @@
+"""The PYNQ host driver: results and bytes against the integer reference, fetch strategies, the
+board backend's pynq calls, host/run.py, and every fault the driver must report clearly."""
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from host.backends.base import BackendUnavailable
+from host.backends.ref import RefHardware
+from host.driver import (Bundle, BundleError, DecisionError, DriverTimeout, InputError, SigmaBranchOverlay,
+                         WeightImageError)
+from host.int_reference import IntegerTree
+
+from fixtures_quant import tiny_qtree
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from hls.build import build
+    from quant.export import export_tree
+
+    qtree, x = tiny_qtree()
+    root = tmp_path_factory.mktemp("host")
+    export_tree(qtree, (1, 8, 8), root / "export", progress=False)
+    report = build(root / "export", "pynq-z2", root / "pynq-z2", hdl=False)
+    return root / "pynq-z2", report, x.numpy()
+
+
+def copy_bundle(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+class Faulty(RefHardware):
+    """The ref backend with injectable faults, and a record of every DMA it was asked to do."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fault = None
+        self.dmas = []
+
+    def open(self, bundle):
+        info = super().open(bundle)
+        if self.fault == "other design":
+            info.signature ^= 1
+        return info
+
+    def sync_to_device(self, buf):
+        if self.fault == "flip in DDR" and buf.name == "weights":
+            region = self.regions[1]
+            buf.array[region[0] + region[1] + 17] ^= 0x40  # level 1, branch 1
+        super().sync_to_device(buf)
+
+    def send_input(self, buf, nbytes, out, out_nbytes):
+        self.dmas += [(buf.physical_address, nbytes), (out.physical_address, out_nbytes)]
+        super().send_input(buf, nbytes, out, out_nbytes)
+
+    def start_fetch(self, level, address, nbytes):
+        self.dmas.append((address, nbytes))
+        super().start_fetch(level, address, nbytes)
+
+    def poll_decision(self, level):
+        if self.fault == "never valid":
+            self._tick()
+            return None
+        branch = super().poll_decision(level)
+        if branch is not None and self.fault == "out of range" and level == 1:
+            return 9
+        return branch
+
+    def poll_fetch(self, level):
+        return False if self.fault == "fetch hangs" else super().poll_fetch(level)
+
+    def poll_output(self):
+        return False if self.fault == "output hangs" else super().poll_output()
+
+
+def test_ref_backend_gives_the_integer_reference_and_the_path_bytes(bundle):
+    root, report, x = bundle
+    ov = SigmaBranchOverlay(root, "ref")
+    out = ov.execute(x[:40])
+    ref = IntegerTree.load(root / "export").infer(x[:40])
+    assert np.array_equal(out["classes"], ref["classes"]) and np.array_equal(out["leaves"], ref["leaves"])
+    assert np.array_equal(out["acc"], ref["acc"])
+    assert np.allclose(out["logits"], ref["logits"])
+    # Bytes per inference: exactly one region per level, as the build's placement report says.
+    ddr = report["ddr"]
+    assert (out["bytes"]["weights"] == ddr["tree_weight_bytes"]).all()
+    assert (out["bytes"]["input"] == ddr["input_bytes"]).all() and (out["bytes"]["output"] == ddr["output_bytes"]).all()
+    assert (out["bytes"]["wasted"] == 0).all() and out["latency_unit"] == "cycles"
+    # Each level moved its chosen region's bytes.
+    regions = json.loads((root / "weights.json").read_text())["levels"]
+    assert (out["bytes"]["weights_by_level"] == [lv["regions"][0]["bytes"] for lv in regions]).all()
+
+
+def test_onchip_fetch_mode_and_integer_inputs_give_the_same_results(bundle):
+    root, _, x = bundle
+    host = SigmaBranchOverlay(root, "ref").execute(x[:20])
+    onchip = SigmaBranchOverlay(root, "ref", fetch_mode="onchip").execute(x[:20])
+    assert np.array_equal(host["acc"], onchip["acc"]) and np.array_equal(host["paths"], onchip["paths"])
+    assert (onchip["bytes"]["weights"] == host["bytes"]["weights"]).all()
+    ov = SigmaBranchOverlay(root, "ref")
+    q = ov.quantize(x[:5]).astype(np.int8)  # already quantised: taken as is
+    assert np.array_equal(ov.execute(q)["acc"], host["acc"][:5])
+    single = ov.execute(x[0])  # one CHW sample
+    assert single["acc"].shape == (1, host["acc"].shape[1])
+
+
+def test_prefetch_hides_fetch_latency_and_keeps_results(bundle):
+    root, _, x = bundle
+    serial = SigmaBranchOverlay(root, "ref", strategy="serial").execute(x)
+    ov = SigmaBranchOverlay(root, "ref", strategy="prefetch")
+    pre = ov.execute(x)
+    assert np.array_equal(serial["acc"], pre["acc"]) and np.array_equal(serial["paths"], pre["paths"])
+    # A wrong guess moves extra bytes; the path's own bytes are always moved.
+    assert (pre["bytes"]["weights"] == serial["bytes"]["weights"] + pre["bytes"]["wasted"]).all()
+    # With a predictor that knows the usage, right guesses hide the fetch: fewer cycles.
+    ov = SigmaBranchOverlay(root, "ref", strategy="prefetch")
+    ov.prior = [np.bincount(serial["paths"][:, l], minlength=2 ** (l + 1)) * 1000 for l in range(ov.depth)]
+    pre = ov.execute(x)
+    right = (pre["bytes"]["wasted"] == 0)
+    assert right.any()
+    assert (pre["latency"][right] < serial["latency"][right]).all()
+    assert pre["latency"].mean() < serial["latency"].mean()
+
+
+def test_corrupted_weight_byte_is_named_by_region(bundle, tmp_path):
+    root, _, _ = bundle
+    bad = copy_bundle(root, tmp_path / "b")
+    image = bytearray((bad / "weights.bin").read_bytes())
+    meta = json.loads((bad / "weights.json").read_text())
+    region = meta["levels"][1]["regions"][2]
+    image[region["offset"] + 5] ^= 0x01
+    (bad / "weights.bin").write_bytes(bytes(image))
+    with pytest.raises(WeightImageError, match=r"level 1 branch 2 \(branch_1_2"):
+        Bundle.load(bad)
+    # Corruption in DDR (after the copy): the load-time check of the buffer names the region.
+    hw = Faulty()
+    hw.fault = "flip in DDR"
+    with pytest.raises(WeightImageError, match=r"in DDR .*level 1 branch 1 \(branch_1_1"):
+        SigmaBranchOverlay(root, hw)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d, w, t: d["levels"][1].update(region_stride=d["levels"][1]["region_stride"] + 4096),
+     "driver.json places regions"),
+    (lambda d, w, t: d["input"].update(shape_nhwc=[1, 4, 16, 1]), "is not tree.json's"),
+    (lambda d, w, t: t.update(num_classes=7), "is not 7 INT32"),
+    (lambda d, w, t: w["levels"][0]["regions"].pop(), "level 0 has 1 weight regions"),
+    (lambda d, w, t: w["levels"][1]["regions"][3].update(nodes=["branch_1_0", "head_0"]), "expected branch_1_3"),
+])
+def test_a_manifest_that_does_not_match_is_refused(bundle, tmp_path, edit, message):
+    root, _, _ = bundle
+    bad = copy_bundle(root, tmp_path / "b")
+    files = [bad / "driver.json", bad / "weights.json", bad / "export" / "tree.json"]
+    data = [json.loads(f.read_text()) for f in files]
+    edit(*data)
+    for f, d in zip(files, data):
+        f.write_text(json.dumps(d))
+    with pytest.raises(BundleError, match=message):
+        SigmaBranchOverlay(bad, "ref")
+
+
+def test_a_bundle_for_another_design_is_refused(bundle, tmp_path):
+    root, _, _ = bundle
+    hw = Faulty()
+    hw.fault = "other design"
+    with pytest.raises(BundleError, match="does not match the loaded design"):
+        SigmaBranchOverlay(root, hw)
+    # The ref backend can emulate another build's design: one with a different layout is refused.
+    other = copy_bundle(root, tmp_path / "other")
+    d = json.loads((other / "driver.json").read_text())
+    d["levels"][0]["region_bytes"] += 32
+    (other / "driver.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match=r"design layout signature 0x[0-9a-f]+ with 2 levels, bundle"):
+        SigmaBranchOverlay(root, RefHardware(design=other))
+
+
+def test_inputs_of_the_wrong_shape_or_dtype_are_refused(bundle):
+    root, _, x = bundle
+    hw = Faulty()
+    ov = SigmaBranchOverlay(root, hw)
+    for bad, message in [(x[:2, :, :4], r"shape \(2, 1, 4, 8\), expected \(N, 1, 8, 8\)"),
+                         (x[:2].transpose(0, 2, 3, 1), "expected"),
+                         (x[:2].astype(np.complex64), "dtype complex64"),
+                         (x[:2] > 0, "dtype bool"),
+                         (np.full((2, 1, 8, 8), 300, dtype=np.int32), r"outside INT8 \[-128, 127\]"),
+                         (np.full((2, 1, 8, 8), np.nan, dtype=np.float32), "NaN")]:
+        with pytest.raises(InputError, match=message):
+            ov.execute(bad)
+    assert hw.dmas == []  # nothing was sent
+
+
+def test_decision_out_of_range_is_refused_and_nothing_is_fetched(bundle):
+    root, _, x = bundle
+    hw = Faulty()
+    ov = SigmaBranchOverlay(root, hw)
+    hw.fault = "out of range"
+    with pytest.raises(DecisionError, match=r"router of level 1 reported branch 9; valid: \[\d, \d\]"):
+        ov.execute(x[:1])
+    assert [lvl for lvl, _, _ in hw.fetch_log()] == []  # reset: the level-1 region was never fetched
+    hw.fault = None
+    assert len(ov.execute(x[:3])["classes"]) == 3
+
+
+@pytest.mark.parametrize("fault, what", [("never valid", "router decision of level 0"),
+                                         ("fetch hangs", r"weight fetch of level 0 \(branch \d\)"),
+                                         ("output hangs", "output DMA")])
+def test_a_wait_that_never_completes_times_out_and_the_overlay_stays_usable(bundle, fault, what):
+    root, _, x = bundle
+    hw = Faulty()
+    ov = SigmaBranchOverlay(root, hw, timeout_s=0.2)
+    hw.fault = fault
+    t0 = time.monotonic()
+    with pytest.raises(DriverTimeout, match=f"{what} did not complete within 0.2 s .*stays usable"):
+        ov.execute(x[:1])
+    assert time.monotonic() - t0 < 2.0
+    hw.fault = None
+    out = ov.execute(x[:4])
+    ref = IntegerTree.load(root / "export").infer(x[:4])
+    assert np.array_equal(out["classes"], ref["classes"])
+
+
+def test_every_dma_stays_inside_the_allocated_buffers(bundle):
+    root, _, x = bundle
+    hw = Faulty()
+    ov = SigmaBranchOverlay(root, hw, strategy="prefetch")
+    ov.execute(x[:30])
+    buffers = (ov.ibuf, ov.obuf, ov.wbuf)
+    assert hw.dmas and all(any(b.contains(a, n) for b in buffers) for a, n in hw.dmas)
+
+
+def test_run_py_reports_and_writes_json(bundle, tmp_path, capsys):
+    from host.run import main
+    root, report, x = bundle
+    y = IntegerTree.load(root / "export").infer(x)["classes"]
+    np.savez(tmp_path / "samples.npz", x=x, y=y)
+    rc = main(["--bundle", str(root), "--inputs", str(tmp_path / "samples.npz"), "--backend", "ref", "--limit", "25",
+               "--json", str(tmp_path / "out.json"), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "accuracy: 100.00%" in text and "leaf counts" in text and "DDR bytes per inference" in text
+    r = json.loads((tmp_path / "out.json").read_text())
+    assert r["inputs"] == 25 and sum(r["leaf_counts"]) == 25 and r["accuracy"] == 1.0
+    d = r["ddr_bytes_per_inference"]
+    assert d["weights"] == report["ddr"]["tree_weight_bytes"] and d["input"] == report["ddr"]["input_bytes"]
+    for backend, message in [("board", "needs the `pynq` package"), ("sim", "no stitched design")]:
+        assert main(["--bundle", str(root), "--inputs", str(tmp_path / "samples.npz"), "--backend", backend]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_sim_backend_says_what_it_needs():
+    from host.backends.sim import SimHardware
+    with pytest.raises(BackendUnavailable, match="cocotb"):
+        SimHardware()
