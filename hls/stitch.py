@@ -1,0 +1,474 @@
+"""Stitched SystemVerilog tops of the tree's hardware, for simulation (cocotb + Verilator).
+
+FINN+ stitches its IP in Vivado (``CreateStitchedIP``), which is not available here. This module
+writes the same connections as plain SystemVerilog, from the build's per-node HW graphs
+(``build/<board>/nodes/<node>.hw.onnx``):
+
+1. :func:`prepare_node`: FINN+'s ``InsertDWC`` (data width converters between layers of different
+   folding, as FINN's stitching flow inserts them), ``SpecializeLayers`` (RTL DWCs), node names
+   prefixed with the tree node (module names must be unique in one top), ``PrepareIP``.
+2. :func:`node_stages`: the node's layers as :class:`Stage` s, with FINN+'s HLS-only layers
+   replaced by this repository's blocks (``hls/rtl``): ``ConvolutionInputGenerator_rtl`` ->
+   ``Pool_hls`` becomes ``stream_maxpool``, ``GlobalAccPool_hls`` becomes ``global_sum_pool``;
+   a router node gets its ``router_decide`` wrapper (integers from ``tree.json``) appended.
+3. :func:`write_chain_top`: one module chaining the stages stream to stream. Every
+   ``external_mem`` MVAU gets its FINN+ ``fetch_weights`` wrapper with ``out0_V`` wired to the
+   MVU's ``in1_V`` and ``ap_clk2x`` tied to ``ap_clk``; ``internal_decoupled`` MVAUs get their
+   memstream. All fetchers share
+
+   - ``region_base`` (64 bits): the DDR address of the chosen branch's region; each fetcher adds
+     its layer's offset inside the region (``ADDRESS_OFFSET`` parameter = ``weights.json``'s layer
+     ``offset``), so fetcher k reads ``region_base + offset_k``;
+   - ``in_idx0_V``: one index token (value 0) per inference, broadcast to every fetcher (the token
+     is taken once all fetchers took it); it triggers one fetch of each layer's weight set;
+   - one AXI4 read port ``axi_mm_*`` (256-bit data, 64-bit address) through
+     ``hls/rtl/axi_read_arbiter.sv``.
+
+``region_base`` must stay stable from the index token until the fetch is done (``fetch_done``
+pulses once per fetcher transfer); :func:`write_tree_top` sets it from the router's decision.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RTL_DIR = Path(__file__).resolve().parent / "rtl"
+ADDR_W, DATA_W, IDX_W = 64, 256, 16
+
+
+class StitchError(ValueError):
+    """A graph this module cannot stitch (names the layer and the reason)."""
+
+
+def _rup8(n: int) -> int:
+    return -(-int(n) // 8) * 8
+
+
+# --------------------------------------------------------------------------------- stages
+@dataclass
+class Stage:
+    """One streaming block of a chain: a FINN+ RTL layer or one of ``hls/rtl``'s blocks."""
+    name: str                      # instance name
+    module: str
+    in_w: int                      # padded stream widths
+    out_w: int
+    in_port: str = "in0_V"
+    out_port: str = "out0_V"
+    upper: bool = True             # FINN wrappers spell _TDATA, ours _tdata
+    params: dict[str, Any] = field(default_factory=dict)
+    sources: list[Path] = field(default_factory=list)
+    includes: list[Path] = field(default_factory=list)
+    data_files: list[Path] = field(default_factory=list)
+    port_text: str = ""            # module header, to tie off inputs not connected
+    weights: str | None = None     # None, "memstream", "fetch"
+    aux: dict[str, Any] = field(default_factory=dict)
+    # element geometry of the output stream (for unpacking): (element bits, elements per word, signed)
+    out_elem: tuple[int, int, bool] = (0, 0, False)
+    in_elem: tuple[int, int, bool] = (0, 0, False)
+
+
+def prepare_node(model, part: str, clk_ns: float, prefix: str, out_dir: Path):
+    """InsertDWC + SpecializeLayers + unique names + PrepareIP into ``out_dir`` (returns the model)."""
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+    from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from finn.util.settings import get_settings
+    from qonnx.transformation.general import GiveUniqueNodeNames
+
+    from sim.finn_rtllib import ensure_finn_settings
+
+    ensure_finn_settings()
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = model.transform(InsertDWC()).transform(SpecializeLayers(part)).transform(GiveUniqueNodeNames())
+        for node in model.graph.node:
+            node.name = f"{prefix}_{node.name}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        saved = get_settings().finn_build_dir
+        get_settings().finn_build_dir = out_dir.resolve()
+        try:
+            model = model.transform(PrepareIP(part, clk_ns))
+        finally:
+            get_settings().finn_build_dir = saved
+    return model
+
+
+def _header(path: Path, module: str) -> str:
+    text = path.read_text(errors="replace")
+    m = re.search(rf"\bmodule\s+{re.escape(module)}\b(.*?)\);", text, re.S)
+    if not m:
+        raise StitchError(f"module {module} not found in {path}")
+    return m.group(1)
+
+
+def _inputs(header: str) -> list[str]:
+    """Input port names of an ANSI module header (comments stripped)."""
+    text = re.sub(r"//[^\n]*", "", header)
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    text = re.sub(r"`ifdef\s+\w+|`ifndef\s+\w+|`endif|`else", "", text)
+    return re.findall(r"\binput\s+(?:wire\s+|logic\s+)?(?:\[[^\]]*\]\s*)?(\w+)", text)
+
+
+def _rtllib() -> Path:
+    from sim.finn_rtllib import patched_rtllib
+    return patched_rtllib()
+
+
+def fetcher_sources() -> list[Path]:
+    lib = _rtllib()
+    return [lib / "fetch_weights" / "fetch_weights.sv", lib / "fetch_weights" / "local_weight_buffer.sv",
+            lib / "dwc" / "hdl" / "vpc.sv", lib / "cdma" / "cdma_u" / "cdma_u_rd.sv",
+            lib / "cdma" / "cdma_u" / "axi_dma_rd_u.sv", lib / "fifo" / "hdl" / "fifo.sv", lib / "skid" / "skid.sv"]
+
+
+def memstream_sources() -> list[Path]:
+    lib = _rtllib()
+    return [lib / "memstream" / "hdl" / "memstream.sv", lib / "memstream" / "hdl" / "memstream_axi.sv",
+            lib / "axi" / "hdl" / "axilite.sv"]
+
+
+def _finn_stage(model, node) -> Stage:
+    from qonnx.custom_op.registry import getCustomOp
+
+    from sim.finn_rtllib import node_sources
+
+    inst = getCustomOp(node)
+    srcs, incs, top = node_sources(inst)
+    cg = Path(inst.get_nodeattr("code_gen_dir_ipgen"))
+    top_file = next((s for s in srcs if Path(s).stem in (top, f"{top}_wrapper")), srcs[0])
+    header = _header(Path(top_file), top)
+    st = Stage(node.name, top, _rup8(inst.get_instream_width(0)), _rup8(inst.get_outstream_width(0)),
+               upper="in0_V_TDATA" in header, sources=list(srcs), includes=list(incs), port_text=header)
+    st.data_files = [f for f in cg.iterdir() if f.suffix in (".dat", ".mem", ".hex")]
+    odt, idt = inst.get_output_datatype(), inst.get_input_datatype(0)
+    st.out_elem = (odt.bitwidth(), int(inst.get_folded_output_shape()[-1]), odt.signed())
+    st.in_elem = (idt.bitwidth(), int(inst.get_folded_input_shape(0)[-1]), idt.signed())
+    if node.op_type.startswith("MVAU"):
+        mode = inst.get_nodeattr("mem_mode")
+        wmod = f"{top}_{'fetch_weights' if mode == 'external_mem' else 'memstream'}_wrapper"
+        wfile = cg / f"{wmod}.v"
+        if mode == "external_mem":
+            if inst.get_nodeattr("TH") != 1:
+                raise StitchError(f"{node.name}: the tiled MVU (TH > 1) does not compile in Verilator; keep TH=1")
+            st.weights = "fetch"
+            st.sources += [wfile] + fetcher_sources()
+            st.aux = {"wrapper": wmod, "header": _header(wfile, wmod),
+                      "MH": inst.get_nodeattr("MH"), "MW": inst.get_nodeattr("MW")}
+        elif mode == "internal_decoupled":
+            st.weights = "memstream"
+            st.sources += [wfile] + memstream_sources()
+            st.aux = {"wrapper": wmod, "header": _header(wfile, wmod)}
+        else:
+            raise StitchError(f"{node.name}: mem_mode {mode!r} is not stitched (internal_decoupled, external_mem)")
+    return st
+
+
+def _maxpool_stage(model, cig, pool, name: str) -> Stage:
+    from qonnx.custom_op.registry import getCustomOp
+    c, p = getCustomOp(cig), getCustomOp(pool)
+    ifm = c.get_nodeattr("IFMDim")
+    k = c.get_nodeattr("ConvKernelDim")
+    stride = c.get_nodeattr("Stride")
+    if ifm[0] != ifm[1] or k[0] != k[1] or list(stride) != list(k):
+        raise StitchError(f"{pool.name}: only square, non-overlapping max-pooling maps to stream_maxpool "
+                          f"(IFMDim {ifm}, kernel {k}, stride {stride})")
+    pe_in, pe_out = c.get_nodeattr("SIMD"), p.get_nodeattr("PE")
+    if pe_in != pe_out:
+        raise StitchError(f"{pool.name}: the window generator's SIMD ({pe_in}) differs from the pool's PE "
+                          f"({pe_out}); stream_maxpool keeps one PE")
+    dt = c.get_input_datatype(0)
+    chans = p.get_nodeattr("NumChannels")
+    params = dict(IFM_DIM=ifm[0], K=k[0], C=chans, PE=pe_in, W=dt.bitwidth(), SIGNED=int(dt.signed()))
+    w = _rup8(pe_in * dt.bitwidth())
+    return Stage(name, "stream_maxpool", w, w, upper=False, params=params, sources=[RTL_DIR / "stream_maxpool.sv"],
+                 out_elem=(dt.bitwidth(), pe_in, dt.signed()), in_elem=(dt.bitwidth(), pe_in, dt.signed()))
+
+
+def _sumpool_stage(model, node, name: str) -> Stage:
+    from qonnx.custom_op.registry import getCustomOp
+    inst = getCustomOp(node)
+    idt, odt = inst.get_input_datatype(0), inst.get_output_datatype()
+    pe, chans = inst.get_nodeattr("PE"), inst.get_nodeattr("NumChannels")
+    n_pix = int(np.prod(inst.get_nodeattr("numInputVectors")[1:]))
+    params = dict(C=chans, PE=pe, N_PIXELS=n_pix, IN_W=idt.bitwidth(), SIGNED=int(idt.signed()), OUT_W=odt.bitwidth())
+    return Stage(name, "global_sum_pool", _rup8(pe * idt.bitwidth()), _rup8(pe * odt.bitwidth()), upper=False,
+                 params=params, sources=[RTL_DIR / "global_sum_pool.sv"],
+                 out_elem=(odt.bitwidth(), pe, odt.signed()), in_elem=(idt.bitwidth(), pe, idt.signed()))
+
+
+def router_stage(model, decision: dict[str, Any], name: str, gen_dir: Path, idx_base: int = 0) -> Stage:
+    """``router_decide`` with this router's integers, after the projection MVAU (its output stream)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    from hls.router_params import write_router_params
+    last = getCustomOp(model.graph.node[-1])
+    zdt = last.get_output_datatype()
+    pe = int(last.get_folded_output_shape()[-1])
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    path = gen_dir / f"{name}.sv"
+    write_router_params(path, np.asarray(decision["bias_int"]), np.asarray(decision["u_int"]), int(decision["c_int"]),
+                        int(decision["e_int"]), z_width=zdt.bitwidth(), pe=pe, idx_base=idx_base)
+    return Stage(name, name, _rup8(pe * zdt.bitwidth()), 16, upper=False,
+                 sources=[RTL_DIR / "router_decide.sv", path], out_elem=(16, 1, False),
+                 in_elem=(zdt.bitwidth(), pe, zdt.signed()))
+
+
+def router_select_stage(model, decisions: list[dict[str, Any]], name: str, gen_dir: Path) -> Stage:
+    """One router per branch of a level (each ``router_decide`` with its own integers), the input
+    frame steered to, and the decision taken from, the one ``sel`` (the branch register) names.
+    The integers are baked into each instance, so a level of B branches holds B decision units
+    (small next to the MVAU: one PE-wide multiply-accumulate each)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    from hls.router_params import write_router_params
+    last = getCustomOp(model.graph.node[-1])
+    zdt = last.get_output_datatype()
+    pe = int(last.get_folded_output_shape()[-1])
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    in_w = _rup8(pe * zdt.bitwidth())
+    files, n = [], len(decisions)
+    sw = max(1, (n - 1).bit_length())
+    inst = []
+    for i, d in enumerate(decisions):
+        path = gen_dir / f"{name}_b{i}.sv"
+        write_router_params(path, np.asarray(d["bias_int"]), np.asarray(d["u_int"]), int(d["c_int"]), int(d["e_int"]),
+                            z_width=zdt.bitwidth(), pe=pe, idx_base=0)
+        files.append(path)
+        inst.append(f"\t{name}_b{i} u{i} (.ap_clk(ap_clk), .ap_rst_n(ap_rst_n), .in0_V_tdata(in0_V_tdata),\n"
+                    f"\t\t.in0_V_tvalid(in0_V_tvalid && sel == {sw}'d{i}), .in0_V_tready(rdy[{i}]),\n"
+                    f"\t\t.out0_V_tdata(od[{i}]), .out0_V_tvalid(ov[{i}]), .out0_V_tready(out0_V_tready && sel == {sw}'d{i}),\n"
+                    f"\t\t.decision(), .decision_valid());")
+    text = (f"// generated by hls/stitch.py: the routers of one level, selected by the branch register\n"
+            f"module {name} (\n\tinput ap_clk, input ap_rst_n, input [{sw - 1}:0] sel,\n"
+            f"\tinput [{in_w - 1}:0] in0_V_tdata, input in0_V_tvalid, output in0_V_tready,\n"
+            f"\toutput [15:0] out0_V_tdata, output out0_V_tvalid, input out0_V_tready\n);\n"
+            f"\twire [{n - 1}:0] rdy, ov; wire [15:0] od [{n}];\n" + "\n".join(inst)
+            + "\n\tassign in0_V_tready = rdy[sel];\n\tassign out0_V_tvalid = ov[sel];\n"
+            "\tassign out0_V_tdata = od[sel];\nendmodule\n")
+    top = gen_dir / f"{name}.sv"
+    top.write_text(text)
+    st = Stage(name, name, in_w, 16, upper=False, sources=[RTL_DIR / "router_decide.sv", *files, top],
+               out_elem=(16, 1, False), in_elem=(zdt.bitwidth(), pe, zdt.signed()))
+    st.aux["sel_w"] = sw
+    return st
+
+
+def node_stages(model, prefix: str) -> list[Stage]:
+    """The layers of one prepared node as stages (HLS-only layers replaced, see the module doc)."""
+    nodes = list(model.graph.node)
+    stages, i = [], 0
+    while i < len(nodes):
+        n = nodes[i]
+        if n.op_type.startswith("ConvolutionInputGenerator") and i + 1 < len(nodes):
+            j = i + 1
+            while j < len(nodes) and nodes[j].op_type.startswith("StreamingDataWidthConverter"):
+                j += 1
+            if j < len(nodes) and nodes[j].op_type == "Pool_hls":
+                if j != i + 1:
+                    raise StitchError(f"{nodes[j].name}: a width converter between the window generator and the pool")
+                stages.append(_maxpool_stage(model, n, nodes[j], f"{prefix}_maxpool_{len(stages)}"))
+                i = j + 1
+                continue
+        if n.op_type == "GlobalAccPool_hls":
+            stages.append(_sumpool_stage(model, n, f"{prefix}_sumpool_{len(stages)}"))
+        elif n.op_type.endswith("_hls"):
+            raise StitchError(f"{n.name}: HLS-only layer {n.op_type} has no RTL replacement here")
+        else:
+            stages.append(_finn_stage(model, n))
+        i += 1
+    return stages
+
+
+def stage_files(stages: list[Stage]) -> tuple[list[Path], list[Path], list[Path]]:
+    """(sources without duplicates in a valid order, include dirs, data files)."""
+    seen, srcs = set(), []
+    # packages first (mvu_pkg), then the rest
+    allsrc = [Path(s) for st in stages for s in st.sources]
+    allsrc.sort(key=lambda p: 0 if p.name.endswith("_pkg.sv") else 1)
+    for s in allsrc + [RTL_DIR / "axi_read_arbiter.sv"]:
+        key = str(Path(s).resolve())
+        if key not in seen:
+            seen.add(key)
+            srcs.append(Path(s))
+    incs = sorted({Path(i) for st in stages for i in st.includes})
+    data = {f.name: f for st in stages for f in st.data_files}
+    return srcs, incs, list(data.values())
+
+
+# --------------------------------------------------------------------------------- top text
+def _sfx(st: Stage, sig: str) -> str:
+    return sig.upper() if st.upper else sig
+
+
+def _tieoffs(header: str, connected: set[str]) -> list[str]:
+    return [f"\t\t.{p}('0)" for p in _inputs(header) if p not in connected]
+
+
+def _param_list(params: dict[str, Any]) -> str:
+    if not params:
+        return ""
+    return " #(" + ", ".join(f".{k}({v})" for k, v in params.items()) + ")"
+
+
+def _stage_instance(st: Stage, k: int, src: str, dst: str, lines: list[str], fetch_ctx: dict) -> None:
+    """Instance of stage ``st`` reading stream ``src`` and writing stream ``dst`` (wire name prefixes)."""
+    conns = {"ap_clk": "ap_clk", "ap_rst_n": "ap_rst_n"}
+    for sig in ("tdata", "tvalid"):
+        conns[f"{st.in_port}_{_sfx(st, sig)}"] = f"{src}_{sig}"
+    conns[f"{st.in_port}_{_sfx(st, 'tready')}"] = f"{src}_tready"
+    for sig in ("tdata", "tvalid"):
+        conns[f"{st.out_port}_{_sfx(st, sig)}"] = f"{dst}_{sig}"
+    conns[f"{st.out_port}_{_sfx(st, 'tready')}"] = f"{dst}_tready"
+    if "ap_clk2x" in st.port_text:
+        conns["ap_clk2x"] = "ap_clk"
+    if "sel_w" in st.aux:
+        conns["sel"] = "branch_sel"
+    if st.weights:
+        ww = f"w{k}"
+        lines.append(f"\twire [{st.aux.get('w_width', 1) - 1}:0] {ww}_tdata; wire {ww}_tvalid, {ww}_tready;")
+        conns["in1_V_TDATA"], conns["in1_V_TVALID"], conns["in1_V_TREADY"] = f"{ww}_tdata", f"{ww}_tvalid", f"{ww}_tready"
+        if st.weights == "memstream":
+            wconns = {"ap_clk": "ap_clk", "ap_clk2x": "ap_clk", "ap_rst_n": "ap_rst_n", "s_axis_0_tvalid": "1'b1",
+                      "m_axis_0_tdata": f"{ww}_tdata", "m_axis_0_tvalid": f"{ww}_tvalid", "m_axis_0_tready": f"{ww}_tready"}
+            body = [f"\t\t.{p}({s})" for p, s in wconns.items()] + _tieoffs(st.aux["header"], set(wconns))
+            lines.append(f"\t{st.aux['wrapper']} {st.name}_mem (\n" + ",\n".join(body) + "\n\t);")
+        else:
+            f = fetch_ctx["n"]
+            fetch_ctx["n"] += 1
+            wconns = {"ap_clk": "ap_clk", "ap_rst_n": "ap_rst_n", "out_done": f"fetch_done_v[{f}]",
+                      "base_address": "region_base", "in_idx0_V_tvalid": f"fidx_tvalid[{f}]",
+                      "in_idx0_V_tready": f"fidx_tready[{f}]", "in_idx0_V_tdata": "in_idx0_V_tdata",
+                      "out0_V_tdata": f"{ww}_tdata", "out0_V_tvalid": f"{ww}_tvalid", "out0_V_tready": f"{ww}_tready"}
+            for sig, w in (("araddr", ADDR_W), ("arlen", 8), ("arsize", 3), ("arburst", 2), ("arid", 2)):
+                wconns[f"axi_mm_{sig}"] = f"ar_{sig}[{f * w} +: {w}]"
+            wconns["axi_mm_arvalid"], wconns["axi_mm_arready"] = f"ar_arvalid[{f}]", f"ar_arready[{f}]"
+            wconns["axi_mm_rvalid"], wconns["axi_mm_rready"] = f"ar_rvalid[{f}]", f"ar_rready[{f}]"
+            for sig in ("rdata", "rresp", "rlast", "rid"):
+                wconns[f"axi_mm_{sig}"] = f"ar_{sig}"
+            wconns["axi_mm_awready"], wconns["axi_mm_wready"], wconns["axi_mm_bvalid"] = "1'b0", "1'b0", "1'b0"
+            body = [f"\t\t.{p}({s})" for p, s in wconns.items()] + _tieoffs(st.aux["header"], set(wconns))
+            offs = int(st.aux["offset"])
+            lines.append(f"\t{st.aux['wrapper']} #(.ADDRESS_OFFSET(64'd{offs})) {st.name}_fetch (\n"
+                         + ",\n".join(body) + "\n\t);")
+    body = [f"\t\t.{p}({s})" for p, s in conns.items()] + _tieoffs(st.port_text, set(conns)) if st.port_text else \
+        [f"\t\t.{p}({s})" for p, s in conns.items()]
+    lines.append(f"\t{st.module}{_param_list(st.params)} {st.name} (\n" + ",\n".join(body) + "\n\t);")
+
+
+def _weight_width(st: Stage) -> int:
+    from qonnx.custom_op.registry import getCustomOp  # noqa: F401
+    pe, simd, wbits = st.aux["PE"], st.aux["SIMD"], st.aux["WW"]
+    return _rup8(pe * simd * wbits)
+
+
+def chain_body(stages: list[Stage], src: str, dst: str, tag: str, lines: list[str], fetch_ctx: dict) -> None:
+    """Wires and instances of a chain reading stream ``src`` and ending in stream ``dst``."""
+    prev = src
+    for k, st in enumerate(stages):
+        out = dst if k == len(stages) - 1 else f"{tag}_s{k}"
+        if out != dst:
+            lines.append(f"\twire [{st.out_w - 1}:0] {out}_tdata; wire {out}_tvalid, {out}_tready;")
+        if st.weights:
+            st.aux["w_width"] = _weight_width(st)
+        _stage_instance(st, f"{tag}_{k}", prev, out, lines, fetch_ctx)
+        prev = out
+
+
+def _fetch_block(n_fetch: int, lines: list[str]) -> None:
+    """Index broadcast and the AXI read arbiter for ``n_fetch`` fetchers (declarations first)."""
+    n = n_fetch
+    decl = [f"\twire [{n - 1}:0] fetch_done_v;",
+            f"\twire [{n - 1}:0] fidx_tvalid, fidx_tready;",
+            f"\tlogic [{n - 1}:0] idx_taken;",
+            f"\twire [{n * ADDR_W - 1}:0] ar_araddr; wire [{n * 8 - 1}:0] ar_arlen; wire [{n * 3 - 1}:0] ar_arsize;",
+            f"\twire [{n * 2 - 1}:0] ar_arburst; wire [{n * 2 - 1}:0] ar_arid; wire [{n - 1}:0] ar_arvalid, ar_arready;",
+            f"\twire [{DATA_W - 1}:0] ar_rdata; wire [1:0] ar_rresp; wire ar_rlast; wire [1:0] ar_rid;",
+            f"\twire [{n - 1}:0] ar_rvalid, ar_rready;",
+            "\t// one index token per inference, taken once every fetcher has taken it",
+            "\tassign fidx_tvalid = {%d{in_idx0_V_tvalid}} & ~idx_taken;" % n,
+            "\tassign in_idx0_V_tready = &(idx_taken | fidx_tready);",
+            "\talways_ff @(posedge ap_clk) begin",
+            "\t\tif (!ap_rst_n || (in_idx0_V_tvalid && in_idx0_V_tready)) idx_taken <= '0;",
+            "\t\telse idx_taken <= idx_taken | (fidx_tvalid & fidx_tready);",
+            "\tend",
+            "\tassign fetch_done = |fetch_done_v;",
+            f"\taxi_read_arbiter #(.N({n}), .ADDR_W({ADDR_W}), .DATA_W({DATA_W}), .ID_W(2)) ddr_arb (",
+            "\t\t.ap_clk(ap_clk), .ap_rst_n(ap_rst_n),",
+            "\t\t.s_araddr(ar_araddr), .s_arlen(ar_arlen), .s_arsize(ar_arsize), .s_arburst(ar_arburst), .s_arid(ar_arid),",
+            "\t\t.s_arvalid(ar_arvalid), .s_arready(ar_arready), .s_rdata(ar_rdata), .s_rresp(ar_rresp), .s_rlast(ar_rlast),",
+            "\t\t.s_rid(ar_rid), .s_rvalid(ar_rvalid), .s_rready(ar_rready),",
+            "\t\t.m_araddr(axi_mm_araddr), .m_arlen(axi_mm_arlen), .m_arsize(axi_mm_arsize), .m_arburst(axi_mm_arburst),",
+            "\t\t.m_arid(axi_mm_arid), .m_arvalid(axi_mm_arvalid), .m_arready(axi_mm_arready), .m_rdata(axi_mm_rdata),",
+            "\t\t.m_rresp(axi_mm_rresp), .m_rlast(axi_mm_rlast), .m_rid(axi_mm_rid), .m_rvalid(axi_mm_rvalid),",
+            "\t\t.m_rready(axi_mm_rready)",
+            "\t);"]
+    lines[:0] = decl
+
+
+AXI_PORTS = [f"\toutput [{ADDR_W - 1}:0] axi_mm_araddr", "\toutput [7:0] axi_mm_arlen", "\toutput [2:0] axi_mm_arsize",
+             "\toutput [1:0] axi_mm_arburst", "\toutput [1:0] axi_mm_arid", "\toutput axi_mm_arvalid",
+             "\tinput axi_mm_arready", f"\tinput [{DATA_W - 1}:0] axi_mm_rdata", "\tinput [1:0] axi_mm_rresp",
+             "\tinput axi_mm_rlast", "\tinput [1:0] axi_mm_rid", "\tinput axi_mm_rvalid", "\toutput axi_mm_rready"]
+
+
+def write_chain_top(path: Path, name: str, stages: list[Stage], taps: tuple[int, ...] = ()) -> dict[str, Any]:
+    """One module: ``in0_V`` -> stages -> ``out0_V``; with fetchers also ``region_base``,
+    ``in_idx0_V``, ``fetch_done`` and ``axi_mm_*``; with a router-select stage ``branch_sel``.
+    ``taps``: stage indices whose output stream is mirrored (read-only) on ``tap<k>_tdata/tvalid/
+    tready`` for the testbench to observe. Returns the top's description."""
+    n_fetch = sum(1 for st in stages if st.weights == "fetch")
+    sel_w = max([st.aux.get("sel_w", 0) for st in stages] + [0])
+    ports = ["\tinput ap_clk", "\tinput ap_rst_n",
+             f"\tinput [{stages[0].in_w - 1}:0] in0_V_tdata", "\tinput in0_V_tvalid", "\toutput in0_V_tready",
+             f"\toutput [{stages[-1].out_w - 1}:0] out0_V_tdata", "\toutput out0_V_tvalid", "\tinput out0_V_tready"]
+    if n_fetch:
+        ports += [f"\tinput [{ADDR_W - 1}:0] region_base", "\tinput in_idx0_V_tvalid", "\toutput in_idx0_V_tready",
+                  f"\tinput [{IDX_W - 1}:0] in_idx0_V_tdata", "\toutput fetch_done"] + AXI_PORTS
+    if sel_w:
+        ports.append(f"\tinput [{sel_w - 1}:0] branch_sel")
+    body: list[str] = []
+    ctx = {"n": 0}
+    chain_body(stages, "in0_V", "out0_V", "c", body, ctx)
+    for t in taps:
+        ports += [f"\toutput [{stages[t].out_w - 1}:0] tap{t}_tdata", f"\toutput tap{t}_tvalid", f"\toutput tap{t}_tready"]
+        body.append(f"\tassign tap{t}_tdata = c_s{t}_tdata; assign tap{t}_tvalid = c_s{t}_tvalid; "
+                    f"assign tap{t}_tready = c_s{t}_tready;")
+    if n_fetch:
+        _fetch_block(n_fetch, body)
+    text = (f"// generated by hls/stitch.py: {name}\n`timescale 1ns/1ps\nmodule {name} (\n" + ",\n".join(ports)
+            + "\n);\n" + "\n".join(body) + "\nendmodule\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return {"module": name, "n_fetchers": n_fetch, "in_w": stages[0].in_w, "out_w": stages[-1].out_w,
+            "in_elem": stages[0].in_elem, "out_elem": stages[-1].out_elem,
+            "taps": {t: stages[t].out_elem for t in taps}, "sel_w": sel_w}
+
+
+def annotate_fetchers(stages: list[Stage], model, layers: list[dict[str, Any]], original_names: dict[str, str]) -> None:
+    """Give each fetcher stage its layer offset inside the branch region (``weights.json``) and its
+    weight stream geometry."""
+    from qonnx.custom_op.registry import getCustomOp
+    by_name = {n.name: n for n in model.graph.node}
+    for st in stages:
+        if not st.weights:
+            continue
+        inst = getCustomOp(by_name[st.name])
+        st.aux.update(PE=inst.get_nodeattr("PE"), SIMD=inst.get_nodeattr("SIMD"),
+                      WW=inst.get_input_datatype(1).bitwidth())
+        if st.weights == "fetch":
+            orig = original_names[st.name]
+            match = [layer for layer in layers if layer["layer"] == orig[1] and layer["node"] == orig[0]]
+            if len(match) != 1:
+                raise StitchError(f"{st.name}: no unique layer {orig} in weights.json")
+            st.aux["offset"] = match[0]["offset"]
+            st.aux["layer_bytes"] = match[0]["bytes"]
+
+
+def json_dump(obj: Any, path: Path) -> None:
+    path.write_text(json.dumps(obj, indent=1, default=str))

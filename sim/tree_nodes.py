@@ -1,0 +1,236 @@
+"""Every hardware node type of the tree in cocotb + Verilator, against the integer reference.
+
+Built from ``sigmabranch build``'s output (``nodes/<node>.hw.onnx``, ``weights.bin/json``,
+``export/``), stitched by :mod:`hls.stitch` into one SystemVerilog top per part and driven by
+``sim/tb/test_tree_chain.py`` with random valid/ready on every stream and random DDR stalls::
+
+    from sim.tree_nodes import TreeSim
+    ts = TreeSim("build/zcu104")
+    y = ts.backbone(x_int)                        # (B, H, W, C) ints, vs IntegerTree node "backbone"
+    d = ts.router(0, 0, h_int)                    # decisions, vs IntegerTree.decide
+    r = ts.level(0, 1, h_int)                     # branch_0_1 -> router_1_1 from DDR region 1 of level 0
+    r.outputs, r.taps[...], r.bytes, r.cycles     # per inference
+    acc = ts.level(1, 2, h_int).outputs           # last level: branch_1_2 -> head_2 accumulators
+
+Parts: the backbone (every FINN+ RTL layer, max-pools by ``hls/rtl/stream_maxpool.sv``); the root
+router (``global_sum_pool`` -> projection ``MVAU_rtl`` from its memstream -> ``router_decide``); a
+level datapath (the level's branch, then the node below it: the next level's router or the leaf
+head), whose ``external_mem`` MVAUs fetch the chosen branch's region from the DDR model: the top's
+``region_base`` is ``weights_base + level.base + branch * level.region_stride`` and one index token
+(0) per inference starts every fetcher of the level once. One Verilator build serves all branches
+of a level (module names are level-generic; the branches' thresholds are ``$readmemh`` files copied
+into the run directory, the routers of the next level are selected by ``branch_sel``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from host.int_reference import IntegerTree
+from sim.verilator import cache_root, run_cocotb
+
+WEIGHTS_BASE = 0x1000_0000   # where the testbench's DDR model places weights.bin
+
+
+@dataclass
+class ChainResult:
+    outputs: list[np.ndarray]              # per inference: output elements (flat, NHWC order)
+    taps: dict[int, list[np.ndarray]]      # stage index -> per inference elements
+    bytes: list[int]                       # DDR bytes served per inference
+    cycles: list[int]                      # cycles from the inference's start to its last output word
+    bursts: list[list[tuple[int, int]]]    # per inference: (address, beats) of each AXI burst
+    build_seconds: float = 0.0
+    sim_seconds: float = 0.0
+    cached: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def pack(values: np.ndarray, width: int, pe: int) -> list[int]:
+    flat = [int(v) for v in np.asarray(values).ravel().tolist()]
+    mask = (1 << width) - 1
+    words = []
+    for k in range(0, len(flat), pe):
+        w = 0
+        for i, v in enumerate(flat[k:k + pe]):
+            w |= (v & mask) << (i * width)
+        words.append(w)
+    return words
+
+
+def unpack(words: list[int], width: int, pe: int, signed: bool) -> np.ndarray:
+    mask = (1 << width) - 1
+    out = []
+    for w in words:
+        for i in range(pe):
+            v = (w >> (i * width)) & mask
+            if signed and v >> (width - 1):
+                v -= 1 << width
+            out.append(v)
+    return np.array(out, dtype=np.int64)
+
+
+class TreeSim:
+    """Stitched tops of one ``sigmabranch build`` output, simulated part by part."""
+
+    def __init__(self, build_dir: str | Path, work_dir: str | Path | None = None):
+        self.build_dir = Path(build_dir)
+        self.driver = json.loads((self.build_dir / "driver.json").read_text())
+        self.weights = json.loads((self.build_dir / "weights.json").read_text())
+        self.tree = IntegerTree.load(self.build_dir / "export")
+        self.manifest = self.tree.manifest
+        key = hashlib.sha256(str(self.build_dir.resolve()).encode() + (self.build_dir / "weights.json").read_bytes()
+                             + (self.build_dir / "export" / "tree.json").read_bytes()).hexdigest()[:12]
+        self.work = Path(work_dir) if work_dir else cache_root() / "tree-hdl" / key
+        self.part, self.clk_ns = self.driver["part"], float(self.driver["clk_ns"])
+        self._models: dict[tuple[str, str], Any] = {}
+        from sim.finn_rtllib import ensure_finn_settings
+        ensure_finn_settings()
+
+    # ----------------------------------------------------------------- preparation
+    def prepared(self, node: str, prefix: str):
+        """``nodes/<node>.hw.onnx`` with DWCs, unique names (``prefix``) and HDL, cached on disk."""
+        from qonnx.core.modelwrapper import ModelWrapper
+
+        from hls.stitch import prepare_node
+        if (node, prefix) in self._models:
+            return self._models[(node, prefix)]
+        d = self.work / prefix / node
+        saved = d / "prepared.onnx"
+        if saved.exists():
+            model = ModelWrapper(str(saved))
+        else:
+            if d.exists():
+                shutil.rmtree(d)
+            model = prepare_node(ModelWrapper(str(self.build_dir / "nodes" / f"{node}.hw.onnx")), self.part,
+                                 self.clk_ns, prefix, d)
+            model.save(str(saved))
+        self._models[(node, prefix)] = model
+        return model
+
+    def _region(self, level: int, branch: int) -> dict[str, Any]:
+        return self.weights["levels"][level]["regions"][branch]
+
+    def region_base(self, level: int, branch: int) -> int:
+        lv = self.weights["levels"][level]
+        return WEIGHTS_BASE + lv["base"] + branch * lv["region_stride"]
+
+    def _stages(self, node: str, prefix: str, layers=None):
+        from hls.stitch import annotate_fetchers, node_stages
+        model = self.prepared(node, prefix)
+        stages = node_stages(model, prefix)
+        if layers is not None:
+            names = {n.name: (node, n.name[len(prefix) + 1:]) for n in model.graph.node}
+            annotate_fetchers(stages, model, layers, names)
+        else:
+            annotate_fetchers(stages, model, [], {})
+        return model, stages
+
+    # ----------------------------------------------------------------- parts
+    def part_backbone(self):
+        _, stages = self._stages("backbone", "bb")
+        return "tree_backbone", stages, {}
+
+    def part_router(self, level: int, node: int):
+        from hls.stitch import router_stage
+        name = IntegerTree.router_name(level, node)
+        prefix = f"r{level}{node}"
+        model, stages = self._stages(name, prefix)
+        stages.append(router_stage(model, self.manifest["nodes"][name]["decision"], f"{prefix}_decide",
+                                   self.work / prefix / "gen"))
+        return f"tree_{prefix}", stages, {}
+
+    def part_level(self, level: int, branch: int):
+        """The level's datapath with branch ``branch``'s thresholds (its MVAU weights come from DDR)."""
+        from hls.stitch import router_select_stage
+        depth = self.tree.depth
+        n_branches = 2 ** (level + 1)
+        layers = self._region(level, branch)["layers"]
+        # level-generic prefixes: the same modules for every branch of the level
+        bmodel, bstages = self._stages(IntegerTree.branch_name(level, branch), f"l{level}b", layers)
+        below = (IntegerTree.router_name(level + 1, branch) if level + 1 < depth else IntegerTree.head_name(branch))
+        nmodel, nstages = self._stages(below, f"l{level}n", layers)
+        if level + 1 < depth:
+            decisions = [self.manifest["nodes"][IntegerTree.router_name(level + 1, b)]["decision"]
+                         for b in range(n_branches)]
+            nstages.append(router_select_stage(nmodel, decisions, f"l{level}_routers", self.work / f"l{level}n" / "gen"))
+        return f"tree_l{level}", bstages + nstages, {"tap": len(bstages) - 1, "below": below}
+
+    # ----------------------------------------------------------------- running
+    def run_part(self, top: str, stages, frames_in: list[np.ndarray], *, region_base: list[int] | None = None,
+                 branch_sel: int | None = None, taps: tuple[int, ...] = (), expect_bytes: list[int] | None = None,
+                 p_valid: float = 0.7, p_ready: float = 0.7, p_rvalid: float = 0.8, p_arready: float = 0.7,
+                 seed: int = 0, max_cycles: int = 200_000) -> ChainResult:
+        from hls.stitch import stage_files, write_chain_top
+        gen = self.work / "tops"
+        info = write_chain_top(gen / f"{top}.sv", top, stages, taps=taps)
+        srcs, incs, data = stage_files(stages)
+        in_bits, in_pe, _ = info["in_elem"]
+        out_bits, out_pe, out_signed = info["out_elem"]
+        n_out_elems = self._out_elems(stages)
+        frames = []
+        for i, x in enumerate(frames_in):
+            fr = {"in": [hex(w) for w in pack(x, in_bits, in_pe)], "n_out": n_out_elems // out_pe,
+                  "idx": bool(info["n_fetchers"])}
+            if region_base is not None:
+                fr["region_base"] = int(region_base[i])
+            if expect_bytes is not None:
+                fr["expect_bytes"] = int(expect_bytes[i])
+            frames.append(fr)
+        cfg = {"frames": frames, "p_valid": p_valid, "p_ready": p_ready, "p_rvalid": p_rvalid, "p_arready": p_arready,
+               "seed": seed, "max_cycles": max_cycles, "taps": list(taps),
+               "memory": {"file": str((self.build_dir / "weights.bin").resolve()), "base": WEIGHTS_BASE}
+               if info["n_fetchers"] else None}
+        if branch_sel is not None:
+            cfg["branch_sel"] = int(branch_sel)
+        res = run_cocotb(srcs + [gen / f"{top}.sv"], top, "sim.tb.test_tree_chain", includes=incs,
+                         defines={"FINN_SIMULATION": 1}, config=cfg, copy_files=data)
+        got = json.loads((res.test_dir / "outputs.json").read_text())
+        outs = [unpack([int(w, 16) for w in g["out"]], out_bits, out_pe, out_signed) for g in got]
+        tap_out = {t: [unpack([int(w, 16) for w in g["taps"][str(t)]], *info["taps"][t][:2], info["taps"][t][2])
+                       for g in got] for t in taps}
+        return ChainResult(outs, tap_out, [g["bytes"] for g in got], [g["cycles"] for g in got],
+                           [[tuple(b) for b in g["bursts"]] for g in got], res.build.seconds, res.sim_seconds,
+                           res.build.cached, info)
+
+    @staticmethod
+    def _out_elems(stages) -> int:
+        last = stages[-1]
+        if last.module.endswith("_decide") or last.aux.get("sel_w") or last.module.startswith("tree_"):
+            return 1
+        return int(last.aux.get("n_out_elems", 0)) or -1
+
+    # ----------------------------------------------------------------- node types vs the reference
+    def _n_out(self, node: str) -> int:
+        return int(np.prod(self.manifest["nodes"][node]["output_shape"][1:]))
+
+    def backbone(self, x_int: np.ndarray, **kw) -> ChainResult:
+        """``x_int``: (B, H, W, C) NHWC integers. Outputs: per image the NHWC feature map (flat)."""
+        top, stages, _ = self.part_backbone()
+        stages[-1].aux["n_out_elems"] = self._n_out("backbone")
+        return self.run_part(top, stages, list(x_int), **kw)
+
+    def router(self, level: int, node: int, h_int: np.ndarray, **kw) -> ChainResult:
+        """Outputs: per feature map the decision word (``router_decide``: 0 + d)."""
+        top, stages, _ = self.part_router(level, node)
+        return self.run_part(top, stages, list(h_int), **kw)
+
+    def level(self, level: int, branch: int, h_int: np.ndarray, **kw) -> ChainResult:
+        """The level datapath computing branch ``branch`` (and the node below it) on each map of
+        ``h_int``; ``taps[tap]`` holds the branch's output, ``outputs`` the router decision (or the
+        head's accumulators), ``bytes`` the DDR bytes served per inference."""
+        top, stages, meta = self.part_level(level, branch)
+        if meta["below"].startswith("head_"):
+            stages[-1].aux["n_out_elems"] = self._n_out(meta["below"])
+        n = len(h_int)
+        region = self._region(level, branch)
+        res = self.run_part(top, stages, list(h_int), region_base=[self.region_base(level, branch)] * n,
+                            branch_sel=branch if not meta["below"].startswith("head_") else None,
+                            taps=(meta["tap"],), expect_bytes=[region["bytes"]] * n, **kw)
+        res.info.update(meta, region_bytes=region["bytes"], region_offset=region["offset"])
+        return res
