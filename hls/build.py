@@ -21,7 +21,9 @@ Placement (the co-design of ../shared/notes/hardware-targets.md):
   ``mem_mode="external_mem"``: FINN+'s ``fetch_weights`` reads one weight set from DDR into a local
   buffer once per inference, and the MVU reuses it for every output pixel. All branches of a
   level have the same shapes; their widths are unified (the widest weight/accumulator type of
-  the level) so one datapath serves them all.
+  the level) so one datapath serves them all. Thresholds are small (channels x steps): each
+  ``Thresholding_rtl`` of a shared datapath keeps every branch's set on chip and the router's
+  decision selects one (FINN+'s multi-set thresholding).
 - **DDR weight image** (``weights.bin`` + ``weights.json``): per level, one region per branch,
   each region contiguous (its layers in datapath order, each in FINN's ``external_mem`` layout:
   256-bit words, elements packed from the LSB), regions 4 KiB-aligned so no AXI burst crosses a
@@ -35,6 +37,7 @@ the HLS node as a stand-in. Synthesis and bitstream need Vivado (see :func:`viva
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import shutil
@@ -220,10 +223,11 @@ def fetch_layer_bytes(inst, weights: np.ndarray, scratch: Path) -> bytes:
     return b"".join(int(word, 16).to_bytes(FETCH_DATA_BITS // 8, "little") for word in words)
 
 
-def node_resources(model, part: str, streamed: bool) -> list[dict[str, Any]]:
+def node_resources(model, part: str, streamed: bool, sets: int = 1) -> list[dict[str, Any]]:
     """FINN+'s estimate per layer. A streamed MVAU's weights live in DDR, but its
     ``fetch_weights`` buffer holds one weight set on chip: estimated as FINN+ would estimate the
-    same weights stored on chip (``internal_decoupled``)."""
+    same weights stored on chip (``internal_decoupled``). A shared datapath's thresholds hold
+    ``sets`` sets (one per branch)."""
     from qonnx.custom_op.registry import getCustomOp
     rows = []
     for node in model.graph.node:
@@ -232,6 +236,10 @@ def node_resources(model, part: str, streamed: bool) -> list[dict[str, Any]]:
             inst.set_nodeattr("mem_mode", "internal_decoupled")
             estimate = inst.node_res_estimation(part)
             inst.set_nodeattr("mem_mode", "external_mem")
+        elif sets > 1 and node.op_type.startswith("Thresholding"):
+            inst.set_nodeattr("mlo_max_iter", sets)
+            estimate = inst.node_res_estimation(part)
+            inst.set_nodeattr("mlo_max_iter", 0)
         else:
             estimate = inst.node_res_estimation(part)
         row = {"layer": node.name, "op": node.op_type, "BRAM_18K": int(estimate.get("BRAM_18K", 0)),
@@ -333,17 +341,49 @@ def write_weight_image(hw: dict[str, Any], paths: list[LevelDatapath], out: Path
     return meta
 
 
-def generate_hdl(models: dict[str, Any], board: Board, out: Path) -> dict[str, list[str]]:
+def write_threshold_sets(model, branches: list, target_of: dict[str, Path]) -> None:
+    """A shared datapath's ``Thresholding_rtl`` holds every branch's thresholds on chip, one set
+    per branch, and the router's decision picks the set (its set-select port ``in1_V``; FINN+'s
+    multi-set thresholding, ``mlo_max_iter`` sets). Memory files as FINN+'s loop rolling writes
+    them: per PE and stage, the branches' files back to back, each padded to a power of two."""
+    import tempfile
+
+    from qonnx.core.datatype import DataType
+    from qonnx.custom_op.registry import getCustomOp
+
+    for position, node in enumerate(model.graph.node):
+        if not node.op_type.startswith("Thresholding"):
+            continue
+        inst = getCustomOp(node)
+        stages = DataType[inst.get_nodeattr("outputDataType")].bitwidth()
+        with tempfile.TemporaryDirectory() as tmp:
+            for b, branch in enumerate(branches):
+                other = branch.graph.node[position]
+                (Path(tmp) / str(b)).mkdir()
+                getCustomOp(other).generate_params(branch, str(Path(tmp) / str(b)))
+            for pe in range(inst.get_nodeattr("PE")):
+                for stage in range(stages):
+                    lines = []
+                    for b in range(len(branches)):
+                        part = (Path(tmp) / str(b) / f"{node.name}_threshs_{pe}_{stage}.dat").read_text().split()
+                        pad = (1 << (len(part) - 1).bit_length()) - len(part)
+                        lines += part + [format(2 ** stages - 1, f"0{len(part[0])}x")] * pad
+                    (target_of[node.name] / f"{node.name}_threshs_{pe}_{stage}.dat").write_text("\n".join(lines) + "\n")
+
+
+def generate_hdl(models: dict[str, Any], board: Board, out: Path,
+                 threshold_sets: dict[str, list] | None = None) -> dict[str, list[str]]:
     """FINN+'s ``PrepareIP`` per hardware node: RTL for the ``*_rtl`` layers (and the fetchers),
-    HLS C++ for the HLS-only ones (replaced by hls/rtl/ blocks in the stitched design)."""
+    HLS C++ for the HLS-only ones (replaced by hls/rtl/ blocks in the stitched design). A shared
+    level datapath's thresholds get one set per branch (:func:`write_threshold_sets`)."""
     import os
 
     from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
+    from finn.util.settings import get_settings
+    from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
     from quant.export import _quiet_logging
-
-    from finn.util.settings import get_settings
 
     files = {}
     os.environ.setdefault("FINN_BUILD_DIR", str((out / "hdl").resolve()))
@@ -355,8 +395,17 @@ def generate_hdl(models: dict[str, Any], board: Board, out: Path) -> dict[str, l
         # PrepareIP makes one folder per layer under FINN's build dir (a cached setting): point
         # it at this node's folder.
         get_settings().finn_build_dir = target.resolve()
+        sets = (threshold_sets or {}).get(name)
+        if sets:
+            model = ModelWrapper(copy.deepcopy(model.model))  # the branch graphs keep single sets
+            for node in model.graph.node:
+                if node.op_type.startswith("Thresholding"):
+                    getCustomOp(node).set_nodeattr("mlo_max_iter", len(sets))
         with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
             model = model.transform(PrepareIP(board.part, board.clk_ns))
+        if sets:
+            write_threshold_sets(model, sets, {n.name: Path(getCustomOp(n).get_nodeattr("code_gen_dir_ipgen"))
+                                               for n in model.graph.node})
         files[name] = sorted(str(p.relative_to(out)) for p in target.rglob("*") if p.suffix in (".v", ".sv", ".cpp"))
         models[name] = model
     return files
@@ -422,6 +471,7 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     out.mkdir(parents=True, exist_ok=True)
     paths = level_datapaths(manifest)
     hw = {}
+    threshold_sets = {}  # a level datapath's representative node -> every branch's graph at that position
     for name in tqdm(list(manifest["nodes"]), desc=f"FINN+ HW layers ({board.name})", unit="node"):
         hw[name] = to_hw_layers(ModelWrapper(str(export_dir / manifest["nodes"][name]["finn_onnx"])), board.part, name)
     hw["backbone"] = fold(hw["backbone"], target_cycles, folding_config)
@@ -435,6 +485,7 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
             share_datapath([hw[n] for n in names], names)
             for n in names:
                 set_weight_memory(hw[n], external=True)
+            threshold_sets[names[0]] = [hw[n] for n in names]
     (out / "nodes").mkdir(exist_ok=True)
     for name, model in hw.items():
         model.save(str(out / "nodes" / f"{name}.hw.onnx"))
@@ -447,8 +498,9 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     onchip = []
     for part, names, streamed in [("backbone", ["backbone"], False), ("root router", ["router_0_0"], False)] + [
             (f"level {p.level} datapath (x1, serves {len(p.branches)} branches)", p.branches[0], True) for p in paths]:
-        rows = [row for n in names for row in node_resources(hw[n], board.part, streamed)]
         level = next((p for p in paths if p.branches[0] == names), None)
+        sets = len(level.branches) if level else 1
+        rows = [row for n in names for row in node_resources(hw[n], board.part, streamed, sets)]
         region_bytes = weights["levels"][level.level]["regions"][0]["bytes"] if level else 0
         onchip.append({"part": part, "nodes": names, "streamed": streamed, "resources": _sum(rows), "layers": rows,
                        "onchip_weight_bytes": region_bytes if streamed else sum(
@@ -467,9 +519,9 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
               "weights": {k: weights[k] for k in ("file", "bytes", "crc32")}}
     report["problems"] = check_budget(onchip, board)
     if hdl:
-        report["hdl"] = generate_hdl({n: hw[n] for n in ["backbone", "router_0_0"] + [p.branches[0][i] for p in paths
-                                                                                    for i in range(len(p.branches[0]))]},
-                                     board, out)
+        datapath_nodes = [p.branches[0][i] for p in paths for i in range(len(p.branches[0]))]
+        report["hdl"] = generate_hdl({n: hw[n] for n in ["backbone", "router_0_0"] + datapath_nodes}, board, out,
+                                     threshold_sets)
     write_bundle(export_dir, out, manifest, report, weights, board)
     (out / "placement.json").write_text(json.dumps(report, indent=1))
     (out / "placement.md").write_text(placement_table(report))

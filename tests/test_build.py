@@ -113,3 +113,22 @@ def test_residual_trees_are_refused_clearly(tmp_path):
     export_tree(qtree, (1, 8, 8), tmp_path / "export", progress=False)
     with pytest.raises(BuildError, match="residual additions"):
         build(tmp_path / "export", "zcu104", tmp_path / "b", hdl=False)
+
+
+def test_shared_datapath_thresholds_hold_one_set_per_branch(built, tmp_path):
+    root, _ = built
+    folder = next((root / "pynq-z2" / "hdl" / "branch_1_0").glob("*Thresholding_rtl_0_*"))
+    assert "SETS = 4" in next(folder.glob("*.v")).read_text()
+    multi = (folder / "Thresholding_rtl_0_threshs_0_0.dat").read_text().split()
+    segments = []
+    for b in range(4):  # each branch's own thresholds, as FINN+ writes a single set
+        model = ModelWrapper(str(root / "pynq-z2" / "nodes" / f"branch_1_{b}.hw.onnx"))
+        node = next(n for n in model.graph.node if n.op_type.startswith("Thresholding"))
+        (tmp_path / str(b)).mkdir()
+        getCustomOp(node).generate_params(model, str(tmp_path / str(b)))
+        segments.append((tmp_path / str(b) / f"{node.name}_threshs_0_0.dat").read_text().split())
+    size = 1 << (len(segments[0]) - 1).bit_length()  # each set padded to a power of two
+    assert len(multi) == 4 * size
+    for b, segment in enumerate(segments):
+        assert multi[b * size:b * size + len(segment)] == segment
+    assert segments[0] != segments[1]
