@@ -255,3 +255,141 @@ def test_sim_backend_says_what_it_needs():
     from host.backends.sim import SimHardware
     with pytest.raises(BackendUnavailable, match="cocotb"):
         SimHardware()
+
+
+# ------------------------------------------------------------------------------ board backend, fake pynq
+class FakePynq:
+    """Just enough of the ``pynq`` API (Overlay, allocate, AXI DMA channels, IP read/write) over a
+    model of the stitched design's register contract (host/backends/base.py), the PL being the
+    ref backend: the board backend's calls run unchanged."""
+
+    def __init__(self, root):
+        self.root, self.next, self.arrays, self.hang_decisions = root, 0x2000_0000, {}, False
+
+    class Array(np.ndarray):
+        def flush(self):
+            pass
+
+        def invalidate(self):
+            pass
+
+    def allocate(self, shape, dtype="u4", **kwargs):
+        arr = np.zeros(shape, dtype=dtype).view(FakePynq.Array)
+        arr.physical_address = self.next
+        self.arrays[self.next] = arr
+        self.next += -(-arr.nbytes // 4096) * 4096 + 4096
+        return arr
+
+    def Overlay(self, bitfile, download=True):
+        return _FakeOverlay(self, Bundle.load(self.root))
+
+
+class _FakeChannel:
+    def __init__(self, overlay, kind, level=None):
+        self.ov, self.kind, self.level, self.error = overlay, kind, level, False
+
+    def transfer(self, array, start=0, nbytes=0):
+        from host.backends.base import Buffer
+        nbytes = nbytes or array.nbytes - start
+        buf = Buffer("x", array, array.physical_address)
+        if self.kind == "recv":
+            self.ov.out = (buf, nbytes)
+        elif self.kind == "send":
+            self.ov.pl.send_input(buf, nbytes, *self.ov.out)
+        else:
+            self.ov.pl.start_fetch(self.level, array.physical_address + start, nbytes)
+
+    @property
+    def idle(self):
+        if self.kind == "fetch":
+            return self.ov.pl.poll_fetch(self.level)
+        return self.ov.pl.poll_output() if self.kind == "recv" else True
+
+    def stop(self):
+        if self.kind == "fetch" and self.ov.pl._inference is not None:
+            self.ov.pl.cancel_fetch(self.level)
+
+    def start(self):
+        pass
+
+
+class _FakeDMA:
+    def __init__(self, overlay, send=None, recv=None):
+        self.sendchannel, self.recvchannel = send, recv
+
+
+class _FakeOverlay:
+    def __init__(self, fake, bundle):
+        from host.backends.base import REGISTERS, layout_signature
+        self.fake, self.regs, self.bundle = fake, REGISTERS, bundle
+        self.pl = RefHardware()
+        self.pl.open(bundle)
+        self.signature = layout_signature(bundle.driver)
+        self.base, self.mode, self.decisions = 0, 0, {}
+        self.sigmabranch_ctrl = self
+        self.idma0 = _FakeDMA(self, send=_FakeChannel(self, "send"))
+        self.odma0 = _FakeDMA(self, recv=_FakeChannel(self, "recv"))
+        self.wdma0, self.wdma1 = (_FakeDMA(self, send=_FakeChannel(self, "fetch", level)) for level in range(2))
+
+    def write(self, offset, value):
+        r = self.regs
+        if offset == r["CTRL"] and value & 2:
+            self.pl.reset()
+        elif offset == r["FETCH_MODE"]:
+            self.mode = value
+        elif offset == r["WEIGHT_BASE_LO"]:
+            from host.backends.base import Buffer
+            self.pl.set_weight_base(Buffer("weights", self.fake.arrays[value], value), "onchip" if self.mode else "host")
+        elif r["COMMIT_0"] <= offset < r["COMMIT_0"] + 16:
+            self.pl.commit_weights((offset - r["COMMIT_0"]) // 4, value & 0x7FFFFFFF)
+
+    def read(self, offset):
+        r = self.regs
+        if offset == r["SIGNATURE"]:
+            return self.signature
+        if offset == r["LEVELS"]:
+            return self.bundle.depth
+        if offset == r["DECISION_VALID"]:
+            if self.fake.hang_decisions:
+                return 0
+            self.decisions = {l: self.pl.poll_decision(l) for l in range(self.bundle.depth)}
+            return sum(1 << l for l, d in self.decisions.items() if d is not None)
+        if r["DECISION_0"] <= offset < r["DECISION_0"] + 16:
+            return self.decisions[(offset - r["DECISION_0"]) // 4]
+        log = {level: (address, n) for level, address, n in self.pl.fetch_log()}
+        if r["FETCH_ADDR_LO_0"] <= offset < r["FETCH_BYTES_0"]:
+            level, hi = divmod(offset - r["FETCH_ADDR_LO_0"], 8)
+            address = log.get(level, (0, 0))[0]
+            return address >> 32 if hi else address & 0xFFFFFFFF
+        if r["FETCH_BYTES_0"] <= offset < r["FETCH_BYTES_0"] + 16:
+            return log.get((offset - r["FETCH_BYTES_0"]) // 4, (0, 0))[1]
+        return 0
+
+
+@pytest.mark.parametrize("strategy, mode", [("serial", "host"), ("prefetch", "host"), ("serial", "onchip")])
+def test_board_backend_drives_the_pynq_api_with_the_same_results(bundle, strategy, mode):
+    from host.backends.board import BoardHardware
+    root, report, x = bundle
+    fake = FakePynq(root)
+    ov = SigmaBranchOverlay(root, BoardHardware(bitfile="design.bit", pynq_module=fake), strategy=strategy,
+                            fetch_mode=mode)
+    out = ov.execute(x[:24])
+    ref = SigmaBranchOverlay(root, "ref", strategy=strategy, fetch_mode=mode).execute(x[:24])
+    assert np.array_equal(out["acc"], ref["acc"]) and np.array_equal(out["paths"], ref["paths"])
+    assert np.array_equal(out["bytes"]["weights"], ref["bytes"]["weights"]) and out["latency_unit"] == "s"
+    if strategy == "serial":
+        assert (out["bytes"]["weights"] == report["ddr"]["tree_weight_bytes"]).all()
+
+
+def test_board_backend_times_out_on_a_design_that_never_asserts_valid(bundle):
+    from host.backends.board import BoardHardware
+    root, _, x = bundle
+    fake = FakePynq(root)
+    ov = SigmaBranchOverlay(root, BoardHardware(bitfile="design.bit", pynq_module=fake), timeout_s=0.2)
+    fake.hang_decisions = True
+    t0 = time.monotonic()
+    with pytest.raises(DriverTimeout, match="router decision of level 0 did not complete within 0.2 s"):
+        ov.execute(x[:1])
+    assert time.monotonic() - t0 < 2.0
+    fake.hang_decisions = False
+    assert np.array_equal(ov.execute(x[:3])["classes"], IntegerTree.load(root / "export").infer(x[:3])["classes"])

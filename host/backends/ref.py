@@ -113,6 +113,8 @@ class RefHardware(Hardware):
     def set_weight_base(self, buf: Buffer, fetch_mode: str) -> None:
         self._tick()
         self.weights, self.fetch_mode = buf, fetch_mode
+        if all(b is not buf for b in self._buffers):  # a buffer the host allocated elsewhere: now known
+            self._buffers.append(buf)
 
     # -- the clock
     def now(self) -> float:
