@@ -183,7 +183,7 @@ def _maxpool_stage(model, cig, pool, name: str) -> Stage:
         raise StitchError(f"{pool.name}: the window generator's SIMD ({pe_in}) differs from the pool's PE "
                           f"({pe_out}); stream_maxpool keeps one PE")
     dt = c.get_input_datatype(0)
-    chans = p.get_nodeattr("NumChannels")
+    chans = p.get_nodeattr("Channels")
     params = dict(IFM_DIM=ifm[0], K=k[0], C=chans, PE=pe_in, W=dt.bitwidth(), SIGNED=int(dt.signed()))
     w = _rup8(pe_in * dt.bitwidth())
     return Stage(name, "stream_maxpool", w, w, upper=False, params=params, sources=[RTL_DIR / "stream_maxpool.sv"],

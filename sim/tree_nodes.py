@@ -234,3 +234,47 @@ class TreeSim:
                             taps=(meta["tap"],), expect_bytes=[region["bytes"]] * n, **kw)
         res.info.update(meta, region_bytes=region["bytes"], region_offset=region["offset"])
         return res
+
+    # ----------------------------------------------------------------- the whole path, part by part
+    def infer(self, x_int: np.ndarray, **kw) -> dict[str, Any]:
+        """Hard-routed inference through the simulated parts: backbone -> root router -> for each
+        level the datapath with the branch the *simulated* router chose (its DDR region), the next
+        router's decision coming out of that datapath, the last level ending in the leaf head.
+        ``x_int``: (B, H, W, C) NHWC integers. Returns leaves, accumulators, decisions, DDR bytes and
+        cycles per inference and per part (the parts run one after another here; the stitched
+        top with the feature-map FIFO is :func:`hls.stitch.write_tree_top`'s job)."""
+        n = len(x_int)
+        bb = self.backbone(x_int, **kw)
+        shape = self.manifest["nodes"]["backbone"]["output_shape"][1:]          # C, H, W
+        h = np.stack(bb.outputs).reshape(n, shape[1], shape[2], shape[0])
+        rt = self.router(0, 0, h, **kw)
+        choice = np.array([int(o[0]) for o in rt.outputs])
+        node = np.zeros(n, dtype=np.int64)
+        decisions = np.zeros((n, self.tree.depth), dtype=np.int64)
+        decisions[:, 0] = choice
+        cycles = np.array(bb.cycles) + np.array(rt.cycles)
+        nbytes = np.zeros(n, dtype=np.int64)
+        acc = np.zeros((n, self.manifest["num_classes"]), dtype=np.int64)
+        for level in range(self.tree.depth):
+            branch = 2 * node + choice
+            out_shape = self.manifest["nodes"][IntegerTree.branch_name(level, 0)]["output_shape"][1:]
+            new_h = np.zeros((n, out_shape[1], out_shape[2], out_shape[0]), dtype=np.int64)
+            for b in np.unique(branch):
+                rows = np.flatnonzero(branch == b)
+                r = self.level(level, int(b), h[rows], **kw)
+                for k, i in enumerate(rows):
+                    new_h[i] = r.taps[r.info["tap"]][k].reshape(out_shape[1], out_shape[2], out_shape[0])
+                    cycles[i] += r.cycles[k]
+                    nbytes[i] += r.bytes[k]
+                    if level + 1 < self.tree.depth:
+                        choice[i] = int(r.outputs[k][0])
+                        decisions[i, level + 1] = choice[i]
+                    else:
+                        acc[i] = r.outputs[k]
+            node, h = branch, new_h
+        return {"leaves": node, "acc": acc, "path_decisions": decisions, "bytes": nbytes, "cycles": cycles}
+
+    def expected_bytes(self, leaves: np.ndarray) -> np.ndarray:
+        """Sum over levels of the chosen region's bytes (from the leaf: branch at level L = leaf >> (depth-1-L))."""
+        d = self.tree.depth
+        return np.array([sum(self._region(L, int(leaf) >> (d - 1 - L))["bytes"] for L in range(d)) for leaf in leaves])
