@@ -278,7 +278,13 @@ class SigmaBranchOverlay:
     def _wait(self, poll: Callable[[], Any], what: str) -> Any:
         deadline = time.monotonic() + self.timeout_s
         while True:
-            value = poll()
+            try:
+                value = poll()
+            except (RuntimeError, MemoryError) as err:  # a DMA error bit, an error status of the design
+                if isinstance(err, DriverError):
+                    raise
+                self.hw.reset()
+                raise DriverError(f"{what} failed on the {self.hw.name} backend: {err}; the accelerator was reset") from err
             if value is not None and value is not False:
                 return value
             if time.monotonic() > deadline:

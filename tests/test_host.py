@@ -394,3 +394,17 @@ def test_board_backend_times_out_on_a_design_that_never_asserts_valid(bundle):
     assert time.monotonic() - t0 < 2.0
     fake.hang_decisions = False
     assert np.array_equal(ov.execute(x[:3])["classes"], IntegerTree.load(root / "export").infer(x[:3])["classes"])
+
+
+def test_a_dma_error_is_reported_and_the_overlay_recovers(bundle):
+    from host.backends.board import BoardHardware
+    from host.driver import DriverError
+    root, _, x = bundle
+    fake = FakePynq(root)
+    ov = SigmaBranchOverlay(root, BoardHardware(bitfile="design.bit", pynq_module=fake))
+    channel = ov.hw.wdma[0].sendchannel
+    channel.error = True
+    with pytest.raises(DriverError, match=r"weight fetch of level 0 \(branch \d\) failed on the board backend: .*DMA error"):
+        ov.execute(x[:1])
+    channel.error = False
+    assert len(ov.execute(x[:2])["classes"]) == 2

@@ -8,7 +8,9 @@ inference and reports the router's decisions and the fetchers' byte counters.
 
 ``pynq``'s ``DMA.wait()`` spins without a bound, so nothing here calls it: the driver polls
 ``idle``/``error`` of a channel with a deadline, and on timeout :meth:`BoardHardware.reset`
-stops and restarts the DMA channels and soft-resets the accelerator (the overlay stays loaded).
+soft-resets the accelerator first (so its streams drain), then stops and restarts the DMA
+channels (the overlay stays loaded). ``pynq``'s ``stop()`` itself waits for the channel to halt;
+an AXI DMA halts once its outstanding beats are accepted, which the accelerator's reset ensures.
 
 The same class runs in simulation with ``cocotbpynq`` passed as ``pynq_module`` (``sim``
 backend): only ``Overlay``, ``allocate``, the DMA channels and ``read``/``write`` of an IP are used.

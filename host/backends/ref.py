@@ -152,14 +152,13 @@ class RefHardware(Hardware):
                            "decision_at": [start + self.timing.backbone_cycles] + [None] * (self.depth - 1),
                            "output_at": None}
         if self.fetch_mode == "onchip":  # the router's decision drives the fetch: schedule all of it now
-            ready = self._inference["decision_at"][0]
+            inf = self._inference
             for level, branch in enumerate(path):
+                decided = inf["decision_at"][level]  # set by the level above (_run_level)
                 base, stride, size = self.regions[level]
-                fetch = self._schedule_fetch(level, self.weights.physical_address + base + branch * stride, size,
-                                             ready if level == 0 else self._inference["decision_at"][level])
-                self._inference["committed"][level] = branch
-                self._run_level(level, max(fetch["end"], self._inference["decision_at"][level]))
-                ready = self._inference["decision_at"][level + 1] if level + 1 < self.depth else None
+                fetch = self._schedule_fetch(level, self.weights.physical_address + base + branch * stride, size, decided)
+                inf["committed"][level] = branch
+                self._run_level(level, max(fetch["end"], decided))
 
     def _schedule_fetch(self, level: int, address: int, nbytes: int, issued: float) -> dict[str, Any]:
         self._buffer_at(address, nbytes)
