@@ -18,9 +18,13 @@ sum of (integer x scale) products, then BN, then rounds to the activation grid. 
 pre-activation lies within float32 rounding error of a rounding boundary (k + 1/2 steps), the
 float result can land on either side, while the integer datapath (thresholds on the exact
 integer accumulator) always lands on one. Both are faithful to the trained model; only the
-integer side is reproducible bit for bit, and it is what the hardware computes. Seen so far: none
-in the W4A4 digits edge tree; in a W4A4 ResNet-8 tree on digits, 1 of 132,480 values of one
-branch from Brevitas (qonnx exact), with the same class and leaf on every input end to end.
+integer side is reproducible bit for bit, and it is what the hardware computes. The rate grows
+with the activation width (finer steps) and the accumulation length. Measured on the digits edge
+tree: none at W4A4 and W2A2; at W8A8 up to 1.7e-4 of a node's values (Brevitas float32) and
+5e-5 (qonnx). Re-running Brevitas in float64 leaves at most 2 in 92,160: those are FINN+'s own
+thresholds, computed in float32 during streamlining, sitting one step off the exact boundary,
+which the hardware inherits from FINN+. In a W4A4 ResNet-8 tree: 1 of 132,480 values of one
+branch (Brevitas; qonnx exact). End to end the class and leaf must still match on every input.
 
 End to end, the reference's hard-routed inference is compared with the Brevitas tree's: the
 same class and the same leaf on every input. Logits may differ where a float scale remains:
@@ -43,7 +47,8 @@ from host.int_reference import IntegerTree
 from .export import drop_float_tail, tree_nodes
 
 ROUNDING_SLACK = 0.05  # in output integer units: how far a float executor's output may sit off the grid
-BOUNDARY_FLIP_FRACTION = 1e-4  # off-by-one values allowed from a float executor (boundary flips)
+BOUNDARY_FLIP_FRACTION = 1e-3  # off-by-one values allowed from a float executor (boundary flips)
+ACCUMULATOR_RTOL = 1e-5  # float32 executors vs integer accumulators (router projection, head)
 LOGIT_TOLERANCE = 0.05  # max |logit difference| / max |logit|, end to end vs Brevitas
 
 
@@ -67,10 +72,21 @@ def _integers(y: np.ndarray, info: dict[str, Any]) -> np.ndarray:
     return (y.reshape(len(y), -1) - bias.reshape(1, -1) if info["kind"] == "head" else y) / info["output_scale"]
 
 
-def _compare(name: str, what: str, approx: np.ndarray, exact: np.ndarray) -> dict[str, Any]:
+def _compare(name: str, what: str, approx: np.ndarray, exact: np.ndarray, accumulator: bool = False) -> dict[str, Any]:
     """Float executor vs the integers: off-by-one *boundary flips* are counted, and allowed up
-    to ``BOUNDARY_FLIP_FRACTION`` of the values (see the module docstring); anything else fails."""
+    to ``BOUNDARY_FLIP_FRACTION`` of the values (see the module docstring); anything else fails.
+
+    ``accumulator`` (router projections, leaf heads: no activation rounds their output): a float32
+    executor holds the integer sum only to float32 precision (integers above 2**24 are not even
+    representable), so those are compared within ``ACCUMULATOR_RTOL`` of the largest value."""
     approx = approx.reshape(exact.shape)
+    if accumulator:
+        err = float(np.abs(approx - exact).max()) if exact.size else 0.0
+        bound = ACCUMULATOR_RTOL * max(float(np.abs(exact).max(initial=0)), 1.0) + ROUNDING_SLACK
+        if err > bound:
+            raise ExportMismatch(f"node {name}: {what} differs from the integer accumulators by {err:.3g} "
+                                 f"(allowed {bound:.3g})")
+        return {"boundary_flips": 0, "values": int(exact.size), "max_off_grid": err}
     diff = np.abs(np.round(approx) - exact)
     flips = int((diff == 1).sum())
     residual = np.abs(approx - np.round(approx))
@@ -100,13 +116,14 @@ def check_export(export_dir: str | Path, qtree, x: torch.Tensor, finn_inputs: in
     for name, node in ref.nodes.items():  # manifest order: every producer before its consumers
         src = q_in if node.info["input_node"] is None else ints[node.info["input_node"]]
         ints[name] = out = node.run(src)
+        accumulator = node.info["kind"] in ("router", "head")
         entry = {"brevitas": _compare(name, "the Brevitas module", _integers(
-            modules[name](torch.from_numpy(src).float()).numpy(), node.info), out)}
+            modules[name](torch.from_numpy(src).float()).numpy(), node.info), out, accumulator)}
         if qonnx:
             model = _with_batch(ModelWrapper(str(root / node.info["qonnx"])), len(src))
             y = qonnx_exec.execute_onnx(model, {model.graph.input[0].name: src.astype(np.float32)})
             entry["qonnx"] = _compare(name, "qonnx's execution of the QONNX file",
-                                               _integers(y[model.graph.output[0].name], node.info), out)
+                                               _integers(y[model.graph.output[0].name], node.info), out, accumulator)
         if finn_inputs is None or finn_inputs > 0:
             # One input at a time: qonnx's Im2Col (used in FINN's streamlined graphs) mixes up
             # images at batch > 1, and FINN itself always executes batch 1.
