@@ -328,7 +328,8 @@ def _stage_instance(st: Stage, k: int, src: str, dst: str, lines: list[str], fet
     if "ap_clk2x" in st.port_text:
         conns["ap_clk2x"] = "ap_clk"
     if "sel_w" in st.aux:
-        conns["sel"] = "branch_sel"
+        conns["sel"] = fetch_ctx.get("sel", "branch_sel")
+    conns.update(st.aux.get("conns", {}))
     if st.weights:
         ww = f"w{k}"
         lines.append(f"\twire [{st.aux.get('w_width', 1) - 1}:0] {ww}_tdata; wire {ww}_tvalid, {ww}_tready;")
@@ -342,8 +343,8 @@ def _stage_instance(st: Stage, k: int, src: str, dst: str, lines: list[str], fet
             f = fetch_ctx["n"]
             fetch_ctx["n"] += 1
             wconns = {"ap_clk": "ap_clk", "ap_rst_n": "ap_rst_n", "out_done": f"fetch_done_v[{f}]",
-                      "base_address": "region_base", "in_idx0_V_tvalid": f"fidx_tvalid[{f}]",
-                      "in_idx0_V_tready": f"fidx_tready[{f}]", "in_idx0_V_tdata": "in_idx0_V_tdata",
+                      "base_address": fetch_ctx.get("base", "region_base"), "in_idx0_V_tvalid": f"fidx_tvalid[{f}]",
+                      "in_idx0_V_tready": f"fidx_tready[{f}]", "in_idx0_V_tdata": fetch_ctx.get("idx_data", "in_idx0_V_tdata"),
                       "out0_V_tdata": f"{ww}_tdata", "out0_V_tvalid": f"{ww}_tvalid", "out0_V_tready": f"{ww}_tready"}
             for sig, w in (("araddr", ADDR_W), ("arlen", 8), ("arsize", 3), ("arburst", 2), ("arid", 2)):
                 wconns[f"axi_mm_{sig}"] = f"ar_{sig}[{f * w} +: {w}]"
@@ -380,24 +381,26 @@ def chain_body(stages: list[Stage], src: str, dst: str, tag: str, lines: list[st
         prev = out
 
 
-def _fetch_block(n_fetch: int, lines: list[str]) -> None:
-    """Index broadcast and the AXI read arbiter for ``n_fetch`` fetchers (declarations first)."""
-    n = n_fetch
-    decl = [f"\twire [{n - 1}:0] fetch_done_v;",
+def _idx_broadcast(lo: int, hi: int, valid: str, ready: str, tag: str) -> list[str]:
+    """One index token on (valid, ready) to fetchers lo..hi-1, taken once all of them took it."""
+    n = hi - lo
+    return [f"\tlogic [{n - 1}:0] {tag}_taken;",
+            f"\tassign fidx_tvalid[{hi - 1}:{lo}] = {{{n}{{{valid}}}}} & ~{tag}_taken;",
+            f"\tassign {ready} = &({tag}_taken | fidx_tready[{hi - 1}:{lo}]);",
+            "\talways_ff @(posedge ap_clk) begin",
+            f"\t\tif (!ap_rst_n || ({valid} && {ready})) {tag}_taken <= '0;",
+            f"\t\telse {tag}_taken <= {tag}_taken | (fidx_tvalid[{hi - 1}:{lo}] & fidx_tready[{hi - 1}:{lo}]);",
+            "\tend"]
+
+
+def _arbiter_block(n: int) -> list[str]:
+    """Declarations of the fetchers' vectors and the AXI read arbiter onto ``axi_mm_*``."""
+    return [f"\twire [{n - 1}:0] fetch_done_v;",
             f"\twire [{n - 1}:0] fidx_tvalid, fidx_tready;",
-            f"\tlogic [{n - 1}:0] idx_taken;",
             f"\twire [{n * ADDR_W - 1}:0] ar_araddr; wire [{n * 8 - 1}:0] ar_arlen; wire [{n * 3 - 1}:0] ar_arsize;",
             f"\twire [{n * 2 - 1}:0] ar_arburst; wire [{n * 2 - 1}:0] ar_arid; wire [{n - 1}:0] ar_arvalid, ar_arready;",
             f"\twire [{DATA_W - 1}:0] ar_rdata; wire [1:0] ar_rresp; wire ar_rlast; wire [1:0] ar_rid;",
             f"\twire [{n - 1}:0] ar_rvalid, ar_rready;",
-            "\t// one index token per inference, taken once every fetcher has taken it",
-            "\tassign fidx_tvalid = {%d{in_idx0_V_tvalid}} & ~idx_taken;" % n,
-            "\tassign in_idx0_V_tready = &(idx_taken | fidx_tready);",
-            "\talways_ff @(posedge ap_clk) begin",
-            "\t\tif (!ap_rst_n || (in_idx0_V_tvalid && in_idx0_V_tready)) idx_taken <= '0;",
-            "\t\telse idx_taken <= idx_taken | (fidx_tvalid & fidx_tready);",
-            "\tend",
-            "\tassign fetch_done = |fetch_done_v;",
             f"\taxi_read_arbiter #(.N({n}), .ADDR_W({ADDR_W}), .DATA_W({DATA_W}), .ID_W(2)) ddr_arb (",
             "\t\t.ap_clk(ap_clk), .ap_rst_n(ap_rst_n),",
             "\t\t.s_araddr(ar_araddr), .s_arlen(ar_arlen), .s_arsize(ar_arsize), .s_arburst(ar_arburst), .s_arid(ar_arid),",
@@ -408,6 +411,12 @@ def _fetch_block(n_fetch: int, lines: list[str]) -> None:
             "\t\t.m_rresp(axi_mm_rresp), .m_rlast(axi_mm_rlast), .m_rid(axi_mm_rid), .m_rvalid(axi_mm_rvalid),",
             "\t\t.m_rready(axi_mm_rready)",
             "\t);"]
+
+
+def _fetch_block(n_fetch: int, lines: list[str]) -> None:
+    """Index broadcast (``in_idx0_V``) and the AXI read arbiter for ``n_fetch`` fetchers."""
+    decl = _arbiter_block(n_fetch) + _idx_broadcast(0, n_fetch, "in_idx0_V_tvalid", "in_idx0_V_tready", "idx")
+    decl.append("\tassign fetch_done = |fetch_done_v;")
     lines[:0] = decl
 
 
@@ -472,3 +481,161 @@ def annotate_fetchers(stages: list[Stage], model, layers: list[dict[str, Any]], 
 
 def json_dump(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=1, default=str))
+
+
+# --------------------------------------------------------------------------------- the whole tree
+def multiset_thresholds(per_branch: list[Stage], gen_dir: Path, sel: str) -> Stage:
+    """The level's shared ``Thresholding_rtl`` holding every branch's thresholds as FINN+ threshold
+    sets (``SETS`` = branches, set = branch, memory ``{set, channel fold, step}``); the set-select
+    stream ``in1_V`` is the branch register, valid all the time. ``per_branch[b]``: the same layer
+    prepared from branch b's graph (its single-set ``.dat`` files)."""
+    st = per_branch[0]
+    texts = {Path(s).read_text() for b in per_branch for s in b.sources if Path(s).stem == b.module}
+    if len(texts) != 1:
+        raise StitchError(f"{st.name}: the branches' thresholding wrappers differ (not one shared datapath)")
+    n = len(per_branch)
+    if n & (n - 1):
+        raise StitchError(f"{st.name}: {n} threshold sets; FINN+'s set select needs a power of two")
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for f in sorted(st.data_files):
+        m = re.search(r"_threshs_(\d+)_(\d+)\.dat$", f.name)
+        if not m:
+            continue
+        stage = int(m.group(2))
+        blocks = []
+        for b in per_branch:
+            lines = next(g for g in b.data_files if g.name == f.name).read_text().split()
+            cf = len(lines) >> stage
+            cfp = 1 << max(0, (cf - 1).bit_length())
+            blocks += lines + ["0"] * ((cfp - cf) << stage)
+        out = gen_dir / f.name.replace("_threshs_", "_ms_threshs_")
+        out.write_text("\n".join(blocks) + "\n")
+        files.append(out)
+    ms = Stage(**{**st.__dict__})
+    ms.data_files = files
+    ms.params = {"SETS": n, "THRESHOLDS_PATH": f'"./{st.name}_ms_"'}
+    ms.aux = {**st.aux, "conns": {"in1_V_TDATA": f"8'({sel})", "in1_V_TVALID": "1'b1"}}
+    return ms
+
+
+def _fifo(name: str, width: int, depth: int, src: str, dst: str) -> list[str]:
+    return [f"\tfifo #(.DEPTH({depth}), .DATA_WIDTH({width})) {name} (.clk(ap_clk), .rst(!ap_rst_n),",
+            f"\t\t.idat({src}_tdata), .ivld({src}_tvalid), .irdy({src}_tready),",
+            f"\t\t.odat({dst}_tdata), .ovld({dst}_tvalid), .ordy({dst}_tready), .count(), .maxcount());"]
+
+
+def _fork(name: str, width: int, src: str, a: str, b: str) -> list[str]:
+    return [f"\tstream_fork #(.DATA_W({width})) {name} (.ap_clk(ap_clk), .ap_rst_n(ap_rst_n),",
+            f"\t\t.in0_V_tdata({src}_tdata), .in0_V_tvalid({src}_tvalid), .in0_V_tready({src}_tready),",
+            f"\t\t.out0_V_tdata({a}_tdata), .out0_V_tvalid({a}_tvalid), .out0_V_tready({a}_tready),",
+            f"\t\t.out1_V_tdata({b}_tdata), .out1_V_tvalid({b}_tvalid), .out1_V_tready({b}_tready));"]
+
+
+def _wire(name: str, width: int) -> str:
+    return f"\twire [{width - 1}:0] {name}_tdata; wire {name}_tvalid, {name}_tready;"
+
+
+@dataclass
+class LevelPart:
+    """One level's shared datapath: the branch layers, then the node below (router select or head)."""
+    branch: list[Stage]
+    below: list[Stage]
+    n_branches: int
+    base: int                      # level base inside weights.bin
+    stride: int                    # region stride
+    fmap_words: int                # words of the level's input feature map (FIFO depth)
+    out_words: int = 1             # words the level emits per inference (1 decision, or the head's)
+
+
+def write_tree_top(path: Path, name: str, backbone: list[Stage], root_router: list[Stage],
+                   levels: list[LevelPart], bb_words: int) -> dict[str, Any]:
+    """The whole tree as one module (see the module docstring)::
+
+        in0_V (image, NHWC) -> backbone -> fork -+-> root router -> decision d0
+                                                 +-> FIFO (feature map) -> level 0 datapath -> fork -+-> router(s) -> d1
+                                                                                                     +-> FIFO -> level 1 ...
+        last level: branch -> leaf head -> out0_V (accumulators)
+
+    Level L's controller takes decision d_L (a one-word stream), sets ``branch_L = 2*branch_{L-1}
+    + d_L``, ``region_base_L = weights_base + base_L + branch_L * stride_L`` and the threshold set /
+    router select, and sends one index token to the level's fetchers; it takes the next decision
+    only after the level's output for this inference has left (so the base is stable for the whole
+    fetch). Ports: ``ap_clk``, ``ap_rst_n``, ``in0_V_*``, ``out0_V_*``, ``weights_base[63:0]``,
+    ``axi_mm_*`` (AXI4 read, 256-bit), ``leaf`` and ``leaf_valid`` (the last level's branch).
+    """
+    depth = len(levels)
+    body: list[str] = []
+    ctx: dict[str, Any] = {"n": 0}
+    bb_w = backbone[-1].out_w
+    body.append(_wire("bb_out", bb_w))
+    chain_body(backbone, "in0_V", "bb_out", "bb", body, ctx)
+    body += [_wire("f0a", bb_w), _wire("f0b", bb_w), _wire("lv0_in", bb_w), _wire("dec0", 16)]
+    body += _fork("fork0", bb_w, "bb_out", "f0a", "f0b")
+    body += _fifo("fmap0", bb_w, max(2, bb_words), "f0b", "lv0_in")
+    chain_body(root_router, "f0a", "dec0", "rr", body, ctx)
+    ranges = []
+    for L, lv in enumerate(levels):
+        sw = max(1, (lv.n_branches - 1).bit_length())
+        body.append(f"\tlogic [{sw - 1}:0] branch_{L}; logic busy_{L}; logic idxv_{L}; wire idxr_{L};")
+        body.append(f"\twire [{ADDR_W - 1}:0] region_base_{L} = weights_base + {ADDR_W}'d{lv.base} + "
+                    f"{ADDR_W}'({ADDR_W}'(branch_{L}) * {ADDR_W}'d{lv.stride});")
+        lo = ctx["n"]
+        ctx.update(base=f"region_base_{L}", idx_data=f"{IDX_W}'d0", sel=f"branch_{L}")
+        # thresholds: the set is the branch register
+        for st in lv.branch + lv.below:
+            if "conns" in st.aux:
+                st.aux["conns"] = {k: re.sub(r"8'\(\w+\)", f"8'(branch_{L})", v) for k, v in st.aux["conns"].items()}
+        last = L == depth - 1
+        bw = lv.branch[-1].out_w
+        if not last:
+            body += [_wire(f"lv{L}_b", bw), _wire(f"lv{L}_ba", bw), _wire(f"lv{L}_bb", bw),
+                     _wire(f"lv{L + 1}_in", bw), _wire(f"dec{L + 1}", 16)]
+            chain_body(lv.branch, f"lv{L}_in", f"lv{L}_b", f"l{L}b", body, ctx)
+            body += _fork(f"fork{L + 1}", bw, f"lv{L}_b", f"lv{L}_ba", f"lv{L}_bb")
+            body += _fifo(f"fmap{L + 1}", bw, max(2, levels[L + 1].fmap_words), f"lv{L}_bb", f"lv{L + 1}_in")
+            chain_body(lv.below, f"lv{L}_ba", f"dec{L + 1}", f"l{L}n", body, ctx)
+            done = f"(dec{L + 1}_tvalid && dec{L + 1}_tready)"
+        else:
+            body.append(_wire(f"lv{L}_b", bw))
+            chain_body(lv.branch, f"lv{L}_in", f"lv{L}_b", f"l{L}b", body, ctx)
+            chain_body(lv.below, f"lv{L}_b", "out0_V", f"l{L}n", body, ctx)
+            body.append(f"\tlogic [15:0] outcnt;")
+            done = f"(out0_V_tvalid && out0_V_tready && outcnt == 16'd{lv.out_words - 1})"
+            body += ["\talways_ff @(posedge ap_clk) begin",
+                     "\t\tif (!ap_rst_n) outcnt <= '0;",
+                     f"\t\telse if (out0_V_tvalid && out0_V_tready) outcnt <= (outcnt == 16'd{lv.out_words - 1}) ? '0 : outcnt + 1;",
+                     "\tend"]
+        hi = ctx["n"]
+        ranges.append((lo, hi))
+        prev = f"{{branch_{L - 1}, dec{L}_tdata[0]}}" if L else f"dec{L}_tdata[0]"
+        body += [f"\t// level {L} controller: decision -> branch, region base, threshold set, one index token",
+                 f"\tassign dec{L}_tready = !busy_{L};",
+                 "\talways_ff @(posedge ap_clk) begin",
+                 f"\t\tif (!ap_rst_n) begin busy_{L} <= 0; idxv_{L} <= 0; branch_{L} <= '0; end",
+                 "\t\telse begin",
+                 f"\t\t\tif (dec{L}_tvalid && dec{L}_tready) begin branch_{L} <= {sw}'({prev}); busy_{L} <= 1; "
+                 f"idxv_{L} <= {int(hi > lo)}; end",
+                 f"\t\t\telse if (busy_{L} && {done}) busy_{L} <= 0;",
+                 f"\t\t\tif (idxv_{L} && idxr_{L}) idxv_{L} <= 0;",
+                 "\t\tend",
+                 "\tend"]
+        if hi > lo:
+            body += _idx_broadcast(lo, hi, f"idxv_{L}", f"idxr_{L}", f"idx{L}")
+        else:
+            body.append(f"\tassign idxr_{L} = 1'b1;")
+    n_fetch = ctx["n"]
+    body[:0] = _arbiter_block(n_fetch)
+    lb = max(1, (levels[-1].n_branches - 1).bit_length())
+    body += [f"\tassign leaf = branch_{depth - 1};", f"\tassign leaf_valid = busy_{depth - 1};"]
+    ports = ["\tinput ap_clk", "\tinput ap_rst_n",
+             f"\tinput [{backbone[0].in_w - 1}:0] in0_V_tdata", "\tinput in0_V_tvalid", "\toutput in0_V_tready",
+             f"\toutput [{levels[-1].below[-1].out_w - 1}:0] out0_V_tdata", "\toutput out0_V_tvalid",
+             "\tinput out0_V_tready", f"\tinput [{ADDR_W - 1}:0] weights_base",
+             f"\toutput [{lb - 1}:0] leaf", "\toutput leaf_valid"] + AXI_PORTS
+    text = (f"// generated by hls/stitch.py: {name}, the whole tree\n`timescale 1ns/1ps\nmodule {name} (\n"
+            + ",\n".join(ports) + "\n);\n" + "\n".join(body) + "\nendmodule\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return {"module": name, "n_fetchers": n_fetch, "fetchers_per_level": ranges, "in_w": backbone[0].in_w,
+            "in_elem": backbone[0].in_elem, "out_elem": levels[-1].below[-1].out_elem}

@@ -36,6 +36,7 @@ from host.int_reference import IntegerTree
 from sim.verilator import cache_root, run_cocotb
 
 WEIGHTS_BASE = 0x1000_0000   # where the testbench's DDR model places weights.bin
+RTL_FORK = Path(__file__).resolve().parents[1] / "hls" / "rtl" / "stream_fork.sv"
 
 
 @dataclass
@@ -160,6 +161,66 @@ class TreeSim:
                          for b in range(n_branches)]
             nstages.append(router_select_stage(nmodel, decisions, f"l{level}_routers", self.work / f"l{level}n" / "gen"))
         return f"tree_l{level}", bstages + nstages, {"tap": len(bstages) - 1, "below": below}
+
+    def part_tree(self):
+        """The whole tree as one stitched top (hls.stitch.write_tree_top's inputs)."""
+        from hls.stitch import LevelPart, multiset_thresholds, router_select_stage
+        depth = self.tree.depth
+        _, bb = self._stages("backbone", "bb")
+        _, rr, _ = self.part_router(0, 0)
+        bb_words = self._n_out("backbone") // bb[-1].out_elem[1]
+        levels = []
+        for L in range(depth):
+            nb = 2 ** (L + 1)
+            per_branch = [self._stages(IntegerTree.branch_name(L, b), f"l{L}b", self._region(L, b)["layers"])[1]
+                          for b in range(nb)]
+            bstages = list(per_branch[0])
+            for i, st in enumerate(bstages):
+                if "Thresholding" in st.module:
+                    bstages[i] = multiset_thresholds([pb[i] for pb in per_branch], self.work / f"l{L}b" / "sets", "sel")
+            below0 = IntegerTree.router_name(L + 1, 0) if L + 1 < depth else IntegerTree.head_name(0)
+            nmodel, nstages = self._stages(below0, f"l{L}n", self._region(L, 0)["layers"])
+            if any("Thresholding" in st.module for st in nstages):
+                raise NotImplementedError(f"{below0}: thresholds in the node below a branch are not stitched")
+            if L + 1 < depth:
+                decisions = [self.manifest["nodes"][IntegerTree.router_name(L + 1, b)]["decision"] for b in range(nb)]
+                nstages.append(router_select_stage(nmodel, decisions, f"l{L}_routers", self.work / f"l{L}n" / "gen"))
+                out_words = 1
+            else:
+                out_words = self.manifest["num_classes"] // nstages[-1].out_elem[1]
+            in_node = "backbone" if L == 0 else IntegerTree.branch_name(L - 1, 0)
+            fmap_words = self._n_out(in_node) // (bb[-1].out_elem[1] if L == 0 else levels[-1].branch[-1].out_elem[1])
+            lv = self.weights["levels"][L]
+            levels.append(LevelPart(bstages, nstages, nb, lv["base"], lv["region_stride"], fmap_words, out_words))
+        return bb, rr, levels, bb_words
+
+    def tree_top(self, x_int: np.ndarray, *, p_valid: float = 0.7, p_ready: float = 0.7, p_rvalid: float = 0.8,
+                 p_arready: float = 0.7, seed: int = 0, max_cycles: int = 400_000) -> ChainResult:
+        """Hard-routed inference in the stitched whole-tree top (one image after another): outputs
+        are the leaf head's accumulators, ``info["leaves"]`` the leaf per image, ``bytes`` the DDR
+        bytes the tree fetched per inference, ``cycles`` image-in to last accumulator."""
+        from hls.stitch import stage_files, write_tree_top
+        bb, rr, levels, bb_words = self.part_tree()
+        gen = self.work / "tops"
+        info = write_tree_top(gen / "tree_top.sv", "tree_top", bb, rr, levels, bb_words)
+        stages = bb + rr + [st for lv in levels for st in lv.branch + lv.below]
+        srcs, incs, data = stage_files(stages)
+        srcs = [RTL_FORK] + srcs
+        in_bits, in_pe, _ = info["in_elem"]
+        out_bits, out_pe, out_signed = info["out_elem"]
+        n_out = self.manifest["num_classes"] // out_pe
+        frames = [{"in": [hex(w) for w in pack(x, in_bits, in_pe)], "n_out": n_out, "idx": False} for x in x_int]
+        cfg = {"frames": frames, "p_valid": p_valid, "p_ready": p_ready, "p_rvalid": p_rvalid, "p_arready": p_arready,
+               "seed": seed, "max_cycles": max_cycles, "taps": [],
+               "memory": {"file": str((self.build_dir / "weights.bin").resolve()), "base": WEIGHTS_BASE}}
+        res = run_cocotb(srcs + [gen / "tree_top.sv"], "tree_top", "sim.tb.test_tree_chain", includes=incs,
+                         defines={"FINN_SIMULATION": 1}, config=cfg, copy_files=data)
+        got = json.loads((res.test_dir / "outputs.json").read_text())
+        outs = [unpack([int(w, 16) for w in g["out"]], out_bits, out_pe, out_signed) for g in got]
+        info["leaves"] = [g["leaf"] for g in got]
+        return ChainResult(outs, {}, [g["bytes"] for g in got], [g["cycles"] for g in got],
+                           [[tuple(b) for b in g["bursts"]] for g in got], res.build.seconds, res.sim_seconds,
+                           res.build.cached, info)
 
     # ----------------------------------------------------------------- running
     def run_part(self, top: str, stages, frames_in: list[np.ndarray], *, region_base: list[int] | None = None,
