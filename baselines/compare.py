@@ -21,8 +21,10 @@ root-to-leaf path; routing: the expected value over the test set); MACs (G, % of
 convention, batch 1); total params stored; streamed params (M): the active parameters outside
 the on-chip backbone (the tree's backbone cut, applied to every model), i.e. the weights an
 inference fetches from DDR under the placement rule "backbone on chip, the rest streamed".
-DDR bytes per inference are these times the bytes per weight once the hardware flow fixes the
-bit width.
+DDR weight bytes / inference (W4): those streamed conv/linear weights at the hardware default of
+4 bits, in FINN+'s ``fetch_weights`` layout (256-bit words per layer, as ``sigmabranch build``
+writes them; BN folds into on-chip thresholds, the root router stays on chip): for the demo tree
+the same number ``sigmabranch build`` reports.
 """
 from __future__ import annotations
 
@@ -159,6 +161,19 @@ def _ratio_tag(ratio: float) -> str:
     return f"{round(100 * ratio):d}"
 
 
+DDR_WEIGHT_BITS = 4  # the hardware default (W4A4)
+
+
+def dense_ddr_bytes(model, depth: int) -> int:
+    from hls.build import dense_weight_bytes
+    return dense_weight_bytes(model, depth, DDR_WEIGHT_BITS)
+
+
+def tree_ddr_bytes(tree) -> int:
+    from hls.build import tree_weight_bytes
+    return tree_weight_bytes(tree, DDR_WEIGHT_BITS)
+
+
 def _backbone_params(model, depth: int) -> int:
     """Parameters of the stages before the tree's first cut (on chip under the placement rule)."""
     from model.accounting import count_params
@@ -172,8 +187,8 @@ def _pct(part: float | None, whole: float) -> float | None:
 
 
 def _row(method: str, setting: str, top1: float, active: float, macs: float, total: float, streamed: float,
-         dense: dict[str, Any], note: str = "") -> dict[str, Any]:
-    return {"method": method, "setting": setting, "top1": top1,
+         dense: dict[str, Any], note: str = "", ddr_bytes: float | None = None) -> dict[str, Any]:
+    return {"method": method, "setting": setting, "top1": top1, "ddr_weight_bytes": ddr_bytes,
             "active_params_m": active / 1e6, "active_pct": _pct(active, dense["params"]),
             "macs_g": macs / 1e9, "macs_pct": _pct(macs, dense["macs"]), "total_params_m": total / 1e6,
             "streamed_params_m": streamed / 1e6, "source": "measured", "note": note}
@@ -182,7 +197,8 @@ def _row(method: str, setting: str, top1: float, active: float, macs: float, tot
 COLUMNS = [("method", "method"), ("setting", "setting"), ("top1", "Top-1 (%)"),
            ("active_params_m", "active params (M)"), ("active_pct", "active params (% of dense)"),
            ("macs_g", "MACs (G)"), ("macs_pct", "MACs (% of dense)"), ("total_params_m", "total params stored (M)"),
-           ("streamed_params_m", "streamed params (M)"), ("source", "source"), ("note", "note")]
+           ("streamed_params_m", "streamed params (M)"), ("ddr_weight_bytes", "DDR weight bytes / inference (W4)"),
+           ("source", "source"), ("note", "note")]
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -190,6 +206,8 @@ def _fmt(key: str, value: Any) -> str:
         return "–"
     if key == "macs_g":
         return f"{value:.4f}" if value < 0.1 else f"{value:.3f}"
+    if key == "ddr_weight_bytes":
+        return f"{value:,.0f}"
     if key in ("active_params_m", "total_params_m", "streamed_params_m"):
         return f"{value:.3f}"
     if isinstance(value, float):
@@ -342,8 +360,9 @@ def run_compare(config: str | Path, out: str | Path = "runs/compare", overrides:
     dense_model, _ = model_from_checkpoint(dense_ckpt)
     dense_backbone = _backbone_params(dense_model, depth)
 
+    dense_bytes = dense_ddr_bytes(dense_model, depth)
     rows = [_row("dense", "-", dense["top1"], dense["params"], dense["macs"], dense["params"],
-                 dense["params"] - dense_backbone, dense)]
+                 dense["params"] - dense_backbone, dense, ddr_bytes=dense_bytes)]
 
     for score in cfg.tree_channel_scores:
         tcfg = apply_overrides(tree_cfg, [f"tree.channel_score={score}"])
@@ -361,6 +380,7 @@ def run_compare(config: str | Path, out: str | Path = "runs/compare", overrides:
         streamed = tree["active_params"] - count_params(tree_model.backbone)
         row = _row(f"tree ({score} score)", f"depth {depth}, alpha {tcfg.tree.alpha:g}", tree["top1_hard"],
                    tree["active_params"], tree["path_macs"], tree["total_params"], streamed, dense,
+                   ddr_bytes=tree_ddr_bytes(tree_model),
                    note=f"balance {tree['balance']:.3f}, leaves " + "/".join(f"{u:.0f}" for u in tree["leaf_usage"]) + "%")
         row.update(balance=tree["balance"], leaf_usage=[round(u, 1) for u in tree["leaf_usage"]])
         rows.append(row)
@@ -378,7 +398,7 @@ def run_compare(config: str | Path, out: str | Path = "runs/compare", overrides:
         streamed = pruned["params"] - _backbone_params(model, depth)
         rows.append(_row(method, f"ratio {ratio:g}" + (f", {steps} steps" if steps > 1 else ""), pruned["top1"],
                          pruned["params"], pruned["macs"], pruned["params"], streamed, dense,
-                         note=f"before fine-tuning {pruned['top1_before_finetune']:.2f}%"))
+                         ddr_bytes=dense_ddr_bytes(model, depth), note=f"before fine-tuning {pruned['top1_before_finetune']:.2f}%"))
 
     routing = None
     if cfg.routing:
@@ -395,11 +415,13 @@ def run_compare(config: str | Path, out: str | Path = "runs/compare", overrides:
         streamed = (routing["expert_params"] - _backbone_params(expert_model, depth)) + f * (dense["params"] - dense_backbone)
         rows.append(_row("agf routing", f"AGF-{_ratio_tag(ratio)} expert -> dense, t={chosen['threshold']:.2f}",
                          chosen["top1"], chosen["expected_params"], chosen["expected_macs"], routing["stored_params"],
-                         streamed, dense, note=f"{100 * f:.1f}% to the full model, expected cost "
+                         streamed, dense, ddr_bytes=dense_ddr_bytes(expert_model, depth) + f * dense_bytes,
+                         note=f"{100 * f:.1f}% to the full model, expected cost "
                                                f"{chosen['expected_cost']:.2f}x (MACs); per-input average"))
 
     if cfg.quoted_rows:
         rows += [{**q, "setting": "ImageNet-1K ResNet-50", "total_params_m": None, "streamed_params_m": None,
+                  "ddr_weight_bytes": None,
                   "source": f"quoted: paper {q['source']}", "note": "as published"} for q in QUOTED_ROWS]
 
     title = f"{dense_cfg.model.name} on {dense_cfg.data.name}: Sigma-Branch tree vs. static pruning, AGF, routing"

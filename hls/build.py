@@ -278,20 +278,36 @@ def fetch_len(elements: int, weight_bits: int) -> int:
     return -(-elements // per_word) * (FETCH_DATA_BITS // 8)
 
 
-def dense_streamed_bytes(manifest: dict[str, Any]) -> int:
-    """DDR weight bytes per inference of the dense model under the same placement: the backbone
-    on chip, every later conv/linear (the tree levels' dense blocks and the classifier) fetched
-    once per inference in the same layout."""
+def weight_bytes(modules, bits: int) -> int:
+    """What ``fetch_weights`` reads for every conv/linear weight below ``modules``, one set each."""
     import torch.nn as nn
+    return sum(fetch_len(m.weight.numel(), bits) for module in modules for m in module.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear)))
 
-    from model.registry import create_model
+
+def dense_weight_bytes(dense, depth: int, bits: int) -> int:
+    """DDR weight bytes per inference of a dense (or statically pruned) model under the same
+    placement: the backbone on chip, every later conv/linear (the tree levels' dense blocks and
+    the classifier) fetched once per inference in the same layout."""
     from model.tree_layout import split_dense
+    split = split_dense(dense, depth)
+    return weight_bytes([b for blocks in split.level_blocks for b in blocks] + [split.head], bits)
 
+
+def tree_weight_bytes(tree, bits: int) -> int:
+    """One hard path's streamed weights: its specialisers, the projections of the routers below
+    the root (the root router is on chip; a decision is a few integers) and its leaf head."""
+    modules = [tree.specialisers[level][0] for level in range(tree.depth)]
+    modules += [tree.routers[level][0].proj for level in range(1, tree.depth)] + [tree.heads[0]]
+    return weight_bytes(modules, bits)
+
+
+def dense_streamed_bytes(manifest: dict[str, Any]) -> int:
+    """:func:`dense_weight_bytes` of the dense model an exported tree came from."""
+    from model.registry import create_model
     spec = manifest["spec"]
-    split = split_dense(create_model(spec["dense_model"], **spec["dense_args"]), int(manifest["depth"]))
-    bits = int(manifest["quant"]["weight_bits"])
-    modules = [m for blocks in split.level_blocks for b in blocks for m in b.modules()] + list(split.head.modules())
-    return sum(fetch_len(m.weight.numel(), bits) for m in modules if isinstance(m, (nn.Conv2d, nn.Linear)))
+    return dense_weight_bytes(create_model(spec["dense_model"], **spec["dense_args"]), int(manifest["depth"]),
+                              int(manifest["quant"]["weight_bits"]))
 
 
 def _align(n: int, to: int = REGION_ALIGN) -> int:

@@ -8,7 +8,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
 from hls import boards
-from hls.build import REGION_ALIGN, BuildError, build, fetch_len, vivado_step
+from hls.build import REGION_ALIGN, BuildError, build, fetch_len, tree_weight_bytes, vivado_step
 from quant.export import export_tree
 
 from fixtures_quant import tiny_qtree
@@ -20,11 +20,11 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
     export_tree(qtree, (1, 8, 8), root / "export", progress=False)
     report = build(root / "export", "pynq-z2", root / "pynq-z2")
-    return root, report
+    return root, report, qtree
 
 
 def test_every_node_becomes_finn_hw_layers(built):
-    root, _ = built
+    root, _, _ = built
     backbone = ModelWrapper(str(root / "pynq-z2" / "nodes" / "backbone.hw.onnx"))
     ops = [n.op_type for n in backbone.graph.node]
     assert all(n.domain.startswith("finn.custom_op.fpgadataflow") for n in backbone.graph.node)
@@ -44,7 +44,7 @@ def test_every_node_becomes_finn_hw_layers(built):
 
 
 def test_branches_of_a_level_share_one_datapath(built):
-    root, _ = built
+    root, _, _ = built
     models = [ModelWrapper(str(root / "pynq-z2" / "nodes" / f"branch_1_{b}.hw.onnx")) for b in range(4)]
     for attrs in zip(*[[getCustomOp(n).onnx_node.attribute for n in m.graph.node] for m in models]):
         keep = lambda a: {x.name: x for x in a if x.name in ("PE", "SIMD", "weightDataType", "accDataType",
@@ -53,7 +53,7 @@ def test_branches_of_a_level_share_one_datapath(built):
 
 
 def test_weight_image_has_one_contiguous_checked_region_per_branch(built):
-    root, report = built
+    root, report, qtree = built
     meta = json.loads((root / "pynq-z2" / "weights.json").read_text())
     image = (root / "pynq-z2" / "weights.bin").read_bytes()
     assert len(image) == meta["bytes"] and zlib.crc32(image) == meta["crc32"]
@@ -79,11 +79,13 @@ def test_weight_image_has_one_contiguous_checked_region_per_branch(built):
     assert len({r["crc32"] for r in meta["levels"][1]["regions"]}) == 4
     ddr = report["ddr"]
     assert ddr["tree_weight_bytes"] == sum(level["regions"][0]["bytes"] for level in meta["levels"])
+    # The model-side count (`sigmabranch compare` uses it) agrees with the image byte for byte.
+    assert tree_weight_bytes(qtree, 4) == ddr["tree_weight_bytes"]
     assert ddr["tree_weight_bytes"] < ddr["dense_weight_bytes"]
 
 
 def test_placement_report_and_driver_metadata(built):
-    root, report = built
+    root, report, qtree = built
     text = (root / "pynq-z2" / "placement.md").read_text()
     assert "backbone" in text and "level 1 datapath" in text and "/ 280" in text
     assert report["total"]["DSP"] <= 220 and report["total"]["BRAM_18K"] <= 280 and not report["problems"]
@@ -93,7 +95,7 @@ def test_placement_report_and_driver_metadata(built):
 
 
 def test_a_design_that_does_not_fit_is_refused_with_the_overflow(built, monkeypatch):
-    root, _ = built
+    root, _, _ = built
     tiny = boards.Board("tiny", "xc7z020clg400-1", lut=100, dsp=2, bram18=4, uram=0, clk_ns=10.0,
                         ddr_bytes_per_s=1e9, axi_port_bits=64, target_cycles=20_000)
     monkeypatch.setitem(boards.BOARDS, "tiny", tiny)
@@ -116,7 +118,7 @@ def test_residual_trees_are_refused_clearly(tmp_path):
 
 
 def test_shared_datapath_thresholds_hold_one_set_per_branch(built, tmp_path):
-    root, _ = built
+    root, _, _ = built
     folder = next((root / "pynq-z2" / "hdl" / "branch_1_0").glob("*Thresholding_rtl_0_*"))
     assert "SETS = 4" in next(folder.glob("*.v")).read_text()
     multi = (folder / "Thresholding_rtl_0_threshs_0_0.dat").read_text().split()
