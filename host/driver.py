@@ -182,9 +182,12 @@ def get_backend(name: str, **kwargs) -> Hardware:
     if name == "board":
         from .backends.board import BoardHardware
         return BoardHardware(**kwargs)
-    if name == "sim":
-        from .backends.sim import SimHardware
-        return SimHardware(**kwargs)
+    if name == "sim":  # part by part now; via="cocotbpynq" once the stitched top has its control block
+        if kwargs.pop("via", "parts") == "cocotbpynq":
+            from .backends.sim import SimHardware
+            return SimHardware(**kwargs)
+        from .backends.sim import SimPartsHardware
+        return SimPartsHardware(**kwargs)
     raise ValueError(f"unknown backend {name!r}; one of board, sim, ref")
 
 
@@ -198,12 +201,12 @@ class SigmaBranchOverlay:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.hw = backend if isinstance(backend, Hardware) else get_backend(backend, **backend_args)
         self.strategy, self.timeout_s = strategy, float(timeout_s)
-        self.fetch_mode = fetch_mode or self.bundle.driver.get("fetch_mode", "host")
-        if self.fetch_mode == "onchip" and strategy != "serial":
-            raise ValueError("in onchip fetch mode the hardware fetches after the decision: strategy must be serial")
         d = self.bundle.driver
         self.depth = self.bundle.depth
         self.design = self.hw.open(self.bundle)
+        self.fetch_mode = fetch_mode or d.get("fetch_mode") or self.design.fetch_modes[0]
+        if self.fetch_mode == "onchip" and strategy != "serial":
+            raise ValueError("in onchip fetch mode the hardware fetches after the decision: strategy must be serial")
         self._check_design()
         # Buffers, once: input, output, the whole weight image.
         self.ibuf = self.hw.allocate("input", int(d["input"]["bytes"]))
@@ -376,6 +379,9 @@ class SigmaBranchOverlay:
         ``weights``, ``weights_by_level``, ``wasted``, ``input``, ``output``) and ``latency``
         (per inference, in ``latency_unit``)."""
         q = self.quantize(x)
+        prepare = getattr(self.hw, "prepare", None)
+        if prepare is not None:  # a simulator may run the whole batch at once (results replayed per inference)
+            prepare(q)
         runs = []
         for i in range(len(q)):
             runs.append(self._run_one(q[i]))

@@ -94,7 +94,7 @@ def summarize(out: dict[str, Any], y: np.ndarray | None, overlay: SigmaBranchOve
         "latency": {"unit": unit, "mean": float(lat.mean()) if n else 0.0,
                     "p50": float(np.median(lat)) if n else 0.0, "max": float(lat.max()) if n else 0.0,
                     "mean_us": float(lat_us.mean()) if n else 0.0,
-                    "modelled": backend == "ref"},
+                    "modelled": backend == "ref", "simulated": backend == "sim"},
         "wall_seconds": seconds,
         "predictions": out["classes"].tolist(), "leaves": out["leaves"].tolist(),
     }
@@ -112,7 +112,7 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"DDR bytes per inference: weights {d['weights']:.0f} (by level "
           + ", ".join(f"{b:.0f}" for b in d["weights_by_level"]) + f"; wasted by prefetch {d['wasted_prefetch']:.0f}), "
           f"input {d['input']:.0f}, output {d['output']:.0f}, total {d['total']:.0f}")
-    kind = "modelled" if lat["modelled"] else "measured"
+    kind = "modelled" if lat["modelled"] else "simulated" if lat.get("simulated") else "measured"
     print(f"latency per inference ({kind}): mean {lat['mean']:.0f} {lat['unit']} ({lat['mean_us']:.1f} us), "
           f"p50 {lat['p50']:.0f}, max {lat['max']:.0f}")
 
@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs", required=True, type=Path, help="samples.npz with x (and optionally y)")
     p.add_argument("--backend", default="board", choices=["board", "sim", "ref"])
     p.add_argument("--strategy", default="serial", choices=STRATEGIES)
-    p.add_argument("--fetch-mode", choices=["host", "onchip"], help="default: driver.json's, else host")
+    p.add_argument("--fetch-mode", choices=["host", "onchip"],
+                   help="default: driver.json's, else the design's first (ref/board: host; sim: onchip)")
     p.add_argument("--bitfile", help="board: the bitstream (default: driver.json's)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds any one DMA or router wait may take")
     p.add_argument("--limit", type=int, help="first N inputs only")
@@ -132,21 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         x, y = load_samples(args.inputs, args.limit)
-        if args.backend == "sim":
-            from host.backends.sim import run_sim
-            report = run_sim(args.bundle, args.inputs, strategy=args.strategy, limit=args.limit)
-        else:
-            extra = {"bitfile": args.bitfile} if args.backend == "board" and args.bitfile else {}
-            overlay = SigmaBranchOverlay(args.bundle, args.backend, strategy=args.strategy, fetch_mode=args.fetch_mode,
-                                         timeout_s=args.timeout, **extra)
-            bar = _Progress(len(x), f"{args.backend}/{args.strategy}", enabled=not args.no_progress)
-            t0 = time.perf_counter()
-            try:
-                out = overlay.execute(x, progress=bar)
-            finally:
-                bar.close()
-            report = summarize(out, y, overlay, args.backend, args.strategy, time.perf_counter() - t0)
-            overlay.close()
+        extra = {"bitfile": args.bitfile} if args.backend == "board" and args.bitfile else {}
+        timeout = args.timeout if args.backend != "sim" else max(args.timeout, 60.0)  # a simulator's seconds
+        overlay = SigmaBranchOverlay(args.bundle, args.backend, strategy=args.strategy, fetch_mode=args.fetch_mode,
+                                     timeout_s=timeout, **extra)
+        bar = _Progress(len(x), f"{args.backend}/{args.strategy}", enabled=not args.no_progress)
+        t0 = time.perf_counter()
+        try:
+            out = overlay.execute(x, progress=bar)
+        finally:
+            bar.close()
+        report = summarize(out, y, overlay, args.backend, args.strategy, time.perf_counter() - t0)
+        overlay.close()
     except (BackendUnavailable, DriverError, ManifestError, ValueError, KeyError, FileNotFoundError) as err:
         print(f"host/run.py: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from .base import BackendUnavailable, Buffer
+from .base import BackendUnavailable, Buffer, DesignInfo
 from .board import BoardHardware
+from .ref import RefHardware
 
 DDR_BASE = 0x1000_0000  # where simulated DDR starts (the fetchers' AxiRam maps it)
 
@@ -112,3 +113,102 @@ def run_sim(bundle: str | Path, inputs: str | Path, **options) -> dict[str, Any]
         raise BackendUnavailable("the sim backend needs cocotbpynq (`pip install -c constraints.txt cocotbpynq`)") from err
     raise BackendUnavailable("the stitched design's testbench (AxiRam for the fetchers, cocotb runner) is not "
                              "wired yet: it lands with hls/stitch.py")
+
+
+# ------------------------------------------------------------------------------ available now: part by part
+class SimPartsHardware(RefHardware):
+    """The driver's hardware interface over the Verilator model of the build's parts
+    (``sim/tree_nodes.py``'s ``TreeSim``: backbone, root router, each level's datapath with its
+    ``fetch_weights`` reading the chosen region from a DDR model, random back-pressure and DDR
+    stalls), until the whole stitched top with its control block simulates.
+
+    Decisions, output accumulators, the fetchers' AXI bursts and bytes, and the cycles come from
+    the simulation; the parts run one after another (serial), so ``now()`` advances by each part's
+    simulated cycles. Fetch mode ``onchip`` only (the router's decision drives ``region_base``).
+    :meth:`prepare` simulates a whole batch in one run per part; an input not prepared is
+    simulated on its own when it is sent. The DDR model serves ``weights.bin`` from the bundle
+    at ``WEIGHTS_BASE``, where the weight buffer is placed.
+    """
+
+    name = "sim"
+    clock_unit = "cycles"
+
+    def __init__(self, work_dir: str | Path | None = None, **sim_options):
+        super().__init__(fetch_modes=("onchip",))
+        self._work, self._opts = work_dir, sim_options
+        self._next_address = 0x4000_0000  # below it: simulated DDR's weight image
+        self._records: dict[bytes, dict[str, Any]] = {}
+
+    def open(self, bundle) -> DesignInfo:
+        try:
+            from sim.tree_nodes import WEIGHTS_BASE, TreeSim
+        except ImportError as err:
+            raise BackendUnavailable(f"the sim backend needs the repository's sim/ (cocotb, Verilator): {err}") from err
+        info = super().open(bundle)
+        self.timing.mmio_cycles = 0  # the clock is the simulation's alone
+        self.ts = TreeSim(bundle.root, self._work)
+        self._weights_base = WEIGHTS_BASE
+        info.fetch_modes = ("onchip",)
+        info.extra = {"simulator": "Verilator via cocotb (sim/tree_nodes.py), part by part"}
+        return info
+
+    def allocate(self, name: str, nbytes: int) -> Buffer:
+        if name == "weights":
+            buf = Buffer(name, np.zeros(nbytes, dtype=np.uint8), self._weights_base)
+            self._buffers.append(buf)
+            return buf
+        return super().allocate(name, nbytes)
+
+    def prepare(self, q: np.ndarray) -> None:
+        """Simulate a batch of integer inputs ``(N, C, H, W)`` (one simulator run per part)."""
+        todo = [x for x in np.asarray(q) if self._key(x) not in self._records]
+        if todo:
+            self._simulate(np.stack(todo).transpose(0, 2, 3, 1))
+
+    def _key(self, x_chw: np.ndarray) -> bytes:
+        return np.ascontiguousarray(x_chw.transpose(1, 2, 0)).astype(self.in_dtype).tobytes()
+
+    def _simulate(self, x_nhwc: np.ndarray) -> None:
+        ts, n, depth = self.ts, len(x_nhwc), self.depth
+        shape = self.tree.manifest["nodes"]["backbone"]["output_shape"][1:]  # C, H, W
+        bb = ts.backbone(x_nhwc, **self._opts)
+        h = np.stack(bb.outputs).reshape(n, shape[1], shape[2], shape[0])
+        rt = ts.router(0, 0, h, **self._opts)
+        choice = np.array([int(o[0]) for o in rt.outputs])
+        recs = [{"t": [bb.cycles[i] + rt.cycles[i]], "log": [], "path": [], "acc": None} for i in range(n)]
+        node = np.zeros(n, dtype=np.int64)
+        for level in range(depth):
+            branch = 2 * node + choice
+            out_shape = self.tree.manifest["nodes"][f"branch_{level}_0"]["output_shape"][1:]
+            new_h = np.zeros((n, out_shape[1], out_shape[2], out_shape[0]), dtype=np.int64)
+            for b in np.unique(branch):
+                rows = np.flatnonzero(branch == b)
+                r = ts.level(level, int(b), h[rows], **self._opts)
+                for k, i in enumerate(rows):
+                    rec = recs[i]
+                    new_h[i] = r.taps[r.info["tap"]][k].reshape(out_shape[1], out_shape[2], out_shape[0])
+                    rec["path"].append(int(b))
+                    first = min((address for address, _ in r.bursts[k]), default=0)
+                    rec["log"].append((level, int(first), int(r.bytes[k])))
+                    rec["t"].append(rec["t"][-1] + r.cycles[k])
+                    if level + 1 < depth:
+                        choice[i] = int(r.outputs[k][0])
+                    else:
+                        rec["acc"] = np.asarray(r.outputs[k], dtype=np.int64).astype(np.int32)
+            node, h = branch, new_h
+        for i in range(n):
+            self._records[x_nhwc[i].astype(self.in_dtype).tobytes()] = recs[i]
+
+    def send_input(self, buf: Buffer, nbytes: int, out: Buffer, out_nbytes: int) -> None:
+        key = buf.array[:nbytes].tobytes()
+        if key not in self._records:
+            x = np.frombuffer(key, dtype=self.in_dtype).reshape(self.in_shape)
+            self._simulate(x.astype(np.int64))
+        rec, start = self._records[key], self._clock
+        self._port_free = self._clock
+        self._inference = {"path": rec["path"], "acc": rec["acc"], "out": out, "out_nbytes": out_nbytes,
+                           "fetches": {}, "log": list(rec["log"]), "committed": dict(enumerate(rec["path"])),
+                           "decision_at": [start + t for t in rec["t"][:self.depth]], "output_at": start + rec["t"][-1]}
+
+    def start_fetch(self, level: int, address: int, nbytes: int) -> None:
+        raise RuntimeError("sim: the simulated design fetches on chip (fetch mode onchip)")
