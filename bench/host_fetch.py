@@ -21,10 +21,12 @@ For each bundle the *same driver code* (``host.driver.SigmaBranchOverlay``) runs
   root router, one level's fetch + compute, or the DDR port);
 
 and prints cycles per inference (mean), the ratio to serial, weight bytes per inference, the
-bytes wasted on wrong guesses and how often both levels were guessed right. With ``--backend ref`` the cycles are the transaction-level model
-of ``host/backends/ref.py`` (FINN+'s per-layer cycle estimates, one DDR port at the board's
-bandwidth, 25 cycles per MMIO access); with ``--backend sim`` (once the stitched design
-simulates) they are Verilator cycles.
+bytes wasted on wrong guesses and how often both levels were guessed right. The ``ref`` cycles
+are the transaction-level model of ``host/backends/ref.py`` (FINN+'s per-layer cycle
+estimates, one DDR port at the board's bandwidth, 25 cycles per MMIO access). ``--backend sim`` adds the same driver on the Verilator
+model of the build's parts (``onchip`` serial: the simulated design fetches after the decision;
+prefetch needs a host-driven fetch or a hint port in the RTL, not there yet); its DDR model
+serves 256 bits per cycle when not stalled, more than a board's HP port.
 """
 from __future__ import annotations
 
@@ -51,19 +53,22 @@ def digits_test() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def run_bundle(bundle: Path, x: np.ndarray, y: np.ndarray | None, backend: str) -> dict:
+def run_bundle(bundle: Path, x: np.ndarray, y: np.ndarray | None, backend: str, sim_options: dict | None = None) -> dict:
     rows = {}
-    serial = SigmaBranchOverlay(bundle, backend, strategy="serial").execute(x)
+    serial = SigmaBranchOverlay(bundle, "ref", strategy="serial").execute(x)
     usage = [np.bincount(serial["paths"][:, l], minlength=2 ** (l + 1)) for l in range(serial["paths"].shape[1])]
-    for name, kwargs, prior in [("serial", {"strategy": "serial"}, None),
-                                ("prefetch", {"strategy": "prefetch"}, None),
-                                ("prefetch (oracle prior)", {"strategy": "prefetch"}, usage),
-                                ("onchip serial", {"strategy": "serial", "fetch_mode": "onchip"}, None)]:
-        ov = SigmaBranchOverlay(bundle, backend, **kwargs)
+    runs = [("serial", "ref", {"strategy": "serial"}, None),
+            ("prefetch", "ref", {"strategy": "prefetch"}, None),
+            ("prefetch (oracle prior)", "ref", {"strategy": "prefetch"}, usage),
+            ("onchip serial", "ref", {"strategy": "serial", "fetch_mode": "onchip"}, None)]
+    if backend == "sim":  # the simulated design fetches on chip after the decision: serial only, for now
+        runs.append(("onchip serial (Verilator)", "sim", {"strategy": "serial", **(sim_options or {})}, None))
+    for name, be, kwargs, prior in runs:
+        ov = SigmaBranchOverlay(bundle, be, **kwargs)
         ov.prior = None if prior is None else [u * len(x) for u in prior]
         out = serial if name == "serial" else ov.execute(x)
         assert np.array_equal(out["acc"], serial["acc"]), f"{name}: results differ from serial"
-        rows[name] = {"cycles_per_inference": float(out["latency"].mean()), "unit": out["latency_unit"],
+        rows[name] = {"backend": be, "cycles_per_inference": float(out["latency"].mean()), "unit": out["latency_unit"],
                       "weight_bytes": float(out["bytes"]["weights"].mean()),
                       "wasted_bytes": float(out["bytes"]["wasted"].mean()),
                       "right_guesses": (float(np.mean(out["bytes"]["wasted"] == 0))
@@ -96,6 +101,7 @@ def main() -> int:
     p.add_argument("--inputs", type=Path)
     p.add_argument("--backend", default="ref", choices=["ref", "sim"])
     p.add_argument("--limit", type=int)
+    p.add_argument("--sim-options", help='JSON for the simulator, e.g. \'{"p_ready": 1.0, "p_valid": 1.0}\'')
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     bundles = args.bundle
@@ -119,10 +125,11 @@ def main() -> int:
         x, y = digits_test()
     if args.limit:
         x, y = x[:args.limit], (None if y is None else y[:args.limit])
-    results = [run_bundle(b, x, y, args.backend) for b in bundles]
+    sim_options = json.loads(args.sim_options) if args.sim_options else None
+    results = [run_bundle(b, x, y, args.backend, sim_options) for b in bundles]
     for r in results:
         acc = "" if r["accuracy"] is None else f", accuracy {100 * r['accuracy']:.2f}%"
-        print(f"\n{r['board']} ({1000 / r['clk_ns']:.0f} MHz, {r['backend']} backend, {r['inputs']} inputs{acc}; "
+        print(f"\n{r['board']} ({1000 / r['clk_ns']:.0f} MHz, {r['inputs']} inputs{acc}; "
               f"leaves {r['leaf_counts']})")
         print(f"  {'strategy':<26}{'cycles/inf':>12}{'us/inf':>9}{'ratio':>8}{'weight B':>10}{'wasted B':>10}{'right':>7}")
         for name, row in r["strategies"].items():
