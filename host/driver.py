@@ -381,7 +381,11 @@ class SigmaBranchOverlay:
         q = self.quantize(x)
         prepare = getattr(self.hw, "prepare", None)
         if prepare is not None:  # a simulator may run the whole batch at once (results replayed per inference)
-            prepare(q)
+            try:
+                prepare(q)
+            except Exception as err:  # a simulation that failed or ran past its cycle bound
+                raise DriverError(f"the {self.hw.name} backend could not run the inputs: {type(err).__name__}: "
+                                  f"{str(err)[-2000:]}") from err
         runs = []
         for i in range(len(q)):
             runs.append(self._run_one(q[i]))

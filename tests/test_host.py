@@ -442,3 +442,19 @@ def test_a_dma_error_is_reported_and_the_overlay_recovers(bundle):
         ov.execute(x[:1])
     channel.error = False
     assert len(ov.execute(x[:2])["classes"]) == 2
+
+
+def test_a_simulation_that_fails_is_a_clear_driver_error(bundle, monkeypatch):
+    pytest.importorskip("cocotb")
+    from host.backends.sim import SimPartsHardware
+    from host.driver import DriverError
+    root, _, x = bundle
+
+    def hang(self, x_nhwc):
+        raise RuntimeError("frame 0 not done after 200000 cycles: output words 0 of 4, index token not taken")
+
+    monkeypatch.setattr(SimPartsHardware, "_simulate", hang)
+    ov = SigmaBranchOverlay(root, "sim")
+    assert ov.fetch_mode == "onchip"
+    with pytest.raises(DriverError, match="sim backend could not run the inputs: RuntimeError: frame 0 not done"):
+        ov.execute(x[:2])
