@@ -226,7 +226,7 @@ class TreeSim:
     def run_part(self, top: str, stages, frames_in: list[np.ndarray], *, region_base: list[int] | None = None,
                  branch_sel: int | None = None, taps: tuple[int, ...] = (), expect_bytes: list[int] | None = None,
                  p_valid: float = 0.7, p_ready: float = 0.7, p_rvalid: float = 0.8, p_arready: float = 0.7,
-                 seed: int = 0, max_cycles: int = 200_000) -> ChainResult:
+                 seed: int = 0, max_cycles: int = 200_000, prefetch_settle: int | None = None) -> ChainResult:
         from hls.stitch import stage_files, write_chain_top
         gen = self.work / "tops"
         info = write_chain_top(gen / f"{top}.sv", top, stages, taps=taps)
@@ -242,6 +242,8 @@ class TreeSim:
                 fr["region_base"] = int(region_base[i])
             if expect_bytes is not None:
                 fr["expect_bytes"] = int(expect_bytes[i])
+            if prefetch_settle is not None:          # weights fetched before the input arrives
+                fr.update(prefetch=True, prefetch_settle=int(prefetch_settle))
             frames.append(fr)
         cfg = {"frames": frames, "p_valid": p_valid, "p_ready": p_ready, "p_rvalid": p_rvalid, "p_arready": p_arready,
                "seed": seed, "max_cycles": max_cycles, "taps": list(taps),
@@ -281,7 +283,7 @@ class TreeSim:
         top, stages, _ = self.part_router(level, node)
         return self.run_part(top, stages, list(h_int), **kw)
 
-    def level(self, level: int, branch: int, h_int: np.ndarray, **kw) -> ChainResult:
+    def level(self, level: int, branch: int, h_int: np.ndarray, prefetch: bool = False, **kw) -> ChainResult:
         """The level datapath computing branch ``branch`` (and the node below it) on each map of
         ``h_int``; ``taps[tap]`` holds the branch's output, ``outputs`` the router decision (or the
         head's accumulators), ``bytes`` the DDR bytes served per inference."""
@@ -290,6 +292,8 @@ class TreeSim:
             stages[-1].aux["n_out_elems"] = self._n_out(meta["below"])
         n = len(h_int)
         region = self._region(level, branch)
+        if prefetch:   # settle: the local buffers fill at SIMD weights a cycle after the bytes arrive
+            kw["prefetch_settle"] = sum(la["MH"] * la["MW"] // la["SIMD"] for la in region["layers"]) + 200
         res = self.run_part(top, stages, list(h_int), region_base=[self.region_base(level, branch)] * n,
                             branch_sel=branch if not meta["below"].startswith("head_") else None,
                             taps=(meta["tap"],), expect_bytes=[region["bytes"]] * n, **kw)

@@ -99,3 +99,30 @@ def test_whole_path_part_by_part(ts):
     assert np.array_equal(r["acc"], ref["acc"])
     assert np.array_equal(r["path_decisions"], ref["path_decisions"])
     assert np.array_equal(r["bytes"], ts.expected_bytes(r["leaves"]))
+
+
+def _one_image_per_leaf(ts, n_pool=400):
+    rng = np.random.default_rng(11)
+    pool = np.concatenate([rng.integers(lo, hi, size=(n_pool // 4, 1, 8, 8))
+                           for lo, hi in [(-128, 128), (-20, 100), (-60, 60), (-127, 0)]])
+    leaves = ts.tree.infer(pool, quantized=True)["leaves"]
+    pick = [int(np.flatnonzero(leaves == leaf)[0]) for leaf in np.unique(leaves)]
+    return pool[pick].transpose(0, 2, 3, 1)
+
+
+@pytest.mark.slow
+def test_stitched_whole_tree_top(ts):
+    """hls.stitch.write_tree_top: one SV top, the decisions driving each level's region base,
+    threshold set and router select; every leaf reached once; one AXI read port."""
+    x = _one_image_per_leaf(ts)
+    r = ts.tree_top(x, p_valid=0.7, p_ready=0.6, p_rvalid=0.7, p_arready=0.6, seed=2)
+    ref = ts.tree.infer(x.transpose(0, 3, 1, 2), quantized=True)
+    assert len(np.unique(ref["leaves"])) >= 3
+    assert r.info["leaves"] == ref["leaves"].tolist()
+    assert np.array_equal(np.stack(r.outputs), ref["acc"])
+    assert r.bytes == ts.expected_bytes(ref["leaves"]).tolist()
+    depth = ts.tree.depth
+    for leaf, bursts in zip(ref["leaves"], r.bursts):   # each burst inside a region of the path
+        spans = [(ts.region_base(L, int(leaf) >> (depth - 1 - L)),
+                  ts.weights["levels"][L]["regions"][int(leaf) >> (depth - 1 - L)]["bytes"]) for L in range(depth)]
+        assert all(any(lo <= a and a + 32 * beats <= lo + n for lo, n in spans) for a, beats in bursts)

@@ -163,6 +163,18 @@ async def tree_chain(dut):
                         dut.in_idx0_V_tvalid.value = 0
                         return
             idx_task = cocotb.start_soon(send_idx())
+        if frame.get("prefetch") and ddr is not None:
+            # weights first: wait (bounded) for the region's bytes, then for the buffer fill
+            waited = 0
+            while ddr.bytes - b0 < frame.get("expect_bytes", 0) and waited < max_cycles:
+                await RisingEdge(dut.ap_clk)
+                waited += 1
+            if waited >= max_cycles:
+                raise AssertionError(f"frame {f}: prefetch incomplete after {max_cycles} cycles: "
+                                     f"{ddr.bytes - b0} bytes served")
+            for _ in range(int(frame.get("prefetch_settle", 0))):
+                await RisingEdge(dut.ap_clk)
+            t0 = cycle[0]
         words = [int(w, 16) for w in frame["in"]]
         send = cocotb.start_soon(src.send(words))
         sink.words = []
