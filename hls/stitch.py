@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,11 +284,35 @@ def node_stages(model, prefix: str) -> list[Stage]:
     return stages
 
 
+# FINN+ 1.6.1's mvu_vvu_axi.sv sizes its output queue by CORE_PIPELINE_DEPTH = 3 + clog2(SIMD+1)
+# + (SIMD == 1) (DSP48 versions), but mvu.sv's pipeline is PIPELINE_DEPTH = 3 + clog2(SIMD) +
+# (SIMD == 1) + 1 deep: for SIMD = 9 that is 8 stages against 7 queue slots. A layer emitting an
+# output every cycle (MW == SIMD) that meets back-pressure then overflows the queue (its assertion
+# "Overflowing output queue" fires; in hardware a word would be lost). Seen on the demo backbone's
+# first conv (MW = SIMD = 9, PE = 1) behind FMPadding's back-pressure. The fix sizes the queue
+# for the deeper pipeline (two more slots: the lock protocol is unchanged, only room is added).
+MVU_AXI_FIX = ("/* else */    3 + $clog2(SIMD+1) + (SIMD == 1);",
+               "/* else */    3 + $clog2(SIMD+1) + (SIMD == 1) + 2;  // sigmabranch fix: mvu.sv is deeper")
+
+
+def _fixed_mvu_axi(path: Path) -> Path:
+    text = path.read_text()
+    if MVU_AXI_FIX[0] not in text:
+        return path                                  # fixed upstream (or changed): use as is
+    out = path.parent.parent / "sigmabranch-fixes" / "mvu_vvu_axi.sv"
+    fixed = text.replace(*MVU_AXI_FIX) + "\n// sigmabranch fix (hls/stitch.py MVU_AXI_FIX): output queue sized for mvu.sv's pipeline\n"
+    if not out.exists() or out.read_text() != fixed:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(fixed)
+    return out
+
+
 def stage_files(stages: list[Stage]) -> tuple[list[Path], list[Path], list[Path]]:
     """(sources without duplicates in a valid order, include dirs, data files)."""
     seen, srcs = set(), []
     # packages first (mvu_pkg), then the rest
-    allsrc = [Path(s) for st in stages for s in st.sources]
+    allsrc = [_fixed_mvu_axi(Path(s)) if Path(s).name == "mvu_vvu_axi.sv" else Path(s)
+              for st in stages for s in st.sources]
     allsrc.sort(key=lambda p: 0 if p.name.endswith("_pkg.sv") else 1)
     for s in allsrc + [RTL_DIR / "axi_read_arbiter.sv"]:
         key = str(Path(s).resolve())
@@ -363,7 +386,6 @@ def _stage_instance(st: Stage, k: int, src: str, dst: str, lines: list[str], fet
 
 
 def _weight_width(st: Stage) -> int:
-    from qonnx.custom_op.registry import getCustomOp  # noqa: F401
     pe, simd, wbits = st.aux["PE"], st.aux["SIMD"], st.aux["WW"]
     return _rup8(pe * simd * wbits)
 
@@ -477,10 +499,6 @@ def annotate_fetchers(stages: list[Stage], model, layers: list[dict[str, Any]], 
                 raise StitchError(f"{st.name}: no unique layer {orig} in weights.json")
             st.aux["offset"] = match[0]["offset"]
             st.aux["layer_bytes"] = match[0]["bytes"]
-
-
-def json_dump(obj: Any, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=1, default=str))
 
 
 # --------------------------------------------------------------------------------- the whole tree

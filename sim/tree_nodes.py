@@ -263,10 +263,13 @@ class TreeSim:
 
     @staticmethod
     def _out_elems(stages) -> int:
+        """Output elements per inference: 1 decision after a router, else what the caller set."""
         last = stages[-1]
-        if last.module.endswith("_decide") or last.aux.get("sel_w") or last.module.startswith("tree_"):
+        if last.module.endswith("_decide") or last.aux.get("sel_w"):
             return 1
-        return int(last.aux.get("n_out_elems", 0)) or -1
+        if "n_out_elems" not in last.aux:
+            raise ValueError(f"{last.name}: output size per inference not set")
+        return int(last.aux["n_out_elems"])
 
     # ----------------------------------------------------------------- node types vs the reference
     def _n_out(self, node: str) -> int:

@@ -19,7 +19,6 @@ import random
 from pathlib import Path
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from sim.tb.axis import StreamSink, StreamSource, reset, start_clock
