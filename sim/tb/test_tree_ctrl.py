@@ -1,0 +1,326 @@
+"""cocotb testbench of ``hls/rtl/tree_ctrl.sv`` against a register-level reference model.
+
+:class:`TreeCtrlModel` is the register contract (``host/backends/base.py`` ``REGISTERS``) as the
+control block implements it, written independently of the RTL: the testbench plays inferences
+on the block's datapath-facing ports (decisions rising, AXI read bursts of the fetchers with
+random gaps, the last output word), drives the AXI4-Lite port with random valid/ready timing
+(:class:`AxiLiteMaster`), and after every event reads registers and compares each with the model.
+
+config: levels, signature, level_lo / level_hi (per level, byte offsets in weights.bin),
+stride (region stride per level), n_inferences, seed.
+"""
+from __future__ import annotations
+
+import json
+import random
+
+import cocotb
+from cocotb.triggers import ReadOnly, RisingEdge
+
+from host.backends.base import REGISTERS
+from sim.tb.axis import reset, start_clock
+from sim.verilator import tb_config, tb_dir
+
+M32 = 0xFFFFFFFF
+
+
+class TreeCtrlModel:
+    """What every register of tree_ctrl reads, event by event (see tree_ctrl.sv's header)."""
+
+    def __init__(self, levels: int, signature: int, level_lo: list[int], level_hi: list[int]):
+        self.levels, self.signature = levels, signature
+        self.lo, self.hi = level_lo, level_hi
+        self.wb = 0
+        self.running = self.soft = self.done = self.mode_err = self.range_err = False
+        self.dec_valid = 0
+        self.decision = [0] * levels
+        self.commit = [0] * levels
+        self._clear_fetch()
+
+    def _clear_fetch(self):
+        self.fetch_addr = [0] * self.levels
+        self.fetch_bytes = [0] * self.levels
+        self.seen = [False] * self.levels
+
+    # -- host side
+    def write(self, addr: int, data: int, strb: int = 0xF) -> None:
+        def merge(old):
+            for i in range(4):
+                if strb >> i & 1:
+                    old = (old & ~(0xFF << 8 * i)) | (data & (0xFF << 8 * i))
+            return old & M32
+        if addr == REGISTERS["CTRL"] and strb & 1:
+            if data & 2:
+                self.running, self.soft = False, True
+                self._clear_run()
+            elif data & 1 and not self.running:
+                self.running, self.soft = True, False
+                self._clear_run()
+        elif addr == REGISTERS["FETCH_MODE"] and strb & 1:
+            self.mode_err = not data & 1
+        elif addr == REGISTERS["WEIGHT_BASE_LO"]:
+            self.wb = (self.wb & ~M32) | merge(self.wb & M32)
+        elif addr == REGISTERS["WEIGHT_BASE_HI"]:
+            self.wb = (self.wb & M32) | merge(self.wb >> 32) << 32
+        else:
+            for l in range(self.levels):
+                if addr == REGISTERS["COMMIT_0"] + 4 * l:
+                    self.commit[l] = merge(self.commit[l])
+
+    def _clear_run(self):
+        self.done = self.range_err = False
+        self.dec_valid = 0
+        self._clear_fetch()
+
+    def read(self, addr: int) -> int:
+        r = REGISTERS
+        if addr == r["CTRL"]:
+            return int(self.running) | int(self.soft) << 1
+        if addr == r["STATUS"]:
+            return (int(self.done) | int(not self.running) << 1 | int(self.mode_err or self.range_err) << 2
+                    | int(self.mode_err) << 3 | int(self.range_err) << 4)
+        if addr == r["SIGNATURE"]:
+            return self.signature
+        if addr == r["LEVELS"]:
+            return self.levels
+        if addr == r["FETCH_MODE"]:
+            return 1
+        if addr == r["WEIGHT_BASE_LO"]:
+            return self.wb & M32
+        if addr == r["WEIGHT_BASE_HI"]:
+            return self.wb >> 32
+        if addr == r["DECISION_VALID"]:
+            return self.dec_valid
+        for l in range(self.levels):
+            if addr == r["DECISION_0"] + 4 * l:
+                return self.decision[l]
+            if addr == r["COMMIT_0"] + 4 * l:
+                return self.commit[l]
+            if addr == r["FETCH_ADDR_LO_0"] + 8 * l:
+                return self.fetch_addr[l] & M32
+            if addr == r["FETCH_ADDR_HI_0"] + 8 * l:
+                return self.fetch_addr[l] >> 32
+            if addr == r["FETCH_BYTES_0"] + 4 * l:
+                return self.fetch_bytes[l]
+        return 0
+
+    # -- datapath side
+    def decide(self, level: int, branch: int) -> None:
+        self.dec_valid |= 1 << level
+        self.decision[level] = branch
+
+    def burst(self, addr: int, size: int, beats: int) -> None:
+        off = (addr - self.wb) % (1 << 64)
+        level = next((l for l in range(self.levels) if self.lo[l] <= off < self.hi[l]), None)
+        if level is None:
+            self.range_err = True
+            return
+        if not self.seen[level] or addr < self.fetch_addr[level]:
+            self.fetch_addr[level] = addr
+        self.seen[level] = True
+        self.fetch_bytes[level] = (self.fetch_bytes[level] + beats * (1 << size)) & M32
+
+    def out_done(self) -> None:
+        if self.running:
+            self.running, self.done = False, True
+
+    def all_addresses(self) -> list[int]:
+        r = REGISTERS
+        fixed = [r[k] for k in ("CTRL", "STATUS", "SIGNATURE", "LEVELS", "FETCH_MODE", "WEIGHT_BASE_LO",
+                                "WEIGHT_BASE_HI", "DECISION_VALID")]
+        per = [a for l in range(self.levels) for a in (r["DECISION_0"] + 4 * l, r["COMMIT_0"] + 4 * l,
+                                                        r["FETCH_ADDR_LO_0"] + 8 * l, r["FETCH_ADDR_HI_0"] + 8 * l,
+                                                        r["FETCH_BYTES_0"] + 4 * l)]
+        return fixed + per + [0xFC]
+
+
+class AxiLiteMaster:
+    """AXI4-Lite master on ``<prefix>_aw*/w*/b*/ar*/r*`` with random valid delays and ready gaps."""
+
+    def __init__(self, dut, prefix: str = "s_axi", seed: int = 0, p: float = 0.6):
+        self.dut, self.clk = dut, dut.ap_clk
+        self.s = lambda name: getattr(dut, f"{prefix}_{name}")
+        self.rng = random.Random(seed)
+        self.p = p
+        for name in ("awvalid", "wvalid", "bready", "arvalid", "rready"):
+            self.s(name).value = 0
+        for name in ("awaddr", "wdata", "araddr"):
+            self.s(name).value = 0
+        self.s("wstrb").value = 0xF
+        for name in ("awprot", "arprot"):
+            if hasattr(dut, f"{prefix}_{name}"):
+                self.s(name).value = 0
+
+    async def write(self, addr: int, data: int, strb: int = 0xF, timeout: int = 2000) -> None:
+        s = self.s
+        s("awaddr").value, s("wdata").value, s("wstrb").value = addr, data & M32, strb
+        aw_wait, w_wait = self.rng.randint(0, 2), self.rng.randint(0, 2)
+        aw_done = w_done = b_done = False
+        for _ in range(timeout):
+            await RisingEdge(self.clk)
+            s("awvalid").value = int(not aw_done and aw_wait <= 0)
+            s("wvalid").value = int(not w_done and w_wait <= 0)
+            br = self.rng.random() < self.p
+            s("bready").value = int(br)
+            aw_wait, w_wait = aw_wait - 1, w_wait - 1
+            await ReadOnly()
+            if s("awvalid").value == 1 and s("awready").value == 1:
+                aw_done = True
+            if s("wvalid").value == 1 and s("wready").value == 1:
+                w_done = True
+            if br and s("bvalid").value == 1:
+                b_done = True
+                if not (aw_done and w_done):
+                    raise AssertionError(f"write 0x{addr:x}: BVALID before both address and data were taken")
+            if b_done:
+                await RisingEdge(self.clk)
+                for name in ("awvalid", "wvalid", "bready"):
+                    s(name).value = 0
+                return
+        raise AssertionError(f"AXI-Lite write to 0x{addr:x} not answered within {timeout} cycles")
+
+    async def read(self, addr: int, timeout: int = 2000) -> int:
+        s = self.s
+        s("araddr").value = addr
+        ar_wait, ar_done = self.rng.randint(0, 2), False
+        for _ in range(timeout):
+            await RisingEdge(self.clk)
+            s("arvalid").value = int(not ar_done and ar_wait <= 0)
+            rr = self.rng.random() < self.p
+            s("rready").value = int(rr)
+            ar_wait -= 1
+            await ReadOnly()
+            if s("arvalid").value == 1 and s("arready").value == 1:
+                ar_done = True
+            if rr and s("rvalid").value == 1:
+                if not ar_done:
+                    raise AssertionError(f"read 0x{addr:x}: RVALID before the address was taken")
+                value = s("rdata").value.to_unsigned()
+                await RisingEdge(self.clk)
+                s("arvalid").value = 0
+                s("rready").value = 0
+                return value
+        raise AssertionError(f"AXI-Lite read of 0x{addr:x} not answered within {timeout} cycles")
+
+
+def reg_name(addr: int) -> str:
+    for k, v in REGISTERS.items():
+        for l in range(8):
+            stride = 8 if k.startswith("FETCH_ADDR") else 4
+            if k.endswith("_0") and addr == v + stride * l:
+                return f"{k[:-2]}_{l}"
+        if addr == v:
+            return k
+    return f"0x{addr:02x}"
+
+
+@cocotb.test()
+async def tree_ctrl_registers(dut):
+    cfg = tb_config()
+    rng = random.Random(cfg.get("seed", 0))
+    levels, stride = int(cfg["levels"]), cfg["stride"]
+    model = TreeCtrlModel(levels, int(cfg["signature"]), cfg["level_lo"], cfg["level_hi"])
+    start_clock(dut)
+    dut.level_branch.value = 0
+    dut.level_busy.value = 0
+    dut.out_done.value = 0
+    for name in ("mon_araddr", "mon_arsize", "mon_arvalid", "mon_arready", "mon_rvalid", "mon_rready", "mon_rlast"):
+        getattr(dut, name).value = 0
+    axi = AxiLiteMaster(dut, "s_axi", seed=rng.randrange(1 << 30))
+    await reset(dut, 6)
+    n_checked = 0
+    branch_w = len(dut.level_branch) // levels
+
+    async def check(addrs=None):
+        nonlocal n_checked
+        for a in addrs if addrs is not None else model.all_addresses():
+            got, exp = await axi.read(a), model.read(a)
+            assert got == exp, f"{reg_name(a)}: read 0x{got:x}, the model says 0x{exp:x}"
+            n_checked += 1
+
+    async def write(a, v, strb=0xF):
+        await axi.write(a, v, strb)
+        model.write(a, v, strb)
+
+    async def burst(addr: int, beats: int, size: int = 5):
+        await RisingEdge(dut.ap_clk)
+        dut.mon_araddr.value, dut.mon_arsize.value = addr, size
+        dut.mon_arvalid.value = 1
+        while True:                                  # AR with a random ready
+            ready = rng.random() < 0.6
+            dut.mon_arready.value = int(ready)
+            await RisingEdge(dut.ap_clk)
+            if ready:
+                break
+        dut.mon_arvalid.value = 0
+        dut.mon_arready.value = 0
+        dut.mon_araddr.value = rng.getrandbits(64)     # junk while not valid
+        sent = 0
+        while sent < beats:                          # R beats with gaps, only valid & ready count
+            v, r = rng.random() < 0.7, rng.random() < 0.7
+            dut.mon_rvalid.value, dut.mon_rready.value = int(v), int(r)
+            dut.mon_rlast.value = int(sent == beats - 1)
+            await RisingEdge(dut.ap_clk)
+            sent += int(v and r)
+        dut.mon_rvalid.value = 0
+        dut.mon_rready.value = 0
+        dut.mon_rlast.value = 0
+        model.burst(addr, size, beats)
+
+    # after reset
+    await check()
+    await write(REGISTERS["FETCH_MODE"], 0)          # host mode: not built -> error
+    await check([REGISTERS["STATUS"], REGISTERS["FETCH_MODE"]])
+    await write(REGISTERS["FETCH_MODE"], 1)
+    await check([REGISTERS["STATUS"]])
+    await write(REGISTERS["COMMIT_0"], 0x8000_0001)
+    await write(REGISTERS["WEIGHT_BASE_LO"], 0xAABBCCDD, strb=0b0101)   # byte strobes
+    await check([REGISTERS["COMMIT_0"], REGISTERS["WEIGHT_BASE_LO"]])
+
+    results = []
+    for n in range(int(cfg.get("n_inferences", 4))):
+        wb = rng.randrange(1 << 20, 1 << 36) & ~0xFFF
+        await write(REGISTERS["WEIGHT_BASE_LO"], wb & M32)
+        await write(REGISTERS["WEIGHT_BASE_HI"], wb >> 32)
+        await write(REGISTERS["CTRL"], 1)
+        await check([REGISTERS["CTRL"], REGISTERS["STATUS"], REGISTERS["DECISION_VALID"]])
+        await write(REGISTERS["CTRL"], 1)            # start while running: ignored
+        abort_at = rng.randrange(levels) if n % 3 == 2 else None
+        branch = 0
+        busy = 0
+        for level in range(levels):
+            branch = 2 * branch + rng.randrange(2)
+            await RisingEdge(dut.ap_clk)
+            word = dut.level_branch.value.to_unsigned() & ~(((1 << branch_w) - 1) << branch_w * level)
+            dut.level_branch.value = word | branch << branch_w * level
+            busy |= 1 << level
+            dut.level_busy.value = busy
+            model.decide(level, branch)
+            await check([REGISTERS["DECISION_VALID"], REGISTERS["DECISION_0"] + 4 * level])
+            base = wb + cfg["level_lo"][level] + branch * stride[level]
+            addrs = [base + 512 * k for k in range(3)]
+            rng.shuffle(addrs)                       # the lowest address is not the first burst
+            for a in addrs:
+                await burst(a, rng.choice([1, 4, 16]))
+            if n % 4 == 1 and level == 0:            # a read outside every level's regions
+                await burst(wb + cfg["level_hi"][-1] + 4096, 2)
+            if level:                                # the previous level's output left
+                busy &= ~(1 << (level - 1))
+                dut.level_busy.value = busy
+            await check()
+            if abort_at == level:
+                await write(REGISTERS["CTRL"], 2)    # soft reset mid-inference
+                dut.level_busy.value = busy = 0
+                await check()
+                break
+        else:
+            await RisingEdge(dut.ap_clk)
+            dut.out_done.value = 1
+            await RisingEdge(dut.ap_clk)
+            dut.out_done.value = 0
+            dut.level_busy.value = busy = 0
+            model.out_done()
+            await check()
+        results.append({"weights_base": wb, "aborted": abort_at is not None,
+                        "fetch_bytes": list(model.fetch_bytes), "decision": list(model.decision)})
+    (tb_dir() / "outputs.json").write_text(json.dumps({"checked": n_checked, "inferences": results}))
