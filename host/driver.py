@@ -325,7 +325,6 @@ class SigmaBranchOverlay:
         out_bytes = int(self.bundle.driver["output"]["bytes"])
         hw.send_input(self.ibuf, in_bytes, self.obuf, out_bytes)
         issued: dict[int, tuple[int, int]] = {}  # level -> (branch, bytes) in flight or done
-        wasted = 0
         if self.strategy == "prefetch":
             guess = self._guess(0, None)
             hw.start_fetch(0, *self._region_address(0, guess))
@@ -366,6 +365,11 @@ class SigmaBranchOverlay:
             if (level, address, nbytes) not in read:
                 raise DriverError(f"level {level}: the fetchers did not read the chosen region (branch {path[level]}, "
                                   f"{nbytes} bytes at {address:#x}); read: {sorted(read)}")
+        extra = read - {(level, a, n) for level, (a, n) in enumerate(needed)}
+        if extra and self.fetch_mode == "onchip":  # the router drives the fetchers: nothing else may be read
+            raise DriverError("the on-chip fetchers read outside the chosen regions: "
+                              + ", ".join(f"level {l}: {n} bytes at {a:#x}" for l, a, n in sorted(extra))
+                              + f" (path {path})")
         path_bytes = sum(n for _, n in needed)
         wasted = sum(by_level) - path_bytes
         for level, branch in enumerate(path):

@@ -9,8 +9,8 @@ import pytest
 
 from host.backends.base import BackendUnavailable
 from host.backends.ref import RefHardware
-from host.driver import (Bundle, BundleError, DecisionError, DriverTimeout, InputError, SigmaBranchOverlay,
-                         WeightImageError)
+from host.driver import (Bundle, BundleError, DecisionError, DriverError, DriverTimeout, InputError,
+                         SigmaBranchOverlay, WeightImageError)
 from host.int_reference import IntegerTree
 
 from fixtures_quant import tiny_qtree
@@ -76,6 +76,14 @@ class Faulty(RefHardware):
 
     def poll_output(self):
         return False if self.fault == "output hangs" else super().poll_output()
+
+    def fetch_log(self):
+        log = super().fetch_log()
+        if self.fault == "reads another region":  # level 1 also read a sibling's region
+            level, address, nbytes = log[-1]
+            log.append((level, address + self.regions[level][1] if address == self.weights.physical_address
+                        + self.regions[level][0] else address - self.regions[level][1], nbytes))
+        return log
 
 
 def test_ref_backend_gives_the_integer_reference_and_the_path_bytes(bundle):
@@ -222,6 +230,17 @@ def test_a_wait_that_never_completes_times_out_and_the_overlay_stays_usable(bund
     out = ov.execute(x[:4])
     ref = IntegerTree.load(root / "export").infer(x[:4])
     assert np.array_equal(out["classes"], ref["classes"])
+
+
+def test_onchip_fetchers_reading_another_region_are_caught(bundle):
+    root, _, x = bundle
+    hw = Faulty()
+    ov = SigmaBranchOverlay(root, hw, fetch_mode="onchip")
+    hw.fault = "reads another region"
+    with pytest.raises(DriverError, match=r"on-chip fetchers read outside the chosen regions: level 1: \d+ bytes"):
+        ov.execute(x[:1])
+    hw.fault = None
+    assert len(ov.execute(x[:2])["classes"]) == 2
 
 
 def test_every_dma_stays_inside_the_allocated_buffers(bundle):
