@@ -135,7 +135,8 @@ class SimPartsHardware(RefHardware):
 
     def __init__(self, work_dir: str | Path | None = None, **sim_options):
         super().__init__(fetch_modes=("onchip",))
-        self._work, self._opts = work_dir, sim_options
+        # Where TreeSim prepares HDL and builds (default: its cache, keyed by the bundle's path).
+        self._work, self._opts = work_dir or os.environ.get("SIGMABRANCH_SIM_WORK"), sim_options
         self._next_address = 0x4000_0000  # below it: simulated DDR's weight image
         self._records: dict[bytes, dict[str, Any]] = {}
 
