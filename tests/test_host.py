@@ -485,3 +485,18 @@ def test_a_simulation_that_fails_is_a_clear_driver_error(bundle, monkeypatch):
     assert ov.fetch_mode == "onchip"
     with pytest.raises(DriverError, match="sim backend could not run the inputs: RuntimeError: frame 0 not done"):
         ov.execute(x[:2])
+
+
+def test_a_weight_dma_too_small_for_a_region_is_refused_at_load(bundle):
+    from host.backends.board import BoardHardware
+    root, _, _ = bundle
+    fake = FakePynq(root)
+    overlay = fake.Overlay
+    fake.Overlay = lambda bitfile, download=True: _with_limit(overlay(bitfile), 1023)
+    with pytest.raises(BackendUnavailable, match=r"moves at most 1023 bytes per transfer, .*c_sg_length_width >="):
+        SigmaBranchOverlay(root, BoardHardware(bitfile="design.bit", pynq_module=fake))
+
+
+def _with_limit(overlay, limit):
+    overlay.wdma0.buffer_max_size = overlay.wdma1.buffer_max_size = limit
+    return overlay

@@ -61,6 +61,14 @@ class BoardHardware(Hardware):
         self.idma, self.odma = self._ip(ips["idma"]), self._ip(ips["odma"])
         self.wdma = [self._ip(name) for name in ips["wdma"]]
         self._t0 = time.perf_counter()
+        # One region is one transfer: the DMA's length register must hold it (PG021: c_sg_length_width).
+        largest = max(int(level["region_bytes"]) for level in d["levels"])
+        for name, dma in zip(ips["wdma"], self.wdma):
+            limit = getattr(dma, "buffer_max_size", None)
+            if limit is not None and int(limit) < largest:
+                raise BackendUnavailable(f"weight DMA {name} moves at most {limit} bytes per transfer, a region has "
+                                         f"{largest}: build the AXI DMA with c_sg_length_width >= "
+                                         f"{max(14, largest.bit_length())}")
         modes = ("host", "onchip") if self.wdma else ("onchip",)
         return DesignInfo(signature=self._read("SIGNATURE"), levels=self._read("LEVELS"), fetch_modes=modes,
                           clock_unit="s", extra={"bitstream": str(bitfile)})
