@@ -500,3 +500,23 @@ def test_a_weight_dma_too_small_for_a_region_is_refused_at_load(bundle):
 def _with_limit(overlay, limit):
     overlay.wdma0.buffer_max_size = overlay.wdma1.buffer_max_size = limit
     return overlay
+
+
+def test_board_backend_on_an_onchip_only_design(bundle):
+    """The on-chip-fetch build (hls/axi_top.py) has no weight DMAs: the driver runs it in onchip mode."""
+    from host.backends.board import BoardHardware
+    root, report, x = bundle
+    fake = FakePynq(root)
+    overlay = fake.Overlay
+
+    def without_wdma(bitfile, download=True):
+        ov = overlay(bitfile)
+        del ov.wdma0, ov.wdma1
+        return ov
+
+    fake.Overlay = without_wdma
+    ov = SigmaBranchOverlay(root, BoardHardware(bitfile="design.bit", pynq_module=fake))
+    assert ov.fetch_mode == "onchip" and ov.design.fetch_modes == ("onchip",)
+    out = ov.execute(x[:8])
+    assert np.array_equal(out["classes"], IntegerTree.load(root / "export").infer(x[:8])["classes"])
+    assert (out["bytes"]["weights"] == report["ddr"]["tree_weight_bytes"]).all()

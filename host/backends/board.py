@@ -59,7 +59,13 @@ class BoardHardware(Hardware):
         ips = {**IPS, **d.get("ips", {})}
         self.ctrl = self._ip(ips["ctrl"])
         self.idma, self.odma = self._ip(ips["idma"]), self._ip(ips["odma"])
-        self.wdma = [self._ip(name) for name in ips["wdma"]]
+        # Weight DMAs exist only where the design offers host-driven fetch; driver.json's "ips" must
+        # then name them. Without them (the on-chip-only build) the defaults are simply absent.
+        named = "wdma" in d.get("ips", {})
+        self.wdma = [self._ip(name) for name in ips["wdma"]] if named else \
+            [dma for dma in (self._ip_or_none(name) for name in ips["wdma"]) if dma is not None]
+        if len(self.wdma) not in (0, len(d["levels"])):
+            raise BackendUnavailable(f"the overlay has {len(self.wdma)} weight DMAs for {len(d['levels'])} levels")
         self._t0 = time.perf_counter()
         # One region is one transfer: the DMA's length register must hold it (PG021: c_sg_length_width).
         largest = max(int(level["region_bytes"]) for level in d["levels"])
@@ -82,6 +88,12 @@ class BoardHardware(Hardware):
                 raise BackendUnavailable(f"the overlay has no IP {path!r} (driver.json 'ips' names the control "
                                          "block and the DMAs of the stitched design)") from err
         return obj
+
+    def _ip_or_none(self, path: str):
+        try:
+            return self._ip(path)
+        except BackendUnavailable:
+            return None
 
     def _read(self, reg: str, index: int = 0, stride: int = 4) -> int:
         return int(self.ctrl.read(self.regs[reg] + stride * index))
