@@ -1,0 +1,201 @@
+"""cocotb testbench of ``sigmabranch_tree_axi`` (hls/axi_top.py): the tree driven as the host does.
+
+Per image, in the order of ``host/backends/board.py``: FETCH_MODE and WEIGHT_BASE once, then
+the output sink armed, CTRL start, the image streamed on ``s_axis_in`` (what idma0 MM2S would
+send), STATUS polled over AXI-Lite until done (bounded), then DECISION_VALID, DECISION_l,
+FETCH_ADDR_l and FETCH_BYTES_l read. ``m_axis_out`` is taken with random ``tready`` and its TLAST
+recorded; ``m_axi_weights`` is served by an AXI4 read-slave DDR model (weights.bin at
+``memory.base``, random ``arready``/``rvalid`` stalls, bursts queued in order) that counts the
+bytes it served. Optionally first an aborted inference: start, half the image, CTRL soft reset,
+the rest of the image drained.
+
+config: frames [{"in": [hex beats], "n_out": beats}], memory {file, base}, levels, p_valid,
+p_ready, p_rvalid, p_arready, seed, max_cycles, abort_first. Results: outputs.json.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import cocotb
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+
+from host.backends.base import REGISTERS
+from sim.tb.axis import StreamSource, reset, start_clock
+from sim.tb.test_tree_ctrl import AxiLiteMaster
+from sim.verilator import tb_config, tb_dir
+
+R = REGISTERS
+
+
+class AxiReadSlave:
+    """AXI4 read slave on ``m_axi_weights_*`` serving ``image`` at ``base``; bytes served per R beat."""
+
+    def __init__(self, dut, image: bytes, base: int, p_arready: float, p_rvalid: float, seed: int):
+        self.dut, self.image, self.base = dut, image, base
+        self.p_ar, self.p_r = p_arready, p_rvalid
+        self.rng = random.Random(seed)
+        self.bytes = 0
+        self.bursts: list[tuple[int, int]] = []
+        self.errors: list[str] = []
+        self.pending: list[list[int]] = []
+        self.s = lambda n: getattr(dut, f"m_axi_weights_{n}")
+        for n in ("arready", "rvalid", "rlast", "rdata", "rresp", "rid"):
+            self.s(n).value = 0
+
+    def _beat(self, addr: int, size: int) -> int:
+        off = addr - self.base
+        nb = 1 << size
+        if off < 0 or off + nb > len(self.image):
+            self.errors.append(f"read at 0x{addr:x} outside the weight image")
+            return 0
+        return int.from_bytes(self.image[off:off + nb], "little") << (8 * (addr % 32))
+
+    async def run(self):
+        s, beat, showing = self.s, None, False
+        while True:
+            await RisingEdge(self.dut.ap_clk)
+            ar_ok = self.rng.random() < self.p_ar
+            s("arready").value = int(ar_ok)
+            if beat is None and self.pending:
+                beat = self.pending.pop(0)
+            if beat is not None and (showing or self.rng.random() < self.p_r):
+                showing = True                       # rvalid stays until taken
+                s("rvalid").value = 1
+                s("rdata").value = self._beat(beat[0], beat[1])
+                s("rlast").value = int(beat[2] == 1)
+                s("rid").value = beat[3]
+            else:
+                showing = False
+                s("rvalid").value = 0
+            await ReadOnly()
+            if ar_ok and s("arvalid").value == 1:
+                addr, ln, size = (s("araddr").value.to_unsigned(), s("arlen").value.to_unsigned(),
+                                  s("arsize").value.to_unsigned())
+                if s("arburst").value.to_unsigned() != 1:
+                    self.errors.append("burst type other than INCR")
+                if (addr % 4096) + (ln + 1) * (1 << size) > 4096:
+                    self.errors.append(f"burst at 0x{addr:x} crosses a 4 KiB boundary")
+                self.pending.append([addr, size, ln + 1, s("arid").value.to_unsigned()])
+                self.bursts.append((addr, ln + 1))
+            if s("rvalid").value == 1 and s("rready").value == 1:
+                self.bytes += 1 << beat[1]
+                beat[0] += 1 << beat[1]
+                beat[2] -= 1
+                showing = False
+                if beat[2] == 0:
+                    beat = None
+
+
+class OutSink:
+    """``m_axis_out`` with random ``tready``: (word, tlast) of every handshake."""
+
+    def __init__(self, dut, p_ready: float, seed: int):
+        self.dut, self.p = dut, p_ready
+        self.rng = random.Random(seed)
+        self.beats: list[tuple[int, int]] = []
+        dut.m_axis_out_tready.value = 0
+
+    async def run(self):
+        d = self.dut
+        while True:
+            await RisingEdge(d.ap_clk)
+            r = self.rng.random() < self.p
+            d.m_axis_out_tready.value = int(r)
+            await ReadOnly()
+            if r and d.m_axis_out_tvalid.value == 1:
+                self.beats.append((d.m_axis_out_tdata.value.to_unsigned(), int(d.m_axis_out_tlast.value)))
+
+
+@cocotb.test()
+async def tree_axi(dut):
+    cfg = tb_config()
+    seed = int(cfg.get("seed", 0))
+    start_clock(dut)
+    dut.s_axis_in_tkeep.value = (1 << len(dut.s_axis_in_tkeep)) - 1
+    dut.s_axis_in_tlast.value = 0
+    src = StreamSource(dut, "s_axis_in", cfg.get("p_valid", 1.0), seed + 1)
+    sink = OutSink(dut, cfg.get("p_ready", 1.0), seed + 2)
+    mem = cfg["memory"]
+    ddr = AxiReadSlave(dut, Path(mem["file"]).read_bytes(), int(mem["base"]), cfg.get("p_arready", 1.0),
+                       cfg.get("p_rvalid", 1.0), seed + 3)
+    axi = AxiLiteMaster(dut, "s_axi_ctrl", seed=seed + 4)
+    await reset(dut, 8)
+    cocotb.start_soon(ddr.run())
+    cocotb.start_soon(sink.run())
+    cycle = [0]
+
+    async def count():
+        while True:
+            await RisingEdge(dut.ap_clk)
+            cycle[0] += 1
+    cocotb.start_soon(count())
+    levels = int(cfg["levels"])
+    max_cycles = int(cfg.get("max_cycles", 400_000))
+    info = {"signature": await axi.read(R["SIGNATURE"]), "levels": await axi.read(R["LEVELS"]),
+            "status_after_reset": await axi.read(R["STATUS"])}
+    # the board backend's set_weight_base: FETCH_MODE, then the base (host mode would flag an error)
+    await axi.write(R["FETCH_MODE"], 0)
+    info["status_host_mode"] = await axi.read(R["STATUS"])
+    await axi.write(R["FETCH_MODE"], 1)
+    info["status_onchip"] = await axi.read(R["STATUS"])
+    await axi.write(R["WEIGHT_BASE_LO"], int(mem["base"]) & 0xFFFFFFFF)
+    await axi.write(R["WEIGHT_BASE_HI"], int(mem["base"]) >> 32)
+
+    async def poll_done(what: str) -> int:
+        t0 = cycle[0]
+        while cycle[0] - t0 < max_cycles:
+            status = await axi.read(R["STATUS"])
+            if status & 1:
+                return status
+            await ClockCycles(dut.ap_clk, 100)        # the host polls now and then, not every cycle
+        raise AssertionError(f"{what}: STATUS done not set after {max_cycles} cycles (STATUS "
+                             f"0x{await axi.read(R['STATUS']):x}, CTRL 0x{await axi.read(R['CTRL']):x}, "
+                             f"DECISION_VALID 0x{await axi.read(R['DECISION_VALID']):x}); input beats sent "
+                             f"{src.sent}, output beats {len(sink.beats)}, DDR bytes {ddr.bytes}, DDR errors "
+                             f"{ddr.errors[:3]}")
+
+    if cfg.get("abort_first"):
+        words = [int(w, 16) for w in cfg["frames"][0]["in"]]
+        await axi.write(R["CTRL"], 1)
+        half = cocotb.start_soon(src.send(words[:len(words) // 2]))
+        while not half.done():
+            await RisingEdge(dut.ap_clk)
+        for _ in range(50):
+            await RisingEdge(dut.ap_clk)
+        await axi.write(R["CTRL"], 2)                 # soft reset mid-inference
+        info["abort_status"] = await axi.read(R["STATUS"])
+        info["abort_ctrl"] = await axi.read(R["CTRL"])
+        rest = cocotb.start_soon(src.send(words[len(words) // 2:]))   # the DMA's remaining beats: drained
+        t0 = cycle[0]
+        while not rest.done() and cycle[0] - t0 < 20_000:
+            await RisingEdge(dut.ap_clk)
+        info["abort_drained"] = rest.done()
+        for _ in range(200):
+            await RisingEdge(dut.ap_clk)
+        info["abort_out_beats"] = len(sink.beats)
+
+    results = []
+    for f, frame in enumerate(cfg["frames"]):
+        words = [int(w, 16) for w in frame["in"]]
+        b0, n0, t0, k0 = ddr.bytes, len(sink.beats), cycle[0], len(ddr.bursts)
+        await axi.write(R["CTRL"], 1)
+        send = cocotb.start_soon(src.send(words))
+        status = await poll_done(f"frame {f}")
+        beats = sink.beats[n0:]
+        t_done = cycle[0] - t0
+        if not send.done():
+            raise AssertionError(f"frame {f}: done, but only {src.sent} input beats taken")
+        res = {"status": status, "out": [hex(w) for w, _ in beats], "tlast": [t for _, t in beats],
+               "decision_valid": await axi.read(R["DECISION_VALID"]),
+               "decision": [await axi.read(R["DECISION_0"] + 4 * l) for l in range(levels)],
+               "fetch_addr": [await axi.read(R["FETCH_ADDR_LO_0"] + 8 * l)
+                              | await axi.read(R["FETCH_ADDR_HI_0"] + 8 * l) << 32 for l in range(levels)],
+               "fetch_bytes": [await axi.read(R["FETCH_BYTES_0"] + 4 * l) for l in range(levels)],
+               "ddr_bytes": ddr.bytes - b0, "bursts": ddr.bursts[k0:], "cycles": t_done,
+               "status_idle": await axi.read(R["STATUS"])}
+        results.append(res)
+    if ddr.errors:
+        raise AssertionError(f"DDR model: {ddr.errors[:5]}")
+    (tb_dir() / "outputs.json").write_text(json.dumps({"info": info, "frames": results}))
