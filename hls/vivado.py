@@ -19,6 +19,8 @@
 - ``registers.json``: what the host needs without a ``.hwh``: register map, IP names, buffer
   sizes, stream widths, signature (:func:`driver_overrides` gives the keys for ``driver.json``).
 
+``hls/build.py``'s ``vivado_step(out)`` is meant to call :func:`vivado_step` here.
+
 Vivado is not installed where this was written: the Tcl follows FINN+'s template and Vivado IP
 integrator conventions but has not been run (docs/vivado.md).
 """
@@ -266,11 +268,12 @@ def registers_json(build_dir: str | Path, desc: dict[str, Any]) -> dict[str, Any
 
 
 def driver_overrides(build_dir: str | Path) -> dict[str, Any]:
-    """Keys to merge into ``driver.json`` (the host reads ``registers``/``ips``/``fetch_mode``;
-    ``bitstream``/``hwh`` only once Vivado wrote them)."""
+    """Keys to merge into ``driver.json``: ``registers`` and ``ips`` (``wdma`` empty: the board
+    backend then offers the on-chip fetch mode only, so no ``fetch_mode`` key is needed, and the
+    ``ref``/``sim`` backends keep their defaults); ``bitstream``/``hwh`` once Vivado wrote them."""
     build_dir = Path(build_dir)
     reg = json.loads((build_dir / "registers.json").read_text())
-    out = {"registers": reg["registers"], "ips": reg["ips"], "fetch_mode": "onchip"}
+    out = {"registers": reg["registers"], "ips": reg["ips"]}
     if (build_dir / BITFILE).exists() and (build_dir / HWHFILE).exists():
         out.update(bitstream=BITFILE, hwh=HWHFILE)
     return out
@@ -315,3 +318,23 @@ def run_bitstream(build_dir: str | Path, timeout_s: float | None = None) -> Path
         tail = log.read_text(errors="replace")[-4000:] if log.exists() else proc.stdout[-4000:]
         raise RuntimeError(f"Vivado failed ({proc.returncode}): {proc.stderr.strip()}\n{tail}")
     return build_dir / BITFILE
+
+
+def vivado_step(out: str | Path, run: bool = True) -> dict[str, Any]:
+    """The Vivado step of ``sigmabranch build``: :func:`write_vivado_project`, the
+    :func:`driver_overrides` merged into ``driver.json``, then (``run``) :func:`run_bitstream`;
+    without ``vivado`` on PATH :class:`VivadoMissing` after everything else was written. Returns
+    what was written (and ``bitstream`` when Vivado ran)."""
+    out = Path(out)
+    written = write_vivado_project(out)
+
+    def merge() -> None:
+        path = out / "driver.json"
+        driver = json.loads(path.read_text())
+        driver.update(driver_overrides(out))
+        path.write_text(json.dumps(driver, indent=1))
+    merge()
+    if run:
+        written["bitstream"] = str(run_bitstream(out))
+        merge()
+    return written

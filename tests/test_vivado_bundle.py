@@ -190,5 +190,19 @@ def test_registers_json_is_the_host_contract(bundle):
     assert offsets["FETCH_BYTES_1"] == REGISTERS["FETCH_BYTES_0"] + 4
     assert offsets["FETCH_ADDR_HI_1"] == REGISTERS["FETCH_ADDR_HI_0"] + 8
     over = driver_overrides(build_dir)
-    assert over["registers"] == REGISTERS and over["ips"]["ctrl"] == IPS["ctrl"] and over["fetch_mode"] == "onchip"
+    assert over["registers"] == REGISTERS and over["ips"]["ctrl"] == IPS["ctrl"] and over["ips"]["wdma"] == []
+    assert "fetch_mode" not in over                             # the board backend offers onchip alone
     assert "bitstream" not in over                              # Vivado has not run
+
+
+def test_vivado_step_merges_the_driver_keys_then_stops_without_vivado(bundle):
+    from host.backends.base import REGISTERS
+    from hls.vivado import VivadoMissing, vivado_step
+    build_dir, _ = bundle
+    if shutil.which("vivado") is not None:
+        pytest.skip("vivado is installed: this test is about its absence")
+    with pytest.raises(VivadoMissing, match="`vivado` is not on PATH"):
+        vivado_step(build_dir)
+    driver = json.loads((build_dir / "driver.json").read_text())
+    assert driver["registers"] == REGISTERS and driver["ips"]["wdma"] == []
+    assert driver["bitstream"] is None and (build_dir / "vivado" / "make_project.tcl").is_file()
