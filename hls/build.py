@@ -541,6 +541,12 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     write_bundle(export_dir, out, manifest, report, weights, board)
     (out / "placement.json").write_text(json.dumps(report, indent=1))
     (out / "placement.md").write_text(placement_table(report))
+    if hdl and not report["problems"]:
+        # The Vivado side, written out: the stitched top behind AXI (tree_ctrl, DMA streams, the
+        # weight reader), the block-design Tcl, build_bitstream.sh, registers.json; driver.json
+        # gets the register map and IP names.
+        from .vivado import vivado_step as write_vivado
+        report["vivado"] = {k: str(v) for k, v in write_vivado(out, run=False).items() if k != "hdl"}
     if report["problems"]:
         raise BuildError(f"the on-chip part does not fit {board.name} ({board.part}): " + "; ".join(report["problems"])
                          + f" (report: {out / 'placement.md'})")
@@ -579,10 +585,13 @@ def write_bundle(export_dir: Path, out: Path, manifest: dict[str, Any], report: 
     (out / "driver.json").write_text(json.dumps(driver, indent=1))
 
 
-def vivado_step(out: str | Path) -> None:
-    """Synthesis, stitching and the bitstream: only where Vivado is installed."""
+def vivado_step(out: str | Path) -> Path:
+    """Synthesis, stitching and the bitstream (``<out>/vivado/build_bitstream.sh``, written by
+    :func:`build`): only where Vivado is installed; otherwise a :class:`BuildError` naming it."""
+    from .vivado import VivadoMissing, run_bitstream, vivado_step as merge_and_run
     if shutil.which("vivado") is None:
-        raise BuildError(f"`vivado` is not on PATH: synthesis, IP stitching and the bitstream need AMD Vivado "
-                         f"(and Vitis HLS for the HLS-only layers). Everything else is in {out}.")
-    raise BuildError("the Vivado block-design Tcl is not generated yet (planned); the HDL is in "
-                     f"{Path(out) / 'hdl'}")
+        try:
+            run_bitstream(out)
+        except (VivadoMissing, FileNotFoundError) as err:
+            raise BuildError(str(err)) from err
+    return Path(merge_and_run(out, run=True)["bitstream"])

@@ -104,10 +104,16 @@ def test_a_design_that_does_not_fit_is_refused_with_the_overflow(built, monkeypa
     assert (root / "tiny" / "placement.md").is_file()  # the report is written before refusing
 
 
-def test_vivado_step_names_the_missing_tool(tmp_path, monkeypatch):
+def test_vivado_side_is_written_and_the_bitstream_step_names_the_missing_tool(built, monkeypatch):
+    root, _, _ = built
+    board_dir = root / "pynq-z2"
+    tcl = (board_dir / "vivado" / "make_project.tcl").read_text()
+    assert "xc7z020clg400-1" in tcl and "sigmabranch_tree_axi" in tcl
+    driver = json.loads((board_dir / "driver.json").read_text())
+    assert driver["ips"]["ctrl"] == "sigmabranch_ctrl" and "registers" in driver
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(BuildError, match="`vivado` is not on PATH"):
-        vivado_step(tmp_path)
+    with pytest.raises(BuildError, match="`vivado` is not on PATH.*Everything else is in"):
+        vivado_step(board_dir)
 
 
 def test_residual_trees_are_refused_clearly(tmp_path):
