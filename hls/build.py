@@ -11,6 +11,8 @@ Flow per node (FINN+ transformations; nothing here re-implements them):
    widths minimised.
 3. Folding: ``SetFolding`` from a target of cycles per frame, or a FINN folding config (JSON,
    ``ApplyConfig``).
+4. HDL and the Vivado project (``hls/stitch.py``, ``hls/axi_top.py``, ``hls/vivado.py``): FINN+'s
+   ``InsertDWC`` + ``PrepareIP`` per layer, the stitched tree behind AXI, the block-design Tcl.
 
 Placement (the co-design of ../shared/notes/hardware-targets.md):
 
@@ -23,7 +25,7 @@ Placement (the co-design of ../shared/notes/hardware-targets.md):
   level have the same shapes; their widths are unified (the widest weight/accumulator type of
   the level) so one datapath serves them all. Thresholds are small (channels x steps): each
   ``Thresholding_rtl`` of a shared datapath keeps every branch's set on chip and the router's
-  decision selects one (FINN+'s multi-set thresholding).
+  decision selects one (FINN+'s multi-set thresholding, ``hls.stitch.multiset_thresholds``).
 - **DDR weight image** (``weights.bin`` + ``weights.json``): per level, one region per branch,
   each region contiguous (its layers in datapath order, each in FINN's ``external_mem`` layout:
   256-bit words, elements packed from the LSB), regions 4 KiB-aligned so no AXI burst crosses a
@@ -357,76 +359,6 @@ def write_weight_image(hw: dict[str, Any], paths: list[LevelDatapath], out: Path
     return meta
 
 
-def write_threshold_sets(model, branches: list, target_of: dict[str, Path]) -> None:
-    """A shared datapath's ``Thresholding_rtl`` holds every branch's thresholds on chip, one set
-    per branch, and the router's decision picks the set (its set-select port ``in1_V``; FINN+'s
-    multi-set thresholding, ``mlo_max_iter`` sets). Memory files as FINN+'s loop rolling writes
-    them: per PE and stage, the branches' files back to back, each padded to a power of two."""
-    import tempfile
-
-    from qonnx.core.datatype import DataType
-    from qonnx.custom_op.registry import getCustomOp
-
-    for position, node in enumerate(model.graph.node):
-        if not node.op_type.startswith("Thresholding"):
-            continue
-        inst = getCustomOp(node)
-        stages = DataType[inst.get_nodeattr("outputDataType")].bitwidth()
-        with tempfile.TemporaryDirectory() as tmp:
-            for b, branch in enumerate(branches):
-                other = branch.graph.node[position]
-                (Path(tmp) / str(b)).mkdir()
-                getCustomOp(other).generate_params(branch, str(Path(tmp) / str(b)))
-            for pe in range(inst.get_nodeattr("PE")):
-                for stage in range(stages):
-                    lines = []
-                    for b in range(len(branches)):
-                        part = (Path(tmp) / str(b) / f"{node.name}_threshs_{pe}_{stage}.dat").read_text().split()
-                        pad = (1 << (len(part) - 1).bit_length()) - len(part)
-                        lines += part + [format(2 ** stages - 1, f"0{len(part[0])}x")] * pad
-                    (target_of[node.name] / f"{node.name}_threshs_{pe}_{stage}.dat").write_text("\n".join(lines) + "\n")
-
-
-def generate_hdl(models: dict[str, Any], board: Board, out: Path,
-                 threshold_sets: dict[str, list] | None = None) -> dict[str, list[str]]:
-    """FINN+'s ``PrepareIP`` per hardware node: RTL for the ``*_rtl`` layers (and the fetchers),
-    HLS C++ for the HLS-only ones (replaced by hls/rtl/ blocks in the stitched design). A shared
-    level datapath's thresholds get one set per branch (:func:`write_threshold_sets`)."""
-    import os
-
-    from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
-    from finn.util.settings import get_settings
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.custom_op.registry import getCustomOp
-
-    from quant.export import _quiet_logging
-
-    files = {}
-    os.environ.setdefault("FINN_BUILD_DIR", str((out / "hdl").resolve()))
-    for name, model in models.items():
-        target = out / "hdl" / name
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
-        # PrepareIP makes one folder per layer under FINN's build dir (a cached setting): point
-        # it at this node's folder.
-        get_settings().finn_build_dir = target.resolve()
-        sets = (threshold_sets or {}).get(name)
-        if sets:
-            model = ModelWrapper(copy.deepcopy(model.model))  # the branch graphs keep single sets
-            for node in model.graph.node:
-                if node.op_type.startswith("Thresholding"):
-                    getCustomOp(node).set_nodeattr("mlo_max_iter", len(sets))
-        with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
-            model = model.transform(PrepareIP(board.part, board.clk_ns))
-        if sets:
-            write_threshold_sets(model, sets, {n.name: Path(getCustomOp(n).get_nodeattr("code_gen_dir_ipgen"))
-                                               for n in model.graph.node})
-        files[name] = sorted(str(p.relative_to(out)) for p in target.rglob("*") if p.suffix in (".v", ".sv", ".cpp"))
-        models[name] = model
-    return files
-
-
 RESOURCES = ("BRAM_18K", "URAM", "LUT", "DSP")
 
 
@@ -487,7 +419,6 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     out.mkdir(parents=True, exist_ok=True)
     paths = level_datapaths(manifest)
     hw = {}
-    threshold_sets = {}  # a level datapath's representative node -> every branch's graph at that position
     for name in tqdm(list(manifest["nodes"]), desc=f"FINN+ HW layers ({board.name})", unit="node"):
         hw[name] = to_hw_layers(ModelWrapper(str(export_dir / manifest["nodes"][name]["finn_onnx"])), board.part, name)
     hw["backbone"] = fold(hw["backbone"], target_cycles, folding_config)
@@ -501,7 +432,6 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
             share_datapath([hw[n] for n in names], names)
             for n in names:
                 set_weight_memory(hw[n], external=True)
-            threshold_sets[names[0]] = [hw[n] for n in names]
     (out / "nodes").mkdir(exist_ok=True)
     for name, model in hw.items():
         model.save(str(out / "nodes" / f"{name}.hw.onnx"))
@@ -534,19 +464,19 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
                       "output_bytes": 4 * int(np.prod(head["output_shape"]))},  # INT32 accumulators
               "weights": {k: weights[k] for k in ("file", "bytes", "crc32")}}
     report["problems"] = check_budget(onchip, board)
-    if hdl:
-        datapath_nodes = [p.branches[0][i] for p in paths for i in range(len(p.branches[0]))]
-        report["hdl"] = generate_hdl({n: hw[n] for n in ["backbone", "router_0_0"] + datapath_nodes}, board, out,
-                                     threshold_sets)
     write_bundle(export_dir, out, manifest, report, weights, board)
     (out / "placement.json").write_text(json.dumps(report, indent=1))
     (out / "placement.md").write_text(placement_table(report))
     if hdl and not report["problems"]:
-        # The Vivado side, written out: the stitched top behind AXI (tree_ctrl, DMA streams, the
-        # weight reader), the block-design Tcl, build_bitstream.sh, registers.json; driver.json
-        # gets the register map and IP names.
+        # The HDL and the Vivado side (hls/stitch.py, hls/axi_top.py, hls/vivado.py): FINN+'s
+        # PrepareIP per layer, the stitched tree behind AXI (tree_ctrl, DMA streams, the weight
+        # reader), the block-design Tcl, build_bitstream.sh, registers.json; driver.json gets the
+        # register map and IP names.
         from .vivado import vivado_step as write_vivado
-        report["vivado"] = {k: str(v) for k, v in write_vivado(out, run=False).items() if k != "hdl"}
+        written = write_vivado(out, run=False)
+        report["hdl"] = {"top": written["hdl"]["top"], "sources": len(written["hdl"]["sources"]),
+                         "folder": str(out / "vivado" / "src")}
+        report["vivado"] = {k: str(v) for k, v in written.items() if k != "hdl"}
     if report["problems"]:
         raise BuildError(f"the on-chip part does not fit {board.name} ({board.part}): " + "; ".join(report["problems"])
                          + f" (report: {out / 'placement.md'})")

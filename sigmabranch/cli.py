@@ -250,14 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "whose weights FINN+'s fetch_weights reads from DDR once per inference. Writes "
                                    "placement.json/.md (FINN+ estimates vs the board), weights.bin/.json (one "
                                    "contiguous, 4 KiB-aligned, CRC32-checked region per branch), driver.json, "
-                                   "nodes/*.hw.onnx and hdl/. Refuses a design whose on-chip part does not fit.")
+                                   "nodes/*.hw.onnx and vivado/ (the stitched HDL, block-design Tcl, build_bitstream.sh). "
+                                   "Refuses a design whose on-chip part does not fit.")
     p.add_argument("--export", required=True, type=Path, help="directory written by `sigmabranch export`")
     p.add_argument("--board", required=True, choices=["pynq-z2", "zcu104"])
     p.add_argument("--out", required=True, type=Path, help="build directory (e.g. build/pynq-z2)")
     p.add_argument("--target-cycles", dest="target_cycles", type=int,
                    help="SetFolding target, cycles per frame (default: the board's: pynq-z2 20000, zcu104 2000)")
     p.add_argument("--folding", help="a FINN folding config JSON (ApplyConfig) instead of SetFolding")
-    p.add_argument("--no-hdl", dest="no_hdl", action="store_true", help="skip HDL generation (PrepareIP)")
+    p.add_argument("--no-hdl", dest="no_hdl", action="store_true", help="skip the HDL and the Vivado project (estimates and weight image only)")
     p.add_argument("--bitstream", action="store_true",
                    help="then run synthesis and the bitstream (needs `vivado` on PATH)")
     p.set_defaults(func=cmd_build)

@@ -34,6 +34,7 @@ import numpy as np
 
 from host.int_reference import IntegerTree
 from sim.verilator import cache_root, run_cocotb
+from sim.words import pack_words, unpack_words
 
 WEIGHTS_BASE = 0x1000_0000   # where the testbench's DDR model places weights.bin
 RTL_FORK = Path(__file__).resolve().parents[1] / "hls" / "rtl" / "stream_fork.sv"
@@ -50,30 +51,6 @@ class ChainResult:
     sim_seconds: float = 0.0
     cached: bool = False
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def pack(values: np.ndarray, width: int, pe: int) -> list[int]:
-    flat = [int(v) for v in np.asarray(values).ravel().tolist()]
-    mask = (1 << width) - 1
-    words = []
-    for k in range(0, len(flat), pe):
-        w = 0
-        for i, v in enumerate(flat[k:k + pe]):
-            w |= (v & mask) << (i * width)
-        words.append(w)
-    return words
-
-
-def unpack(words: list[int], width: int, pe: int, signed: bool) -> np.ndarray:
-    mask = (1 << width) - 1
-    out = []
-    for w in words:
-        for i in range(pe):
-            v = (w >> (i * width)) & mask
-            if signed and v >> (width - 1):
-                v -= 1 << width
-            out.append(v)
-    return np.array(out, dtype=np.int64)
 
 
 class TreeSim:
@@ -209,14 +186,14 @@ class TreeSim:
         in_bits, in_pe, _ = info["in_elem"]
         out_bits, out_pe, out_signed = info["out_elem"]
         n_out = self.manifest["num_classes"] // out_pe
-        frames = [{"in": [hex(w) for w in pack(x, in_bits, in_pe)], "n_out": n_out, "idx": False} for x in x_int]
+        frames = [{"in": [hex(w) for w in pack_words(x, in_bits, in_pe)], "n_out": n_out, "idx": False} for x in x_int]
         cfg = {"frames": frames, "p_valid": p_valid, "p_ready": p_ready, "p_rvalid": p_rvalid, "p_arready": p_arready,
                "seed": seed, "max_cycles": max_cycles, "taps": [],
                "memory": {"file": str((self.build_dir / "weights.bin").resolve()), "base": WEIGHTS_BASE}}
         res = run_cocotb(srcs + [gen / "tree_top.sv"], "tree_top", "sim.tb.test_tree_chain", includes=incs,
                          defines={"FINN_SIMULATION": 1}, config=cfg, copy_files=data)
         got = json.loads((res.test_dir / "outputs.json").read_text())
-        outs = [unpack([int(w, 16) for w in g["out"]], out_bits, out_pe, out_signed) for g in got]
+        outs = [unpack_words([int(w, 16) for w in g["out"]], out_bits, out_pe, out_signed) for g in got]
         info["leaves"] = [g["leaf"] for g in got]
         return ChainResult(outs, {}, [g["bytes"] for g in got], [g["cycles"] for g in got],
                            [[tuple(b) for b in g["bursts"]] for g in got], res.build.seconds, res.sim_seconds,
@@ -236,7 +213,7 @@ class TreeSim:
         n_out_elems = self._out_elems(stages)
         frames = []
         for i, x in enumerate(frames_in):
-            fr = {"in": [hex(w) for w in pack(x, in_bits, in_pe)], "n_out": n_out_elems // out_pe,
+            fr = {"in": [hex(w) for w in pack_words(x, in_bits, in_pe)], "n_out": n_out_elems // out_pe,
                   "idx": bool(info["n_fetchers"])}
             if region_base is not None:
                 fr["region_base"] = int(region_base[i])
@@ -254,8 +231,8 @@ class TreeSim:
         res = run_cocotb(srcs + [gen / f"{top}.sv"], top, "sim.tb.test_tree_chain", includes=incs,
                          defines={"FINN_SIMULATION": 1}, config=cfg, copy_files=data)
         got = json.loads((res.test_dir / "outputs.json").read_text())
-        outs = [unpack([int(w, 16) for w in g["out"]], out_bits, out_pe, out_signed) for g in got]
-        tap_out = {t: [unpack([int(w, 16) for w in g["taps"][str(t)]], *info["taps"][t][:2], info["taps"][t][2])
+        outs = [unpack_words([int(w, 16) for w in g["out"]], out_bits, out_pe, out_signed) for g in got]
+        tap_out = {t: [unpack_words([int(w, 16) for w in g["taps"][str(t)]], *info["taps"][t][:2], info["taps"][t][2])
                        for g in got] for t in taps}
         return ChainResult(outs, tap_out, [g["bytes"] for g in got], [g["cycles"] for g in got],
                            [[tuple(b) for b in g["bursts"]] for g in got], res.build.seconds, res.sim_seconds,

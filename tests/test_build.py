@@ -39,8 +39,8 @@ def test_every_node_becomes_finn_hw_layers(built):
     for node in branch.graph.node:
         if node.op_type == "MVAU_rtl":
             assert getCustomOp(node).get_nodeattr("mem_mode") == "external_mem"  # from DDR, fetched once
-    hdl = list((root / "pynq-z2" / "hdl" / "backbone").rglob("*.v")) + list((root / "pynq-z2" / "hdl").rglob("*.sv"))
-    assert hdl, "PrepareIP wrote no HDL"
+    src = root / "pynq-z2" / "vivado" / "src"
+    assert list(src.rglob("*MVAU_rtl_0_wrapper.v")) and list(src.rglob("*fetch_weights_wrapper.v")), "no HDL written"
 
 
 def test_branches_of_a_level_share_one_datapath(built):
@@ -125,9 +125,8 @@ def test_residual_trees_are_refused_clearly(tmp_path):
 
 def test_shared_datapath_thresholds_hold_one_set_per_branch(built, tmp_path):
     root, _, _ = built
-    folder = next((root / "pynq-z2" / "hdl" / "branch_1_0").glob("*Thresholding_rtl_0_*"))
-    assert "SETS = 4" in next(folder.glob("*.v")).read_text()
-    multi = (folder / "Thresholding_rtl_0_threshs_0_0.dat").read_text().split()
+    multi_file = next((root / "pynq-z2" / "vivado" / "src").rglob("l1b_Thresholding_rtl_0_ms_threshs_0_0.dat"))
+    multi = multi_file.read_text().split()
     segments = []
     for b in range(4):  # each branch's own thresholds, as FINN+ writes a single set
         model = ModelWrapper(str(root / "pynq-z2" / "nodes" / f"branch_1_{b}.hw.onnx"))

@@ -10,35 +10,10 @@ import random
 from typing import Sequence
 
 import numpy as np
+
+from sim.words import pack_words, unpack_words  # noqa: F401  (re-exported for the testbenches)
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
-
-
-def pack_words(values: np.ndarray, width: int, pe: int) -> list[int]:
-    """Flat element sequence -> words of ``pe`` elements (two's complement for negatives)."""
-    flat = [int(v) for v in np.asarray(values).ravel().tolist()]
-    if len(flat) % pe:
-        raise ValueError("element count not divisible by PE")
-    mask = (1 << width) - 1
-    words = []
-    for k in range(0, len(flat), pe):
-        w = 0
-        for i, v in enumerate(flat[k:k + pe]):
-            w |= (v & mask) << (i * width)
-        words.append(w)
-    return words
-
-
-def unpack_words(words: Sequence[int], width: int, pe: int, signed: bool) -> np.ndarray:
-    mask = (1 << width) - 1
-    out = []
-    for w in words:
-        for i in range(pe):
-            v = (int(w) >> (i * width)) & mask
-            if signed and v >> (width - 1):
-                v -= 1 << width
-            out.append(v)
-    return np.array(out, dtype=object)
 
 
 def start_clock(dut):
