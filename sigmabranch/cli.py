@@ -175,7 +175,8 @@ def cmd_compare(args) -> int:
 def cmd_demo(args) -> int:
     from sigmabranch.pipeline import run_demo
     metrics = run_demo(args.out, config=args.config, tree_config=args.tree_config, quick=args.quick,
-                       device=args.device, tree_overrides=_tree_overrides(args))
+                       device=args.device, tree_overrides=_tree_overrides(args), hardware_sim=args.hardware_sim,
+                       notebooks=not args.no_notebooks)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -308,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="dense config (default: configs/demo_edge_digits.yaml)")
     p.add_argument("--tree-config", default=None, help="tree config (default: configs/demo_tree_digits.yaml)")
     p.add_argument("--quick", action="store_true", help="a few epochs only (smoke test)")
+    p.add_argument("--hardware-sim", dest="hardware_sim", type=int, default=0, metavar="N",
+                   help="also run N test images through the stitched RTL of the ZCU104 build (cocotb + "
+                        "Verilator): bit-exactness, DDR bytes, cycles; the first run builds the model (~25 min "
+                        "on 2 cores), later runs reuse it")
+    p.add_argument("--no-notebooks", dest="no_notebooks", action="store_true",
+                   help="skip executing notebooks/ into <out>/notebooks")
     tree_flags(p)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)

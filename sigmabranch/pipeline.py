@@ -9,6 +9,7 @@ step's files can be inspected (and re-run by hand with the same CLI subcommand).
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,11 @@ DEMO_FINN_INPUTS = 32
 
 
 def run_demo(out: str | Path = "runs/demo", config: str | Path | None = None, tree_config: str | Path | None = None,
-             quick: bool = False, device: str = "auto", tree_overrides: list[str] | None = None) -> dict[str, Any]:
-    """Dense -> tree on digits; ``quick`` trains a few epochs only (smoke test)."""
+             quick: bool = False, device: str = "auto", tree_overrides: list[str] | None = None,
+             hardware_sim: int = 0, notebooks: bool = True) -> dict[str, Any]:
+    """Dense -> tree on digits -> quantised -> exported -> built -> host driver (``ref``) ->
+    executed notebooks; ``quick`` trains a few epochs only (smoke test); ``hardware_sim`` test
+    images also go through the stitched RTL (Verilator)."""
     from model.convert import run_convert
     from model.dense import train_dense
     from model.finetune import run_finetune
@@ -101,8 +105,94 @@ def run_demo(out: str | Path = "runs/demo", config: str | Path | None = None, tr
                            "target_cycles": report["target_cycles"]}
     seconds["build"] = time.perf_counter() - t0
 
-    metrics = {"dense": dense, "tree": tree, "quant": quant, "hardware": hardware,
+    t0 = time.perf_counter()
+    host = run_host(out, quant_cfg)
+    seconds["host"] = time.perf_counter() - t0
+    if hardware_sim:
+        t0 = time.perf_counter()
+        hardware["simulation"] = simulate_demo_path(out, quant_cfg, hardware_sim)
+        seconds["hardware_sim"] = time.perf_counter() - t0
+
+    metrics = {"dense": dense, "tree": tree, "quant": quant, "hardware": hardware, "host": host,
                "seconds": seconds, "config": {"dense": str(config or DEFAULT_DENSE_CONFIG),
                                               "tree": str(tree_config or DEFAULT_TREE_CONFIG)}}
     write_json(out / "metrics.json", metrics)
+    if notebooks:
+        t0 = time.perf_counter()
+        metrics["notebooks"] = execute_notebooks(out)
+        metrics["seconds"]["notebooks"] = time.perf_counter() - t0
+        write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def run_host(out: Path, cfg, board: str = "pynq-z2") -> dict[str, Any]:
+    """``host/run.py`` as a user runs it on a board, here with the ``ref`` backend (the integer
+    reference and the driver's DDR transfers) over the whole test split: ``samples.npz``, then
+    ``host_<board>.json``."""
+    import numpy as np
+
+    from host.run import main as host_run
+    from quant.check import test_split
+
+    x, y = test_split(out / "quant" / "checkpoint.pt", cfg)
+    np.savez(out / "samples.npz", x=x.numpy(), y=y.numpy())
+    report_path = out / f"host_{board}.json"
+    rc = host_run(["--bundle", str(out / "build" / board), "--inputs", str(out / "samples.npz"), "--backend", "ref",
+                   "--json", str(report_path), "--no-progress"])
+    if rc != 0:
+        raise RuntimeError(f"host/run.py failed ({rc}) on {out / 'build' / board}")
+    report = json.loads(report_path.read_text())
+    return {k: report[k] for k in ("backend", "board", "accuracy", "leaf_counts", "ddr_bytes_per_inference", "latency")}
+
+
+def simulate_demo_path(out: Path, cfg, inputs: int, board: str = "zcu104") -> dict[str, Any]:
+    """The stitched whole-tree RTL on the first ``inputs`` test images (see :func:`simulate_path`)."""
+    from quant.check import test_split
+
+    x, _ = test_split(out / "quant" / "checkpoint.pt", cfg, limit=inputs)
+    return simulate_path(out / "build" / board, x.numpy())
+
+
+def simulate_path(build_dir: Path, x) -> dict[str, Any]:
+    """Images ``x`` (float NCHW) through the stitched whole-tree RTL (cocotb + Verilator) vs the
+    integer reference: leaves and accumulators bit-exact, DDR bytes served against the chosen
+    regions' bytes, cycles. The first run builds the Verilator model (tens of minutes for the
+    demo tree on 2 cores); later runs reuse it (content-hashed cache)."""
+    import numpy as np
+
+    from sim.tree_nodes import TreeSim
+
+    sim = TreeSim(build_dir)
+    q = sim.tree.quantize_input(x)
+    ref = sim.tree.infer(q, quantized=True)
+    got = sim.tree_top(q.transpose(0, 2, 3, 1))
+    acc = np.stack([np.asarray(o, dtype=np.int64) for o in got.outputs]).reshape(ref["acc"].shape)
+    leaves = np.asarray(got.info["leaves"])
+    weights = json.loads((Path(build_dir) / "weights.json").read_text())
+    expected = [sum(level["regions"][int(leaf) >> (sim.tree.depth - 1 - i)]["bytes"]
+                    for i, level in enumerate(weights["levels"])) for leaf in ref["leaves"]]
+    return {"board": json.loads((Path(build_dir) / "driver.json").read_text())["board"], "inputs": len(x),
+            "bitexact": bool(np.array_equal(acc, ref["acc"]) and np.array_equal(leaves, ref["leaves"])),
+            "ddr_bytes_per_inference": [int(b) for b in got.bytes], "path_bytes_expected": expected,
+            "bytes_equal_path": [int(b) for b in got.bytes] == expected,
+            "cycles_per_inference": float(np.mean(got.cycles)), "build_seconds": got.build_seconds}
+
+
+def execute_notebooks(out: Path) -> list[str]:
+    """The report: notebooks/*.ipynb executed on this run's artifacts, saved under ``out/notebooks``."""
+    import os
+
+    import nbclient
+    import nbformat
+
+    folder = out / "notebooks"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["SIGMABRANCH_NB_DEMO"] = str(out.resolve())
+    written = []
+    for source in sorted((REPO / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(source, as_version=4)
+        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+        nbformat.write(nb, folder / source.name)
+        written.append(str(folder / source.name))
+    return written

@@ -159,7 +159,7 @@ def test_balance_score_matches_the_papers_examples():
 @pytest.mark.slow
 def test_quick_demo_writes_the_metrics(tmp_path):
     from sigmabranch.pipeline import run_demo
-    metrics = run_demo(tmp_path, quick=True, device="cpu")
+    metrics = run_demo(tmp_path, quick=True, device="cpu", notebooks=False)  # notebooks: tests/test_notebooks.py
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["dense"]["top1"] == metrics["dense"]["top1"] > 50
     for key in ("top1_hard", "total_params", "active_params", "leaf_usage", "balance"):
@@ -174,7 +174,7 @@ def test_quick_demo_writes_the_metrics(tmp_path):
 def test_full_demo_meets_the_method_bars(tmp_path):
     """The main job end to end (about a minute): the bars of the method issue on digits."""
     from sigmabranch.pipeline import run_demo
-    m = run_demo(tmp_path, device="cpu")
+    m = run_demo(tmp_path, device="cpu", notebooks=False)  # the notebooks run in tests/test_notebooks.py
     dense, tree, quant = m["dense"], m["tree"], m["quant"]
     assert dense["top1"] >= 97.0
     assert tree["top1_hard"] >= dense["top1"] - 1.0            # within 1 pp of dense
@@ -192,3 +192,7 @@ def test_full_demo_meets_the_method_bars(tmp_path):
         hw = m["hardware"][board]
         assert hw["tree_vs_dense_ddr"] <= 0.45
         assert all(hw["onchip_estimate"][k] <= hw["budget"][k] for k in hw["budget"])
+    # The host issue: the driver (ref backend) gives the quantised tree's accuracy and moves
+    # exactly the path's weight bytes.
+    assert abs(100 * m["host"]["accuracy"] - quant["top1_hard"]) < 1e-9
+    assert m["host"]["ddr_bytes_per_inference"]["weights"] == m["hardware"]["pynq-z2"]["ddr_weight_bytes_per_inference"]
