@@ -284,35 +284,12 @@ def node_stages(model, prefix: str) -> list[Stage]:
     return stages
 
 
-# FINN+ 1.6.1's mvu_vvu_axi.sv sizes its output queue by CORE_PIPELINE_DEPTH = 3 + clog2(SIMD+1)
-# + (SIMD == 1) (DSP48 versions), but mvu.sv's pipeline is PIPELINE_DEPTH = 3 + clog2(SIMD) +
-# (SIMD == 1) + 1 deep: for SIMD = 9 that is 8 stages against 7 queue slots. A layer emitting an
-# output every cycle (MW == SIMD) that meets back-pressure then overflows the queue (its assertion
-# "Overflowing output queue" fires; in hardware a word would be lost). Seen on the demo backbone's
-# first conv (MW = SIMD = 9, PE = 1) behind FMPadding's back-pressure. The fix sizes the queue
-# for the deeper pipeline (two more slots: the lock protocol is unchanged, only room is added).
-MVU_AXI_FIX = ("/* else */    3 + $clog2(SIMD+1) + (SIMD == 1);",
-               "/* else */    3 + $clog2(SIMD+1) + (SIMD == 1) + 2;  // sigmabranch fix: mvu.sv is deeper")
-
-
-def _fixed_mvu_axi(path: Path) -> Path:
-    text = path.read_text()
-    if MVU_AXI_FIX[0] not in text:
-        return path                                  # fixed upstream (or changed): use as is
-    out = path.parent.parent / "sigmabranch-fixes" / "mvu_vvu_axi.sv"
-    fixed = text.replace(*MVU_AXI_FIX) + "\n// sigmabranch fix (hls/stitch.py MVU_AXI_FIX): output queue sized for mvu.sv's pipeline\n"
-    if not out.exists() or out.read_text() != fixed:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(fixed)
-    return out
-
-
 def stage_files(stages: list[Stage]) -> tuple[list[Path], list[Path], list[Path]]:
     """(sources without duplicates in a valid order, include dirs, data files)."""
     seen, srcs = set(), []
     # packages first (mvu_pkg), then the rest
-    allsrc = [_fixed_mvu_axi(Path(s)) if Path(s).name == "mvu_vvu_axi.sv" else Path(s)
-              for st in stages for s in st.sources]
+    # (mvu_vvu_axi.sv's output-queue fix is one of sim.finn_rtllib.PATCHES, like the Verilator fixes)
+    allsrc = [Path(s) for st in stages for s in st.sources]
     allsrc.sort(key=lambda p: 0 if p.name.endswith("_pkg.sv") else 1)
     for s in allsrc + [RTL_DIR / "axi_read_arbiter.sv"]:
         key = str(Path(s).resolve())

@@ -75,6 +75,16 @@ PATCHES: list[tuple[str, str, str, str]] = [
         "INIT_ABITS() returns an unpacked struct into a localparam: Verilator cannot evaluate that "
         "constant function, a packed struct of the same fields it can",
     ),
+    (
+        "mvu/mvu_vvu_axi.sv",
+        "/* else */    3 + $clog2(SIMD+1) + (SIMD == 1);",
+        "/* else */    3 + $clog2(SIMD+1) + (SIMD == 1) + 2;  // sigmabranch fix: mvu.sv is deeper",
+        "a functional fix, not a Verilator one: FINN+ 1.6.1 sizes the output queue by CORE_PIPELINE_DEPTH "
+        "= 3 + clog2(SIMD+1) + (SIMD == 1), but mvu.sv's pipeline is 3 + clog2(SIMD) + (SIMD == 1) + 1 deep "
+        "(SIMD = 9: 8 stages, 7 slots). A layer emitting every cycle (MW == SIMD) under back-pressure "
+        "overflows the queue ('Overflowing output queue'; in hardware a word is lost): seen on the demo "
+        "backbone's first conv behind FMPadding. Two more slots; the lock protocol is unchanged",
+    ),
 ]
 
 
