@@ -22,70 +22,12 @@ import cocotb
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from host.backends.base import REGISTERS
+from sim.tb.axi_ram import AxiReadRam
 from sim.tb.axis import StreamSource, reset, start_clock
 from sim.tb.test_tree_ctrl import AxiLiteMaster
 from sim.verilator import tb_config, tb_dir
 
 R = REGISTERS
-
-
-class AxiReadSlave:
-    """AXI4 read slave on ``m_axi_weights_*`` serving ``image`` at ``base``; bytes served per R beat."""
-
-    def __init__(self, dut, image: bytes, base: int, p_arready: float, p_rvalid: float, seed: int):
-        self.dut, self.image, self.base = dut, image, base
-        self.p_ar, self.p_r = p_arready, p_rvalid
-        self.rng = random.Random(seed)
-        self.bytes = 0
-        self.bursts: list[tuple[int, int]] = []
-        self.errors: list[str] = []
-        self.pending: list[list[int]] = []
-        self.s = lambda n: getattr(dut, f"m_axi_weights_{n}")
-        for n in ("arready", "rvalid", "rlast", "rdata", "rresp", "rid"):
-            self.s(n).value = 0
-
-    def _beat(self, addr: int, size: int) -> int:
-        off = addr - self.base
-        nb = 1 << size
-        if off < 0 or off + nb > len(self.image):
-            self.errors.append(f"read at 0x{addr:x} outside the weight image")
-            return 0
-        return int.from_bytes(self.image[off:off + nb], "little") << (8 * (addr % 32))
-
-    async def run(self):
-        s, beat, showing = self.s, None, False
-        while True:
-            await RisingEdge(self.dut.ap_clk)
-            ar_ok = self.rng.random() < self.p_ar
-            s("arready").value = int(ar_ok)
-            if beat is None and self.pending:
-                beat = self.pending.pop(0)
-            if beat is not None and (showing or self.rng.random() < self.p_r):
-                showing = True                       # rvalid stays until taken
-                s("rvalid").value = 1
-                s("rdata").value = self._beat(beat[0], beat[1])
-                s("rlast").value = int(beat[2] == 1)
-                s("rid").value = beat[3]
-            else:
-                showing = False
-                s("rvalid").value = 0
-            await ReadOnly()
-            if ar_ok and s("arvalid").value == 1:
-                addr, ln, size = (s("araddr").value.to_unsigned(), s("arlen").value.to_unsigned(),
-                                  s("arsize").value.to_unsigned())
-                if s("arburst").value.to_unsigned() != 1:
-                    self.errors.append("burst type other than INCR")
-                if (addr % 4096) + (ln + 1) * (1 << size) > 4096:
-                    self.errors.append(f"burst at 0x{addr:x} crosses a 4 KiB boundary")
-                self.pending.append([addr, size, ln + 1, s("arid").value.to_unsigned()])
-                self.bursts.append((addr, ln + 1))
-            if s("rvalid").value == 1 and s("rready").value == 1:
-                self.bytes += 1 << beat[1]
-                beat[0] += 1 << beat[1]
-                beat[2] -= 1
-                showing = False
-                if beat[2] == 0:
-                    beat = None
 
 
 class OutSink:
@@ -118,8 +60,8 @@ async def tree_axi(dut):
     src = StreamSource(dut, "s_axis_in", cfg.get("p_valid", 1.0), seed + 1)
     sink = OutSink(dut, cfg.get("p_ready", 1.0), seed + 2)
     mem = cfg["memory"]
-    ddr = AxiReadSlave(dut, Path(mem["file"]).read_bytes(), int(mem["base"]), cfg.get("p_arready", 1.0),
-                       cfg.get("p_rvalid", 1.0), seed + 3)
+    ddr = AxiReadRam(dut, "m_axi_weights", Path(mem["file"]).read_bytes(), int(mem["base"]),
+                     cfg.get("p_arready", 1.0), cfg.get("p_rvalid", 1.0), seed + 3, check_4k=True)
     axi = AxiLiteMaster(dut, "s_axi_ctrl", seed=seed + 4)
     await reset(dut, 8)
     cocotb.start_soon(ddr.run())

@@ -15,82 +15,14 @@ what was missing (output words, bytes served, index token taken).
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
+from sim.tb.axi_ram import AxiReadRam
 from sim.tb.axis import StreamSink, StreamSource, reset, start_clock
 from sim.verilator import tb_config, tb_dir
-
-
-class DdrModel:
-    """AXI4 read slave over a bytes image at ``base``; counts bytes served (rvalid & rready beats)."""
-
-    def __init__(self, dut, image: bytes, base: int, p_arready: float, p_rvalid: float, seed: int):
-        self.dut, self.image, self.base = dut, image, base
-        self.p_ar, self.p_r = p_arready, p_rvalid
-        self.rng = random.Random(seed)
-        self.bytes = 0
-        self.bursts = 0
-        self.addresses: list[tuple[int, int]] = []
-        self.error: str | None = None
-        self.pending: list[tuple[int, int, int]] = []
-        dut.axi_mm_arready.value = 0
-        dut.axi_mm_rvalid.value = 0
-        dut.axi_mm_rlast.value = 0
-        dut.axi_mm_rdata.value = 0
-        dut.axi_mm_rresp.value = 0
-        dut.axi_mm_rid.value = 0
-
-    def _beat(self, addr: int, size: int) -> int:
-        off = addr - self.base
-        if size != 5 or addr % 32:
-            self.error = f"beat at 0x{addr:x} of size {1 << size}: only aligned 32-byte beats expected"
-            return 0
-        if off < 0 or off + 32 > len(self.image):
-            self.error = (f"read at 0x{addr:x} outside the weight image [0x{self.base:x}, "
-                          f"0x{self.base + len(self.image):x})")
-            return 0
-        return int.from_bytes(self.image[off:off + 32], "little")
-
-    async def run(self):
-        dut = self.dut
-        beat = None  # (addr, size, remaining)
-        showing = False
-        while True:
-            await RisingEdge(dut.ap_clk)
-            ar_ok = self.rng.random() < self.p_ar
-            dut.axi_mm_arready.value = int(ar_ok)
-            if beat is None and self.pending:
-                addr, ln, size = self.pending.pop(0)
-                beat = [addr, size, ln + 1]
-            # AXI: once rvalid is up it stays up (same beat) until rready takes it
-            if beat is not None and (showing or self.rng.random() < self.p_r):
-                showing = True
-                dut.axi_mm_rvalid.value = 1
-                dut.axi_mm_rdata.value = self._beat(beat[0], beat[1])
-                dut.axi_mm_rlast.value = int(beat[2] == 1)
-            else:
-                showing = False
-                dut.axi_mm_rvalid.value = 0
-            await ReadOnly()
-            if ar_ok and dut.axi_mm_arvalid.value == 1:
-                addr, ln, size = (dut.axi_mm_araddr.value.to_unsigned(), dut.axi_mm_arlen.value.to_unsigned(),
-                                  dut.axi_mm_arsize.value.to_unsigned())
-                if int(dut.axi_mm_arburst.value) != 1:
-                    self.error = f"burst type {int(dut.axi_mm_arburst.value)} (only INCR expected)"
-                self.pending.append((addr, ln, size))
-                self.addresses.append((addr, ln + 1))
-                self.bursts += 1
-            if dut.axi_mm_rvalid.value == 1 and dut.axi_mm_rready.value == 1:
-                self.bytes += 1 << beat[1]
-                beat[0] += 1 << beat[1]
-                beat[2] -= 1
-                showing = False
-                if beat[2] == 0:
-                    beat = None
 
 
 @cocotb.test()
@@ -112,8 +44,8 @@ async def tree_chain(dut):
     if has_ddr:
         mem = cfg.get("memory")
         image = Path(mem["file"]).read_bytes() if mem else b""
-        ddr = DdrModel(dut, image, mem["base"] if mem else 0, cfg.get("p_arready", 1.0), cfg.get("p_rvalid", 1.0),
-                       seed + 3)
+        ddr = AxiReadRam(dut, "axi_mm", image, mem["base"] if mem else 0, cfg.get("p_arready", 1.0),
+                         cfg.get("p_rvalid", 1.0), seed + 3, full_beats_only=True)
     if hasattr(dut, "branch_sel"):
         dut.branch_sel.value = int(cfg.get("branch_sel", 0))
     await reset(dut, 8)
@@ -145,7 +77,7 @@ async def tree_chain(dut):
         for t in taps:
             taps[t].clear()
         b0, t0 = (ddr.bytes if ddr else 0), cycle[0]
-        bursts0 = len(ddr.addresses) if ddr else 0
+        bursts0 = len(ddr.bursts) if ddr else 0
         if has_fetch and frame.get("region_base") is not None:
             dut.region_base.value = int(frame["region_base"])
         idx_task = None
@@ -186,7 +118,7 @@ async def tree_chain(dut):
                 f"frame {f}: timed out after {max_cycles} cycles: {e}; input words sent {src.sent}/{len(words)}; "
                 f"DDR bytes served {got_bytes}" + (f" of {exp} expected" if exp is not None else "")
                 + (f"; index token taken: {idx_task.done()}" if idx_task else "")
-                + (f"; DDR model error: {ddr.error}" if ddr and ddr.error else "")) from None
+                + (f"; DDR model error: {ddr.errors[-1]}" if ddr and ddr.errors else "")) from None
         t_out = cycle[0]
         # the fetch of this frame must have completed (done before the output exists for MVAUs);
         # wait (bounded) until the expected bytes are in, then a few quiet cycles
@@ -202,12 +134,12 @@ async def tree_chain(dut):
             raise AssertionError(f"frame {f}: output complete but only {src.sent}/{len(words)} input words taken")
         if idx_task is not None and not idx_task.done():
             raise AssertionError(f"frame {f}: the index token was never taken by the fetchers")
-        if ddr is not None and ddr.error:
-            raise AssertionError(f"frame {f}: {ddr.error}")
+        if ddr is not None and ddr.errors:
+            raise AssertionError(f"frame {f}: {ddr.errors[-1]}")
         leaf = int(dut.leaf.value) if hasattr(dut, "leaf") else None
         results.append({"out": [hex(w) for w in out], "cycles": t_out - t0, "leaf": leaf,
                         "bytes": (ddr.bytes - b0) if ddr else 0,
-                        "bursts": (ddr.addresses[bursts0:] if ddr else []),
+                        "bursts": (ddr.bursts[bursts0:] if ddr else []),
                         "taps": {str(t): [hex(w) for w in ws] for t, ws in taps.items()}})
     (tb_dir() / "outputs.json").write_text(json.dumps(results))
     await sink.expect_idle(30)
