@@ -390,7 +390,12 @@ def write_axi_top(build_dir: str | Path, out_dir: str | Path, work_dir: str | Pa
                       "s_axis_in": f"AXI-stream slave, {8 * din} bits (idma0 MM2S: the image, NHWC INT8)",
                       "m_axis_out": "AXI-stream master, 32 bits, TLAST on the last word (odma0 S2MM: INT32 per class)",
                       "m_axi_weights": "AXI4 read master, 64-bit address, 256-bit data, ID 2 bits (weights.bin in DDR)"},
-            "fetchers": info["n_fetchers"], "fetchers_per_level": info["fetchers_per_level"]}
+            "fetchers": info["n_fetchers"], "fetchers_per_level": info["fetchers_per_level"],
+            # Which top port each overlay IP drives (the IP names of host/backends/base.py IPS, as
+            # the Vivado block design names them): what a pynq stand-in in simulation attaches to.
+            "pynq": {"ctrl": {"ip": "sigmabranch_ctrl", "port": "s_axi_ctrl"},
+                     "dmas": {"idma0": {"send": "s_axis_in"}, "odma0": {"recv": "m_axis_out"}},
+                     "ddr": "m_axi_weights"}}
     (out_dir / "hdl.json").write_text(json.dumps(desc, indent=1))
     return desc
 
