@@ -46,6 +46,7 @@ def test_tree_ctrl_registers_match_the_reference_model():
     assert out["checked"] > 300
     done = [i for i in out["inferences"] if not i["aborted"]]
     assert done and all(b > 0 for i in done for b in i["fetch_bytes"])
+    assert any(i["host"] for i in done) and any(not i["host"] for i in done)
     assert any(i["aborted"] for i in out["inferences"])
 
 

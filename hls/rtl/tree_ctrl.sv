@@ -6,19 +6,28 @@
 //                        R: bit0 running, bit1 held in soft reset.
 //   0x04 STATUS          R: bit0 done (the last output word left; cleared by start / soft reset),
 //                        bit1 idle (not running), bit2 error (= bit3 | bit4),
-//                        bit3 host fetch mode requested (FETCH_MODE written 0; cleared by writing 1),
+//                        bit3 host fetch went wrong: a level's weight stream had another length
+//                        than its region, or COMMIT_l named another branch than DECISION_l
+//                        (cleared by start),
 //                        bit4 a fetch read outside every level's regions (cleared by start).
 //   0x08 SIGNATURE       R: layout signature the design was built for (parameter)
 //   0x0C LEVELS          R: tree depth (parameter)
-//   0x10 FETCH_MODE      RW: reads 1 (only on-chip fetch is built); writing 0 sets STATUS bit3
+//   0x10 FETCH_MODE      RW: 1 on-chip (the router's decision drives the fetchers; reset value),
+//                        0 host-driven (the PS DMAs the chosen region into the level's weight
+//                        stream, hls/rtl/weight_stream_split.sv); change it between inferences
 //   0x14 WEIGHT_BASE_LO  RW: weights.bin's address in DDR (drives the datapath's weights_base)
 //   0x18 WEIGHT_BASE_HI  RW
 //   0x1C DECISION_VALID  R: bit l: level l's decision was taken in this inference
 //   0x20 + 4l DECISION_l R: level l's branch index (0 .. 2^(l+1)-1), latched when taken
-//   0x40 + 4l COMMIT_l   RW: stored and read back; unused (host fetch mode is not built)
+//   0x40 + 4l COMMIT_l   RW: host mode: bit31 + branch, written once the level's region went out;
+//                        a branch other than DECISION_l sets STATUS bit3
 //   0x60 + 8l FETCH_ADDR_LO_l, 0x64 + 8l FETCH_ADDR_HI_l
 //                        R: lowest address level l's fetchers read in this inference (0: none)
-//   0xA0 + 4l FETCH_BYTES_l R: bytes level l's fetchers read in this inference (R beats x beat size)
+//   0xA0 + 4l FETCH_BYTES_l R: bytes level l's fetchers took in this inference: on chip R beats x
+//                        beat size; host mode the matching weight-stream beats x 32 bytes
+//   0xC0 + 4l FETCH_BRANCH_l RW: host mode: the branch whose region the host's next weight DMA of
+//                        level l carries (written before the DMA starts; a region whose branch is not
+//                        the decision is dropped, so a wrong prefetch never reaches the datapath)
 //
 // A read burst belongs to level l when its address minus weights_base lies in
 // [LEVEL_LO[l], LEVEL_HI[l]) (the level's branch regions in weights.bin). Bursts are tracked in
@@ -64,6 +73,12 @@ module tree_ctrl #(
 	input  logic [LEVELS-1:0]           level_busy,    // rises when the level takes its decision
 	input  logic         out_done,      // the inference's last output word was taken
 
+	// host-driven fetch (weight_stream_split per level)
+	output logic         host_fetch,    // FETCH_MODE is 0
+	output logic [LEVELS*BRANCH_W-1:0]  fetch_tag,      // FETCH_BRANCH_l
+	input  logic [LEVELS*32-1:0]        host_fwd_beats, // matching weight-stream beats per level
+	input  logic [LEVELS-1:0]           host_len_error, // a level's region had the wrong length
+
 	// monitor of the fetchers' AXI4 read port
 	input  logic [63:0]  mon_araddr,
 	input  logic [2:0]   mon_arsize,
@@ -78,15 +93,21 @@ module tree_ctrl #(
 
 	// ------------------------------------------------------------------ registers
 	logic [31:0]  WbLo, WbHi;
-	logic         Done, ModeErr, RangeErr;
+	logic         Done, OnChip, CommitErr, RangeErr;
 	logic [LEVELS-1:0]  DecValid;
 	logic [LEVELS-1:0]  Seen;   // level read at least one burst in this inference
 	logic [BRANCH_W-1:0]  Decision [LEVELS];
 	logic [31:0]  Commit [LEVELS];
+	logic [BRANCH_W-1:0]  Tag [LEVELS];
 	logic [63:0]  FetchAddr [LEVELS];
 	logic [31:0]  FetchBytes [LEVELS];
 	logic [LEVELS-1:0]  BusyQ;
 	assign weights_base = {WbHi, WbLo};
+	assign host_fetch = !OnChip;
+	for (genvar l = 0; l < LEVELS; l++) begin : genTag
+		assign fetch_tag[BRANCH_W*l +: BRANCH_W] = Tag[l];
+	end : genTag
+	wire  host_err = CommitErr || (host_fetch && |host_len_error);
 
 	// ------------------------------------------------------------------ AXI4-Lite write
 	logic               AwFull, WFull;
@@ -133,10 +154,10 @@ module tree_ctrl #(
 			AwFull <= 0;  WFull <= 0;  AwAddr <= '0;  WData <= '0;  WStrb <= '0;
 			s_axi_bvalid <= 0;
 			WbLo <= '0;  WbHi <= '0;
-			running <= 0;  soft_reset <= 0;  Done <= 0;  ModeErr <= 0;  RangeErr <= 0;
+			running <= 0;  soft_reset <= 0;  Done <= 0;  OnChip <= 1;  CommitErr <= 0;  RangeErr <= 0;
 			DecValid <= '0;  BusyQ <= '0;  Seen <= '0;
 			for (int unsigned l = 0; l < LEVELS; l++) begin
-				Decision[l] <= '0;  Commit[l] <= '0;  FetchAddr[l] <= '0;  FetchBytes[l] <= '0;
+				Decision[l] <= '0;  Commit[l] <= '0;  Tag[l] <= '0;  FetchAddr[l] <= '0;  FetchBytes[l] <= '0;
 			end
 			FRd <= '0;  FWr <= '0;  FCnt <= '0;
 		end
@@ -180,17 +201,23 @@ module tree_ctrl #(
 			// register writes
 			if (wr_go) begin
 				unique case (wa)
-				ADDR_W'('h10):  if (WStrb[0])  ModeErr <= !WData[0];
+				ADDR_W'('h10):  if (WStrb[0])  OnChip <= WData[0];
 				ADDR_W'('h14):  WbLo <= merge(WbLo, WData, WStrb);
 				ADDR_W'('h18):  WbHi <= merge(WbHi, WData, WStrb);
 				default: begin
-					for (int unsigned l = 0; l < LEVELS; l++)
-						if (wa == ADDR_W'('h40 + 4*l))  Commit[l] <= merge(Commit[l], WData, WStrb);
+					for (int unsigned l = 0; l < LEVELS; l++) begin
+						if (wa == ADDR_W'('h40 + 4*l)) begin
+							Commit[l] <= merge(Commit[l], WData, WStrb);
+							if (host_fetch && merge(Commit[l], WData, WStrb) != {1'b1, 31'(Decision[l])})
+								CommitErr <= 1;
+						end
+						if (wa == ADDR_W'('hC0 + 4*l))  Tag[l] <= BRANCH_W'(merge(32'(Tag[l]), WData, WStrb));
+					end
 				end
 				endcase
 			end
 			if (do_start || do_reset) begin
-				Done <= 0;  RangeErr <= 0;  DecValid <= '0;  Seen <= '0;
+				Done <= 0;  RangeErr <= 0;  CommitErr <= 0;  DecValid <= '0;  Seen <= '0;
 				for (int unsigned l = 0; l < LEVELS; l++) begin  FetchAddr[l] <= '0;  FetchBytes[l] <= '0;  end
 			end
 			if (do_start) begin  running <= 1;  soft_reset <= 0;  end
@@ -206,10 +233,10 @@ module tree_ctrl #(
 		automatic logic [31:0]  v = '0;
 		unique case (a)
 		ADDR_W'('h00):  v = {30'd0, soft_reset, running};
-		ADDR_W'('h04):  v = {27'd0, RangeErr, ModeErr, ModeErr || RangeErr, !running, Done};
+		ADDR_W'('h04):  v = {27'd0, RangeErr, host_err, host_err || RangeErr, !running, Done};
 		ADDR_W'('h08):  v = SIGNATURE;
 		ADDR_W'('h0C):  v = 32'(LEVELS);
-		ADDR_W'('h10):  v = 32'd1;
+		ADDR_W'('h10):  v = 32'(OnChip);
 		ADDR_W'('h14):  v = WbLo;
 		ADDR_W'('h18):  v = WbHi;
 		ADDR_W'('h1C):  v = 32'(DecValid);
@@ -219,7 +246,8 @@ module tree_ctrl #(
 				if (a == ADDR_W'('h40 + 4*l))  v = Commit[l];
 				if (a == ADDR_W'('h60 + 8*l))  v = FetchAddr[l][31:0];
 				if (a == ADDR_W'('h64 + 8*l))  v = FetchAddr[l][63:32];
-				if (a == ADDR_W'('hA0 + 4*l))  v = FetchBytes[l];
+				if (a == ADDR_W'('hA0 + 4*l))  v = host_fetch ? host_fwd_beats[32*l +: 32] << 5 : FetchBytes[l];
+				if (a == ADDR_W'('hC0 + 4*l))  v = 32'(Tag[l]);
 			end
 		end
 		endcase

@@ -66,6 +66,7 @@ REGISTERS: dict[str, int] = {
     "FETCH_ADDR_LO_0": 0x60,  # + 8*l: first address the level's fetchers read (on-chip mode)
     "FETCH_ADDR_HI_0": 0x64,
     "FETCH_BYTES_0": 0xA0,    # + 4*l: bytes the level's fetchers read in this inference
+    "FETCH_BRANCH_0": 0xC0,   # W, + 4*l: host mode: branch whose region the next weight DMA carries
 }
 # DMA instances in the overlay: input (MM2S), output (S2MM), one weight DMA per level (MM2S).
 IPS: dict[str, Any] = {"ctrl": "sigmabranch_ctrl", "idma": "idma0", "odma": "odma0", "wdma": ["wdma0", "wdma1"]}

@@ -31,7 +31,11 @@ class TreeCtrlModel:
         self.levels, self.signature = levels, signature
         self.lo, self.hi = level_lo, level_hi
         self.wb = 0
-        self.running = self.soft = self.done = self.mode_err = self.range_err = False
+        self.running = self.soft = self.done = self.commit_err = self.range_err = False
+        self.onchip = True
+        self.tag = [0] * levels
+        self.host_beats = [0] * levels      # the weight_stream_splits' matching beats (inputs)
+        self.len_error = [False] * levels
         self.dec_valid = 0
         self.decision = [0] * levels
         self.commit = [0] * levels
@@ -57,7 +61,7 @@ class TreeCtrlModel:
                 self.running, self.soft = True, False
                 self._clear_run()
         elif addr == REGISTERS["FETCH_MODE"] and strb & 1:
-            self.mode_err = not data & 1
+            self.onchip = bool(data & 1)
         elif addr == REGISTERS["WEIGHT_BASE_LO"]:
             self.wb = (self.wb & ~M32) | merge(self.wb & M32)
         elif addr == REGISTERS["WEIGHT_BASE_HI"]:
@@ -66,9 +70,13 @@ class TreeCtrlModel:
             for l in range(self.levels):
                 if addr == REGISTERS["COMMIT_0"] + 4 * l:
                     self.commit[l] = merge(self.commit[l])
+                    if not self.onchip and self.commit[l] != (1 << 31 | self.decision[l]):
+                        self.commit_err = True
+                if addr == REGISTERS["FETCH_BRANCH_0"] + 4 * l:
+                    self.tag[l] = merge(self.tag[l]) & 0xFF
 
     def _clear_run(self):
-        self.done = self.range_err = False
+        self.done = self.range_err = self.commit_err = False
         self.dec_valid = 0
         self._clear_fetch()
 
@@ -77,14 +85,15 @@ class TreeCtrlModel:
         if addr == r["CTRL"]:
             return int(self.running) | int(self.soft) << 1
         if addr == r["STATUS"]:
-            return (int(self.done) | int(not self.running) << 1 | int(self.mode_err or self.range_err) << 2
-                    | int(self.mode_err) << 3 | int(self.range_err) << 4)
+            host_err = self.commit_err or (not self.onchip and any(self.len_error))
+            return (int(self.done) | int(not self.running) << 1 | int(host_err or self.range_err) << 2
+                    | int(host_err) << 3 | int(self.range_err) << 4)
         if addr == r["SIGNATURE"]:
             return self.signature
         if addr == r["LEVELS"]:
             return self.levels
         if addr == r["FETCH_MODE"]:
-            return 1
+            return int(self.onchip)
         if addr == r["WEIGHT_BASE_LO"]:
             return self.wb & M32
         if addr == r["WEIGHT_BASE_HI"]:
@@ -101,7 +110,9 @@ class TreeCtrlModel:
             if addr == r["FETCH_ADDR_HI_0"] + 8 * l:
                 return self.fetch_addr[l] >> 32
             if addr == r["FETCH_BYTES_0"] + 4 * l:
-                return self.fetch_bytes[l]
+                return self.fetch_bytes[l] if self.onchip else (self.host_beats[l] << 5) & M32
+            if addr == r["FETCH_BRANCH_0"] + 4 * l:
+                return self.tag[l]
         return 0
 
     # -- datapath side
@@ -130,7 +141,7 @@ class TreeCtrlModel:
                                 "WEIGHT_BASE_HI", "DECISION_VALID")]
         per = [a for l in range(self.levels) for a in (r["DECISION_0"] + 4 * l, r["COMMIT_0"] + 4 * l,
                                                         r["FETCH_ADDR_LO_0"] + 8 * l, r["FETCH_ADDR_HI_0"] + 8 * l,
-                                                        r["FETCH_BYTES_0"] + 4 * l)]
+                                                        r["FETCH_BYTES_0"] + 4 * l, r["FETCH_BRANCH_0"] + 4 * l)]
         return fixed + per + [0xFC]
 
 
@@ -224,6 +235,8 @@ async def tree_ctrl_registers(dut):
     dut.level_branch.value = 0
     dut.level_busy.value = 0
     dut.out_done.value = 0
+    dut.host_fwd_beats.value = 0
+    dut.host_len_error.value = 0
     for name in ("mon_araddr", "mon_arsize", "mon_arvalid", "mon_arready", "mon_rvalid", "mon_rready", "mon_rlast"):
         getattr(dut, name).value = 0
     axi = AxiLiteMaster(dut, "s_axi", seed=rng.randrange(1 << 30))
@@ -269,16 +282,24 @@ async def tree_ctrl_registers(dut):
 
     # after reset
     await check()
-    await write(REGISTERS["FETCH_MODE"], 0)          # host mode: not built -> error
+    await write(REGISTERS["FETCH_MODE"], 0)          # host mode and back
     await check([REGISTERS["STATUS"], REGISTERS["FETCH_MODE"]])
     await write(REGISTERS["FETCH_MODE"], 1)
-    await check([REGISTERS["STATUS"]])
+    await check([REGISTERS["STATUS"], REGISTERS["FETCH_MODE"]])
     await write(REGISTERS["COMMIT_0"], 0x8000_0001)
     await write(REGISTERS["WEIGHT_BASE_LO"], 0xAABBCCDD, strb=0b0101)   # byte strobes
     await check([REGISTERS["COMMIT_0"], REGISTERS["WEIGHT_BASE_LO"]])
 
+    def set_host_inputs():
+        dut.host_fwd_beats.value = sum(b << 32 * l for l, b in enumerate(model.host_beats))
+        dut.host_len_error.value = sum(int(e) << l for l, e in enumerate(model.len_error))
+
     results = []
     for n in range(int(cfg.get("n_inferences", 4))):
+        host = n % 2 == 1                            # every other inference: host-driven fetch
+        await write(REGISTERS["FETCH_MODE"], int(not host))
+        model.host_beats, model.len_error = [0] * levels, [False] * levels   # the splits' clear at start
+        set_host_inputs()
         wb = rng.randrange(1 << 20, 1 << 36) & ~0xFFF
         await write(REGISTERS["WEIGHT_BASE_LO"], wb & M32)
         await write(REGISTERS["WEIGHT_BASE_HI"], wb >> 32)
@@ -297,10 +318,19 @@ async def tree_ctrl_registers(dut):
             dut.level_busy.value = busy
             model.decide(level, branch)
             await check([REGISTERS["DECISION_VALID"], REGISTERS["DECISION_0"] + 4 * level])
+            if host:                                 # the PS tags, its DMA streams, it commits
+                await write(REGISTERS["FETCH_BRANCH_0"] + 4 * level, branch)
+                model.host_beats[level] = rng.randrange(1, 200)
+                model.len_error[level] = n % 4 == 3 and level == levels - 1
+                set_host_inputs()
+                wrong = n % 6 == 5 and level == 0     # a commit naming another branch
+                await write(REGISTERS["COMMIT_0"] + 4 * level, 1 << 31 | (branch ^ int(wrong)))
+                await check([REGISTERS["STATUS"], REGISTERS["FETCH_BYTES_0"] + 4 * level,
+                             REGISTERS["FETCH_BRANCH_0"] + 4 * level])
             base = wb + cfg["level_lo"][level] + branch * stride[level]
             addrs = [base + 512 * k for k in range(3)]
             rng.shuffle(addrs)                       # the lowest address is not the first burst
-            for a in addrs:
+            for a in (addrs if not host else addrs[:1]):   # host mode: the monitor still counts (unread)
                 await burst(a, rng.choice([1, 4, 16]))
             if n % 4 == 1 and level == 0:            # a read outside every level's regions
                 await burst(wb + cfg["level_hi"][-1] + 4096, 2)
@@ -321,6 +351,6 @@ async def tree_ctrl_registers(dut):
             dut.level_busy.value = busy = 0
             model.out_done()
             await check()
-        results.append({"weights_base": wb, "aborted": abort_at is not None,
+        results.append({"weights_base": wb, "aborted": abort_at is not None, "host": host,
                         "fetch_bytes": list(model.fetch_bytes), "decision": list(model.decision)})
     (tb_dir() / "outputs.json").write_text(json.dumps({"checked": n_checked, "inferences": results}))
