@@ -12,18 +12,25 @@ at the copies (absolute, as FINN's ``ReplaceVerilogRelPaths`` makes them for Viv
     s_axis_in (idma0 MM2S) -> repack (DMA bytes -> tree word) -> sigmabranch_tree (whole tree)
                                                                     |      axi_mm_* --> m_axi_weights (AXI4 read, HP port)
     m_axis_out (odma0 S2MM) <- TLAST <- repack (INT32 words) <- sign-extend <- out0_V (accumulators)
+    s_axis_w<l> (wdma<l> MM2S, 256-bit) -> the level's weight_stream_split -> its fetchers' local buffers
+
+Two fetch modes (``FETCH_MODE``): on chip, the router's decision drives the fetchers' base address
+and they read the region on ``m_axi_weights``; host-driven, the PS reads ``DECISION_l``, writes
+``FETCH_BRANCH_l`` and starts one ``wdma<l>`` transfer of the chosen region, which
+``hls/rtl/weight_stream_split.sv`` hands to the level's fetchers (a region of another branch, a
+wrong prefetch, is dropped there).
 
 The wrapper is plain Verilog-2001 (``sigmabranch_tree_axi.v``): Vivado accepts a module
 reference cell only with a Verilog or VHDL top file (FINN's own module references are ``.v``
 wrappers); the modules under it are SystemVerilog. Its bus ports carry ``X_INTERFACE_INFO``
-attributes, so IP integrator sees ``s_axi_ctrl``, ``s_axis_in``, ``m_axis_out`` and
-``m_axi_weights`` as interfaces on the ``ap_clk`` / ``ap_rst_n`` domain.
+attributes, so IP integrator sees ``s_axi_ctrl``, ``s_axis_in``, ``m_axis_out``,
+``m_axi_weights`` and ``s_axis_w<l>`` as interfaces on the ``ap_clk`` / ``ap_rst_n`` domain.
 
 Per inference (the host driver's order): CTRL start arms the input for exactly the image's
 beats; the output stream carries one little-endian INT32 per class (``driver.json`` ``output``)
 with TLAST on the last, as AXI DMA S2MM needs; STATUS done follows the TLAST handshake. A soft
-reset (CTRL bit1) holds the tree in reset until the next start, drains the input stream
-(``tready`` high) and the weight port's outstanding read bursts (``rready`` high, no new
+reset (CTRL bit1) holds the tree in reset until the next start, drains the input and weight
+streams (``tready`` high) and the weight port's outstanding read bursts (``rready`` high, no new
 ``arvalid``), so the DMAs and the interconnect can always finish.
 
 The per-level decisions come from the tree top's branch registers: :func:`expose_levels` adds
@@ -45,6 +52,7 @@ CORE = "sigmabranch_tree"
 CTRL_ADDR_W = 8            # tree_ctrl's register space: 256 bytes (levels <= 8)
 BRANCH_W = 8               # decision register width per level
 OUT_BYTES_PER_CLASS = 4    # the host reads INT32 accumulators
+WEIGHT_STREAM_BITS = 256   # wdma<l> MM2S stream width: one beat = one word of FINN's external_mem layout
 
 
 class AxiTopError(ValueError):
@@ -121,7 +129,7 @@ def wrapper_text(p: dict[str, Any]) -> str:
         return f"{64 * len(vals)}'h{v:x}"
 
     ports = []
-    clk_busif = "s_axi_ctrl:s_axis_in:m_axis_out:m_axi_weights"
+    clk_busif = "s_axi_ctrl:s_axis_in:m_axis_out:m_axi_weights" + "".join(f":s_axis_w{l}" for l in range(L))
     ports.append('\t(* X_INTERFACE_INFO = "xilinx.com:signal:clock:1.0 ap_clk CLK" *) '
                  f'(* X_INTERFACE_PARAMETER = "ASSOCIATED_BUSIF {clk_busif}, ASSOCIATED_RESET ap_rst_n" *)\n'
                  '\tinput  wire ap_clk')
@@ -144,6 +152,9 @@ def wrapper_text(p: dict[str, Any]) -> str:
              ("s_axis_in", "axis:1.0", axis_in, None), ("m_axis_out", "axis:1.0", axis_out, None),
              ("m_axi_weights", "aximm:1.0", mm, "PROTOCOL AXI4, READ_WRITE_MODE READ_ONLY, DATA_WIDTH 256, "
               "ADDR_WIDTH 64, ID_WIDTH 2")]
+    axis_w = [("input", WEIGHT_STREAM_BITS, "TDATA"), ("input", WEIGHT_STREAM_BITS // 8, "TKEEP"), ("input", 1, "TLAST"),
+              ("input", 1, "TVALID"), ("output", 1, "TREADY")]
+    buses += [(f"s_axis_w{l}", "axis:1.0", axis_w, None) for l in range(L)]   # wdma<l> MM2S: host-driven fetch
     for bus, vlnv, sigs, params in buses:
         for k, (d, w, sig) in enumerate(sigs):
             rng = f"[{w - 1}:0] " if w > 1 else ""
@@ -155,6 +166,15 @@ def wrapper_text(p: dict[str, Any]) -> str:
         msb = f"core_out_tdata[{hi}]" if osg else "1'b0"
         value = f"core_out_tdata[{hi}:{lo}]" if ob == 32 else f"{{{{{32 - ob}{{{msb}}}}}, core_out_tdata[{hi}:{lo}]}}"
         ext.append(f"\tassign out_ext[{32 * i + 31}:{32 * i}] = {value};")
+    # host-driven fetch: level l's weight DMA into the tree's split (drained while flushing, as s_axis_in)
+    wstreams = ",\n".join(
+        f"\t\t.s_axis_w{l}_tdata(s_axis_w{l}_tdata), .s_axis_w{l}_tvalid(s_axis_w{l}_tvalid & ~flush), "
+        f".s_axis_w{l}_tready(cw{l}_tready), .s_axis_w{l}_tlast(s_axis_w{l}_tlast),\n"
+        f"\t\t.w{l}_tag(fetch_tag[{BRANCH_W * l + BRANCH_W - 1}:{BRANCH_W * l}]), "
+        f".w{l}_fwd_beats(host_fwd_beats[{32 * l + 31}:{32 * l}]), .w{l}_drop_beats(), .w{l}_filled(), "
+        f".w{l}_len_error(host_len_error[{l}])" for l in range(L))
+    wready = "\n".join(f"\twire        cw{l}_tready;\n\tassign s_axis_w{l}_tready = flush | cw{l}_tready;"
+                        for l in range(L))
     body = f"""
 	localparam IN_BEATS = {p["in_beats"]};     // DMA beats of one image ({p["input_bytes"]} bytes)
 	localparam OUT_BEATS = {p["num_classes"]};    // INT32 words of one output ({4 * p["num_classes"]} bytes)
@@ -163,6 +183,10 @@ def wrapper_text(p: dict[str, Any]) -> str:
 	wire [63:0] weights_base;
 	wire [{BRANCH_W * L - 1}:0] level_branch;
 	wire [{L - 1}:0]  level_busy;
+	wire        host_fetch;            // FETCH_MODE 0: the PS streams each level's region (wdma<l>)
+	wire [{BRANCH_W * L - 1}:0] fetch_tag;
+	wire [{32 * L - 1}:0] host_fwd_beats;
+	wire [{L - 1}:0]  host_len_error;
 	reg         draining;
 	reg  [7:0]  rd_out;            // weight read bursts in flight on m_axi_weights
 	wire        flush = soft_reset | draining;
@@ -180,6 +204,8 @@ def wrapper_text(p: dict[str, Any]) -> str:
 		.s_axi_rvalid(s_axi_ctrl_rvalid), .s_axi_rready(s_axi_ctrl_rready),
 		.start(start), .running(running), .soft_reset(soft_reset), .weights_base(weights_base),
 		.level_branch(level_branch), .level_busy(level_busy), .out_done(out_done),
+		.host_fetch(host_fetch), .fetch_tag(fetch_tag), .host_fwd_beats(host_fwd_beats),
+		.host_len_error(host_len_error),
 		.mon_araddr(m_axi_weights_araddr), .mon_arsize(m_axi_weights_arsize),
 		.mon_arvalid(m_axi_weights_arvalid), .mon_arready(m_axi_weights_arready),
 		.mon_rvalid(m_axi_weights_rvalid & ~flush), .mon_rready(m_axi_weights_rready), .mon_rlast(m_axi_weights_rlast)
@@ -208,6 +234,7 @@ def wrapper_text(p: dict[str, Any]) -> str:
 	wire        core_out_tvalid, core_out_tready;
 	wire [63:0] c_araddr; wire [7:0] c_arlen; wire [2:0] c_arsize; wire [1:0] c_arburst, c_arid;
 	wire        c_arvalid, c_rready;
+{wready}
 	{CORE} core (.ap_clk(ap_clk), .ap_rst_n(core_rst_n),
 		.in0_V_tdata(core_in_tdata), .in0_V_tvalid(core_in_tvalid), .in0_V_tready(core_in_tready),
 		.out0_V_tdata(core_out_tdata), .out0_V_tvalid(core_out_tvalid), .out0_V_tready(core_out_tready),
@@ -216,7 +243,10 @@ def wrapper_text(p: dict[str, Any]) -> str:
 		.axi_mm_arid(c_arid), .axi_mm_arvalid(c_arvalid), .axi_mm_arready(m_axi_weights_arready & ~flush),
 		.axi_mm_rdata(m_axi_weights_rdata), .axi_mm_rresp(m_axi_weights_rresp), .axi_mm_rlast(m_axi_weights_rlast),
 		.axi_mm_rid(m_axi_weights_rid), .axi_mm_rvalid(m_axi_weights_rvalid & ~flush), .axi_mm_rready(c_rready),
-		.level_branch(level_branch), .level_busy(level_busy));
+		.level_branch(level_branch), .level_busy(level_busy),
+		.host_fetch(host_fetch), .fetch_clear(start),
+{wstreams}
+	);
 
 	// ---------------------------------------------------------------- weight port (read only)
 	assign m_axi_weights_araddr = c_araddr;
@@ -320,12 +350,12 @@ def write_axi_top(build_dir: str | Path, out_dir: str | Path, work_dir: str | Pa
         raise AxiTopError(f"depth {depth}: the control block's register map has room for 8 levels")
     bb, rr, levels, bb_words = ts.part_tree()
     gen = work / "tops"
-    info = write_tree_top(gen / f"{CORE}.sv", CORE, bb, rr, levels, bb_words)
+    info = write_tree_top(gen / f"{CORE}.sv", CORE, bb, rr, levels, bb_words, host_fetch=True)
     core_file = gen / f"{CORE}.sv"
     core_file.write_text(expose_levels(core_file.read_text(), depth))
     stages = bb + rr + [st for lv in levels for st in lv.branch + lv.below]
     srcs, incs, _ = stage_files(stages)
-    srcs = [RTL_FORK] + srcs + [RTL_DIR / "tree_ctrl.sv", core_file]
+    srcs = [RTL_FORK] + srcs + [RTL_DIR / "weight_stream_split.sv", RTL_DIR / "tree_ctrl.sv", core_file]
     data = []
     for st in stages:                              # every stage's files (names repeat: memblock.dat)
         data += [Path(f) for f in st.data_files if Path(f) not in data]
@@ -389,12 +419,15 @@ def write_axi_top(build_dir: str | Path, out_dir: str | Path, work_dir: str | Pa
                       "s_axi_ctrl": f"AXI4-Lite slave, {CTRL_ADDR_W}-bit address, 32-bit data (tree_ctrl registers)",
                       "s_axis_in": f"AXI-stream slave, {8 * din} bits (idma0 MM2S: the image, NHWC INT8)",
                       "m_axis_out": "AXI-stream master, 32 bits, TLAST on the last word (odma0 S2MM: INT32 per class)",
-                      "m_axi_weights": "AXI4 read master, 64-bit address, 256-bit data, ID 2 bits (weights.bin in DDR)"},
+                      "m_axi_weights": "AXI4 read master, 64-bit address, 256-bit data, ID 2 bits (weights.bin in DDR)",
+                      **{f"s_axis_w{l}": f"AXI-stream slave, {WEIGHT_STREAM_BITS} bits, TLAST (wdma{l} MM2S: level {l}'s "
+                         "chosen region, host-driven fetch)" for l in range(depth)}},
             "fetchers": info["n_fetchers"], "fetchers_per_level": info["fetchers_per_level"],
             # Which top port each overlay IP drives (the IP names of host/backends/base.py IPS, as
             # the Vivado block design names them): what a pynq stand-in in simulation attaches to.
             "pynq": {"ctrl": {"ip": "sigmabranch_ctrl", "port": "s_axi_ctrl"},
-                     "dmas": {"idma0": {"send": "s_axis_in"}, "odma0": {"recv": "m_axis_out"}},
+                     "dmas": {"idma0": {"send": "s_axis_in"}, "odma0": {"recv": "m_axis_out"},
+                              **{f"wdma{l}": {"send": f"s_axis_w{l}"} for l in range(depth)}},
                      "ddr": "m_axi_weights"}}
     (out_dir / "hdl.json").write_text(json.dumps(desc, indent=1))
     return desc
@@ -406,9 +439,12 @@ WEIGHTS_BASE = 0x1_2000_0000   # where the testbench's DDR model places weights.
 
 def simulate(desc: dict[str, Any], x_nhwc, *, abort_first: bool = False, p_valid: float = 0.7,
              p_ready: float = 0.7, p_rvalid: float = 0.8, p_arready: float = 0.7, seed: int = 0,
-             max_cycles: int = 400_000) -> dict[str, Any]:
+             max_cycles: int = 400_000, host_frames: tuple[int, ...] = (),
+             paths: list[list[int]] | None = None) -> dict[str, Any]:
     """Run ``sim/tb/test_tree_axi.py`` on the top :func:`write_axi_top` described (cocotb +
     Verilator), one image after another as the host drives it. ``x_nhwc``: (N, H, W, C) INT8.
+    ``host_frames``: images run in host-driven fetch mode (the testbench streams each level's
+    region; the first of them starts with a wrong level-0 prefetch, the branch not in ``paths``).
     Returns ``info`` (what the registers said outside inferences) and per image ``acc`` (INT32
     per class from the output stream), ``tlast``, ``decision``/``decision_valid``,
     ``fetch_addr``/``fetch_bytes`` (the control block's counters), ``ddr_bytes`` (the DDR
@@ -428,7 +464,10 @@ def simulate(desc: dict[str, Any], x_nhwc, *, abort_first: bool = False, p_valid
     build = Path(g["build"])
     cfg = {"frames": frames, "levels": g["levels"], "abort_first": abort_first, "p_valid": p_valid,
            "p_ready": p_ready, "p_rvalid": p_rvalid, "p_arready": p_arready, "seed": seed, "max_cycles": max_cycles,
-           "memory": {"file": str(build / "weights.bin"), "base": WEIGHTS_BASE}}
+           "memory": {"file": str(build / "weights.bin"), "base": WEIGHTS_BASE}, "host_frames": list(host_frames),
+           "path_hint": paths,
+           "regions": [[[int(r["offset"]), int(r["bytes"])] for r in lv["regions"]]
+                       for lv in json.loads((build / "weights.json").read_text())["levels"]]}
     res = run_cocotb(desc["sources"], desc["top"], "sim.tb.test_tree_axi", includes=desc["includes"],
                      defines={"FINN_SIMULATION": 1}, config=cfg)
     got = json.loads((res.test_dir / "outputs.json").read_text())

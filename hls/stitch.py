@@ -132,6 +132,36 @@ def memstream_sources() -> list[Path]:
             lib / "axi" / "hdl" / "axilite.sv"]
 
 
+HOST_FEED_MARK = "// host feed: hls/stitch.py"
+
+
+def host_feed_wrapper(wfile: Path) -> None:
+    """Give a FINN+ ``fetch_weights`` wrapper a second source for its width converter: with
+    ``host_feed`` high the VPC takes ``s_host_*`` (the level's weight DMA stream, split by
+    ``hls/rtl/weight_stream_split.sv``) instead of the wrapper's own DMA engine, which then gets no
+    index token. The local weight buffer, the VPC and FINN's layout stay as they are, so one
+    region streamed by the PS fills the buffers exactly as the on-chip fetch does. Idempotent."""
+    text = wfile.read_text()
+    if HOST_FEED_MARK in text:
+        return
+    vpc_in = ".ivld(axis_dma_tvalid), .irdy(axis_dma_tready),\n\t.idat(axis_dma_tdata[DATA_BITS-1:0]),"
+    ports_at = "\t// Stream\n\toutput\tout0_V_tvalid,"
+    if text.count(vpc_in) != 1 or text.count(ports_at) != 1:
+        raise StitchError(f"{wfile.name}: FINN+'s fetch_weights wrapper changed (no single VPC input / stream "
+                          "port block to give the host feed)")
+    ports = (f"\t{HOST_FEED_MARK}: the level's weight DMA instead of the own DMA engine\n"
+             "\tinput\thost_feed,\n\tinput\ts_host_tvalid,\n\toutput\ts_host_tready,\n"
+             "\tinput\t[DATA_BITS-1:0] s_host_tdata,\n")
+    mux = (f"{HOST_FEED_MARK}\nwire  vpc_irdy;\n"
+           "wire  vpc_ivld = host_feed ? s_host_tvalid : axis_dma_tvalid;\n"
+           "wire [DATA_BITS-1:0]  vpc_idat = host_feed ? s_host_tdata : axis_dma_tdata;\n"
+           "assign  axis_dma_tready = !host_feed && vpc_irdy;\nassign  s_host_tready = host_feed && vpc_irdy;\n")
+    text = text.replace(ports_at, ports + ports_at)
+    text = text.replace(vpc_in, ".ivld(vpc_ivld), .irdy(vpc_irdy),\n\t.idat(vpc_idat),")
+    at = text.index("vpc #(")
+    wfile.write_text(text[:at] + mux + text[at:])
+
+
 def _finn_stage(model, node) -> Stage:
     from qonnx.custom_op.registry import getCustomOp
 
@@ -156,6 +186,7 @@ def _finn_stage(model, node) -> Stage:
             if inst.get_nodeattr("TH") != 1:
                 raise StitchError(f"{node.name}: the tiled MVU (TH > 1) does not compile in Verilator; keep TH=1")
             st.weights = "fetch"
+            host_feed_wrapper(wfile)
             st.sources += [wfile] + fetcher_sources()
             st.aux = {"wrapper": wmod, "header": _header(wfile, wmod),
                       "MH": inst.get_nodeattr("MH"), "MW": inst.get_nodeattr("MW")}
@@ -353,6 +384,10 @@ def _stage_instance(st: Stage, k: int, src: str, dst: str, lines: list[str], fet
             for sig in ("rdata", "rresp", "rlast", "rid"):
                 wconns[f"axi_mm_{sig}"] = f"ar_{sig}"
             wconns["axi_mm_awready"], wconns["axi_mm_wready"], wconns["axi_mm_bvalid"] = "1'b0", "1'b0", "1'b0"
+            if fetch_ctx.get("host"):   # the level's weight_stream_split output k (host-driven fetch)
+                hp, k = fetch_ctx["host"], f - fetch_ctx["lo"]
+                wconns.update(host_feed="host_fetch", s_host_tdata=f"{hp}_md", s_host_tvalid=f"{hp}_mv[{k}]",
+                              s_host_tready=f"{hp}_mr[{k}]")
             body = [f"\t\t.{p}({s})" for p, s in wconns.items()] + _tieoffs(st.aux["header"], set(wconns))
             offs = int(st.aux["offset"])
             lines.append(f"\t{st.aux['wrapper']} #(.ADDRESS_OFFSET(64'd{offs})) {st.name}_fetch (\n"
@@ -543,8 +578,40 @@ class LevelPart:
     out_words: int = 1             # words the level emits per inference (1 decision, or the head's)
 
 
+def _split_block(L: int, fetchers: list[Stage]) -> list[str]:
+    """Level ``L``'s ``weight_stream_split``: the host's weight DMA stream to the level's fetchers,
+    beat ranges from each layer's offset and bytes inside the region (``weights.json``)."""
+    beat = DATA_W // 8
+    lo = [int(st.aux["offset"]) // beat for st in fetchers]
+    hi = [-(-(int(st.aux["offset"]) + int(st.aux["layer_bytes"])) // beat) for st in fetchers]
+    n = len(fetchers)
+
+    def packed(vals):
+        return f"{32 * n}'h" + "".join(f"{v:08x}" for v in reversed(vals))
+    return [f"\twire [{DATA_W - 1}:0] w{L}_md; wire [{n - 1}:0] w{L}_mv, w{L}_mr;",
+            f"\tweight_stream_split #(.N({n}), .DATA_W({DATA_W}), .BRANCH_W(8), .REGION_BEATS({max(hi)}), "
+            f".BEAT_LO({packed(lo)}), .BEAT_HI({packed(hi)})) wsplit{L} (",
+            "\t\t.ap_clk(ap_clk), .ap_rst_n(ap_rst_n), .clear(fetch_clear),",
+            f"\t\t.s_axis_tdata(s_axis_w{L}_tdata), .s_axis_tvalid(s_axis_w{L}_tvalid), "
+            f".s_axis_tready(s_axis_w{L}_tready), .s_axis_tlast(s_axis_w{L}_tlast),",
+            f"\t\t.tag(w{L}_tag), .decision_valid(busy_{L} && host_fetch), .decision(8'(branch_{L})),",
+            f"\t\t.m_tdata(w{L}_md), .m_tvalid(w{L}_mv), .m_tready(w{L}_mr),",
+            f"\t\t.fwd_beats(w{L}_fwd_beats), .drop_beats(w{L}_drop_beats), .filled(w{L}_filled), "
+            f".len_error(w{L}_len_error)",
+            "\t);"]
+
+
+HOST_PORTS = ["\tinput host_fetch", "\tinput fetch_clear"]
+
+
+def _host_ports(L: int) -> list[str]:
+    return [f"\tinput [{DATA_W - 1}:0] s_axis_w{L}_tdata", f"\tinput s_axis_w{L}_tvalid", f"\toutput s_axis_w{L}_tready",
+            f"\tinput s_axis_w{L}_tlast", f"\tinput [7:0] w{L}_tag", f"\toutput [31:0] w{L}_fwd_beats",
+            f"\toutput [31:0] w{L}_drop_beats", f"\toutput w{L}_filled", f"\toutput w{L}_len_error"]
+
+
 def write_tree_top(path: Path, name: str, backbone: list[Stage], root_router: list[Stage],
-                   levels: list[LevelPart], bb_words: int) -> dict[str, Any]:
+                   levels: list[LevelPart], bb_words: int, host_fetch: bool = False) -> dict[str, Any]:
     """The whole tree as one module (see the module docstring)::
 
         in0_V (image, NHWC) -> backbone -> fork -+-> root router -> decision d0
@@ -558,6 +625,11 @@ def write_tree_top(path: Path, name: str, backbone: list[Stage], root_router: li
     only after the level's output for this inference has left (so the base is stable for the whole
     fetch). Ports: ``ap_clk``, ``ap_rst_n``, ``in0_V_*``, ``out0_V_*``, ``weights_base[63:0]``,
     ``axi_mm_*`` (AXI4 read, 256-bit), ``leaf`` and ``leaf_valid`` (the last level's branch).
+
+    ``host_fetch=True`` adds the host-driven fetch: ports ``host_fetch`` (mode), ``fetch_clear``
+    (an inference starts) and per level ``s_axis_w<L>_*`` (the level's weight DMA, 256-bit with
+    TLAST), ``w<L>_tag`` (FETCH_BRANCH) and the split's counters; in host mode the controllers
+    send no index token and the fetchers' width converters take the split's streams.
     """
     depth = len(levels)
     body: list[str] = []
@@ -576,7 +648,8 @@ def write_tree_top(path: Path, name: str, backbone: list[Stage], root_router: li
         body.append(f"\twire [{ADDR_W - 1}:0] region_base_{L} = weights_base + {ADDR_W}'d{lv.base} + "
                     f"{ADDR_W}'({ADDR_W}'(branch_{L}) * {ADDR_W}'d{lv.stride});")
         lo = ctx["n"]
-        ctx.update(base=f"region_base_{L}", idx_data=f"{IDX_W}'d0", sel=f"branch_{L}")
+        ctx.update(base=f"region_base_{L}", idx_data=f"{IDX_W}'d0", sel=f"branch_{L}", lo=lo,
+                   host=f"w{L}" if host_fetch else None)
         # thresholds: the set is the branch register
         for st in lv.branch + lv.below:
             if "conns" in st.aux:
@@ -610,15 +683,20 @@ def write_tree_top(path: Path, name: str, backbone: list[Stage], root_router: li
                  f"\t\tif (!ap_rst_n) begin busy_{L} <= 0; idxv_{L} <= 0; branch_{L} <= '0; end",
                  "\t\telse begin",
                  f"\t\t\tif (dec{L}_tvalid && dec{L}_tready) begin branch_{L} <= {sw}'({prev}); busy_{L} <= 1; "
-                 f"idxv_{L} <= {int(hi > lo)}; end",
+                 f"idxv_{L} <= {int(hi > lo)}" + (" && !host_fetch" if host_fetch else "") + "; end",
                  f"\t\t\telse if (busy_{L} && {done}) busy_{L} <= 0;",
                  f"\t\t\tif (idxv_{L} && idxr_{L}) idxv_{L} <= 0;",
                  "\t\tend",
                  "\tend"]
         if hi > lo:
             body += _idx_broadcast(lo, hi, f"idxv_{L}", f"idxr_{L}", f"idx{L}")
+            if host_fetch:
+                body += _split_block(L, [st for st in lv.branch + lv.below if st.weights == "fetch"])
         else:
             body.append(f"\tassign idxr_{L} = 1'b1;")
+            if host_fetch:                             # a level without fetchers takes no weight stream
+                body.append(f"\tassign s_axis_w{L}_tready = 1'b0; assign w{L}_fwd_beats = '0; "
+                            f"assign w{L}_drop_beats = '0; assign w{L}_filled = 1'b0; assign w{L}_len_error = 1'b0;")
     n_fetch = ctx["n"]
     body[:0] = _arbiter_block(n_fetch)
     lb = max(1, (levels[-1].n_branches - 1).bit_length())
@@ -628,6 +706,8 @@ def write_tree_top(path: Path, name: str, backbone: list[Stage], root_router: li
              f"\toutput [{levels[-1].below[-1].out_w - 1}:0] out0_V_tdata", "\toutput out0_V_tvalid",
              "\tinput out0_V_tready", f"\tinput [{ADDR_W - 1}:0] weights_base",
              f"\toutput [{lb - 1}:0] leaf", "\toutput leaf_valid"] + AXI_PORTS
+    if host_fetch:
+        ports += HOST_PORTS + [p for L in range(depth) for p in _host_ports(L)]
     text = (f"// generated by hls/stitch.py: {name}, the whole tree\n`timescale 1ns/1ps\nmodule {name} (\n"
             + ",\n".join(ports) + "\n);\n" + "\n".join(body) + "\nendmodule\n")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,10 @@
   ``smartconnect_0`` to the HP0 port) whose custom-instantiation section adds the sources,
   instantiates ``sigmabranch_tree_axi`` as a module-reference cell named ``sigmabranch_ctrl`` (so
   PYNQ's ``.hwh`` names the control block as ``host/backends/base.py`` ``IPS`` expects), two
-  ``axi_dma`` (``idma0`` MM2S -> ``s_axis_in``, ``odma0`` S2MM <- ``m_axis_out``, both register
-  blocks on the interconnect), the weight reader ``m_axi_weights`` and both DMAs' masters on the
-  smartconnect; then copies the bitstream and its ``.hwh`` to ``<build>/sigmabranch.bit/.hwh``;
+  ``axi_dma`` (``idma0`` MM2S -> ``s_axis_in``, ``odma0`` S2MM <- ``m_axis_out``) and one weight
+  DMA per level (``wdma<l>`` MM2S, 256-bit stream -> ``s_axis_w<l>``, for the host-driven fetch),
+  their register blocks on the interconnect, the on-chip weight reader ``m_axi_weights`` and every
+  DMA's master on the smartconnect; then copies the bitstream and its ``.hwh`` to ``<build>/sigmabranch.bit/.hwh``;
 - ``vivado/build_bitstream.sh``: stops with a message naming ``vivado`` when it is not on PATH,
   else runs Vivado in batch mode on the Tcl (``vivado/project/``, log ``vivado/vivado.log``);
 - ``Makefile``: ``make bitstream`` runs that script;
@@ -34,13 +35,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from .axi_top import WEIGHT_STREAM_BITS
 from .boards import get_board
 
 # FINN+'s platform names (finn.util.basic.pynq_part_map keys) for this repository's boards
 PLATFORM = {"pynq-z2": "Pynq-Z2", "zcu104": "ZCU104"}
 ZYNQ_US = {"zcu104"}
 BITFILE, HWHFILE = "sigmabranch.bit", "sigmabranch.hwh"
-NUM_AXILITE, NUM_AXIMM = 3, 3      # idma0, odma0, sigmabranch_ctrl | idma0, odma0, weights
+# AXI-Lite slaves: idma0, odma0, sigmabranch_ctrl + one wdma per level; AXI-MM masters: idma0,
+# odma0, m_axi_weights + one wdma per level
+FIXED_AXILITE = FIXED_AXIMM = 3
 SG_LENGTH_WIDTH = 26               # AXI DMA transfer length register: up to 64 MiB per transfer
 
 
@@ -48,9 +52,9 @@ class VivadoMissing(RuntimeError):
     """``vivado`` is not on PATH: names it and where everything else was written."""
 
 
-def _ips() -> dict[str, Any]:
+def _ips(levels: int) -> dict[str, Any]:
     from host.backends.base import IPS
-    return {"ctrl": IPS["ctrl"], "idma": IPS["idma"], "odma": IPS["odma"], "wdma": []}
+    return {"ctrl": IPS["ctrl"], "idma": IPS["idma"], "odma": IPS["odma"], "wdma": [f"wdma{l}" for l in range(levels)]}
 
 
 def register_map(levels: int) -> list[dict[str, Any]]:
@@ -58,21 +62,26 @@ def register_map(levels: int) -> list[dict[str, Any]]:
     from host.backends.base import REGISTERS as R
     rows = [("CTRL", R["CTRL"], "RW", "W: bit0 start, bit1 soft reset (holds the tree in reset until the next start). "
                                       "R: bit0 running, bit1 in soft reset"),
-            ("STATUS", R["STATUS"], "R", "bit0 done, bit1 idle, bit2 error (bit3|bit4), bit3 host fetch mode "
-                                         "requested, bit4 a fetch read outside every level's regions"),
+            ("STATUS", R["STATUS"], "R", "bit0 done, bit1 idle, bit2 error (bit3|bit4), bit3 host fetch went wrong "
+                                         "(a region of the wrong length, or COMMIT naming another branch than the "
+                                         "decision), bit4 a fetch read outside every level's regions"),
             ("SIGNATURE", R["SIGNATURE"], "R", "layout signature the design was built for"),
             ("LEVELS", R["LEVELS"], "R", "tree depth"),
-            ("FETCH_MODE", R["FETCH_MODE"], "RW", "reads 1 (on-chip fetch); writing 0 sets STATUS bit3"),
+            ("FETCH_MODE", R["FETCH_MODE"], "RW", "1 on-chip fetch (reset value), 0 host-driven (wdma<l>)"),
             ("WEIGHT_BASE_LO", R["WEIGHT_BASE_LO"], "RW", "physical address of weights.bin, bits 31:0"),
             ("WEIGHT_BASE_HI", R["WEIGHT_BASE_HI"], "RW", "bits 63:32"),
             ("DECISION_VALID", R["DECISION_VALID"], "R", "bit l: level l decided in this inference")]
     for l in range(levels):
         rows += [(f"DECISION_{l}", R["DECISION_0"] + 4 * l, "R", f"branch index of level {l}"),
-                 (f"COMMIT_{l}", R["COMMIT_0"] + 4 * l, "RW", "stored, unused (host fetch mode not built)"),
+                 (f"COMMIT_{l}", R["COMMIT_0"] + 4 * l, "RW", "host mode: bit31 + branch once the region went out "
+                                                              "(another branch than DECISION sets STATUS bit3)"),
+                 (f"FETCH_BRANCH_{l}", R["FETCH_BRANCH_0"] + 4 * l, "RW",
+                  f"host mode: branch whose region wdma{l}'s next transfer carries (others are dropped)"),
                  (f"FETCH_ADDR_LO_{l}", R["FETCH_ADDR_LO_0"] + 8 * l, "R",
                   f"lowest address level {l}'s fetchers read in this inference, bits 31:0"),
                  (f"FETCH_ADDR_HI_{l}", R["FETCH_ADDR_HI_0"] + 8 * l, "R", "bits 63:32"),
-                 (f"FETCH_BYTES_{l}", R["FETCH_BYTES_0"] + 4 * l, "R", f"bytes level {l}'s fetchers read in this inference")]
+                 (f"FETCH_BYTES_{l}", R["FETCH_BYTES_0"] + 4 * l, "R", f"bytes level {l}'s fetchers took in this "
+                                                                           "inference (host mode: from wdma)")]
     return [{"name": n, "offset": o, "access": a, "description": d} for n, o, a, d in sorted(rows, key=lambda r: r[1])]
 
 
@@ -91,9 +100,9 @@ def _dma_tcl(name: str, mm2s: bool, stream_bits: int, mm_bits: int, addr_bits: i
 
 def custom_section(desc: dict[str, Any], board: str, vivado_dir: Path) -> str:
     """The custom-instantiation part of FINN's shell (``%s`` in the template)."""
-    ips = _ips()
-    b = get_board(board)
     g = desc["geometry"]
+    ips = _ips(g["levels"])
+    b = get_board(board)
     addr_bits = 64 if board in ZYNQ_US else 32
     in_bits = 8 * g["dma_in_bytes"]
     mm_bits = max(32, b.axi_port_bits, in_bits)
@@ -115,6 +124,9 @@ def custom_section(desc: dict[str, Any], board: str, vivado_dir: Path) -> str:
              'set sb_dma_vlnv [get_property VLNV [get_ipdefs "xilinx.com:ip:axi_dma:*"]]']
     lines += _dma_tcl(idma, True, in_bits, mm_bits, addr_bits)
     lines += _dma_tcl(odma, False, 32, mm_bits, addr_bits)
+    lines.append("# one weight DMA per level: the chosen branch's region, host-driven fetch (s_axis_w<l>)")
+    for w in ips["wdma"]:
+        lines += _dma_tcl(w, True, WEIGHT_STREAM_BITS, max(mm_bits, WEIGHT_STREAM_BITS), addr_bits)
     lines += ["# streams",
               f"connect_bd_intf_net [get_bd_intf_pins {idma}/M_AXIS_MM2S] [get_bd_intf_pins {ctrl}/s_axis_in]",
               f"connect_bd_intf_net [get_bd_intf_pins {ctrl}/m_axis_out] [get_bd_intf_pins {odma}/S_AXIS_S2MM]",
@@ -122,6 +134,10 @@ def custom_section(desc: dict[str, Any], board: str, vivado_dir: Path) -> str:
               f"connect_bd_intf_net [get_bd_intf_pins {idma}/M_AXI_MM2S] [get_bd_intf_pins smartconnect_0/S00_AXI]",
               f"connect_bd_intf_net [get_bd_intf_pins {odma}/M_AXI_S2MM] [get_bd_intf_pins smartconnect_0/S01_AXI]",
               f"connect_bd_intf_net [get_bd_intf_pins {ctrl}/m_axi_weights] [get_bd_intf_pins smartconnect_0/S02_AXI]",
+              *[f"connect_bd_intf_net [get_bd_intf_pins {w}/M_AXI_MM2S] [get_bd_intf_pins smartconnect_0/S{3 + l:02d}_AXI]"
+                for l, w in enumerate(ips["wdma"])],
+              *[f"connect_bd_intf_net [get_bd_intf_pins {w}/M_AXIS_MM2S] [get_bd_intf_pins {ctrl}/s_axis_w{l}]"
+                for l, w in enumerate(ips["wdma"])],
               "# AXI-Lite: the DMAs' registers and the control block on axi_interconnect_0",
               f"connect_bd_intf_net [get_bd_intf_pins {idma}/S_AXI_LITE] -boundary_type upper "
               "[get_bd_intf_pins axi_interconnect_0/M00_AXI]",
@@ -131,6 +147,9 @@ def custom_section(desc: dict[str, Any], board: str, vivado_dir: Path) -> str:
               "[get_bd_intf_pins axi_interconnect_0/M02_AXI]",
               f"assign_axi_addr_proc {idma}/S_AXI_LITE",
               f"assign_axi_addr_proc {odma}/S_AXI_LITE",
+              *[s for l, w in enumerate(ips["wdma"]) for s in (
+                  f"connect_bd_intf_net [get_bd_intf_pins {w}/S_AXI_LITE] -boundary_type upper "
+                  f"[get_bd_intf_pins axi_interconnect_0/M{3 + l:02d}_AXI]", f"assign_axi_addr_proc {w}/S_AXI_LITE")],
               "# a module reference names its address block itself: assign it, else leave it to assign_bd_address",
               f"if {{[catch {{assign_bd_address -range 4K [get_bd_addr_segs -of_objects [get_bd_intf_pins {ctrl}/s_axi_ctrl]]}}]}} {{",
               f'    puts "sigmabranch: {ctrl}/s_axi_ctrl is assigned by assign_bd_address below"',
@@ -138,10 +157,11 @@ def custom_section(desc: dict[str, Any], board: str, vivado_dir: Path) -> str:
               "# one clock and reset domain (the clocking wizard's output, as FINN's own IP)",
               f"connect_bd_net [get_bd_pins {ctrl}/ap_clk] [get_bd_pins smartconnect_0/aclk]",
               f"connect_bd_net [get_bd_pins {ctrl}/ap_rst_n] [get_bd_pins proc_sys_reset_0/peripheral_aresetn]",
-              f"foreach p {{{idma}/s_axi_lite_aclk {idma}/m_axi_mm2s_aclk {odma}/s_axi_lite_aclk {odma}/m_axi_s2mm_aclk}} {{",
+              f"foreach p {{{idma}/s_axi_lite_aclk {idma}/m_axi_mm2s_aclk {odma}/s_axi_lite_aclk {odma}/m_axi_s2mm_aclk"
+              + "".join(f" {w}/s_axi_lite_aclk {w}/m_axi_mm2s_aclk" for w in ips["wdma"]) + "} {",
               "    connect_bd_net [get_bd_pins $p] [get_bd_pins smartconnect_0/aclk]",
               "}",
-              f"foreach p {{{idma}/axi_resetn {odma}/axi_resetn}} {{",
+              f"foreach p {{{idma}/axi_resetn {odma}/axi_resetn" + "".join(f" {w}/axi_resetn" for w in ips["wdma"]) + "} {",
               "    connect_bd_net [get_bd_pins $p] [get_bd_pins proc_sys_reset_0/peripheral_aresetn]",
               "}",
               "# ---------------------------------------------------------------- end sigmabranch"]
@@ -202,7 +222,8 @@ def make_project_tcl(desc: dict[str, Any], board: str, vivado_dir: Path, clk_ns:
     fclk_mhz = int(1 / (period * 0.001))
     enable_debug = enable_gpio_reset = enable_finn_switch = 0
     shell = (templates.custom_zynq_shell_template % (
-        fclk_mhz, NUM_AXILITE, NUM_AXIMM, platform, pynq_part_map[platform],
+        fclk_mhz, FIXED_AXILITE + desc["geometry"]["levels"], FIXED_AXIMM + desc["geometry"]["levels"], platform,
+        pynq_part_map[platform],
         custom_section(desc, board, vivado_dir), enable_debug, enable_gpio_reset, enable_finn_switch))
     shell = (shell.replace("$BOARDFILES$", "$SB_BOARDFILES").replace("$PR_CONFIG$", "")
              .replace("$NUM_JOBS$", "$SB_JOBS"))
@@ -254,13 +275,15 @@ def registers_json(build_dir: str | Path, desc: dict[str, Any]) -> dict[str, Any
     g = desc["geometry"]
     weights_bytes = (build_dir / "weights.bin").stat().st_size
     return {"format": "sigmabranch-registers/1", "top": desc["top"], "signature": g["signature"],
-            "levels": g["levels"], "fetch_modes": ["onchip"], "registers": dict(REGISTERS),
-            "register_map": register_map(g["levels"]), "ips": _ips(),
-            "buffers": {"input": {"bytes": g["input_bytes"], "dma": _ips()["idma"], "stream_bits": 8 * g["dma_in_bytes"],
+            "levels": g["levels"], "fetch_modes": ["onchip", "host"], "registers": dict(REGISTERS),
+            "register_map": register_map(g["levels"]), "ips": _ips(g["levels"]),
+            "buffers": {"input": {"bytes": g["input_bytes"], "dma": _ips(g["levels"])["idma"], "stream_bits": 8 * g["dma_in_bytes"],
                                   "layout": "NHWC INT8", "shape_nhwc": driver["input"]["shape_nhwc"]},
-                        "output": {"bytes": g["out_bytes"], "dma": _ips()["odma"], "stream_bits": 32,
+                        "output": {"bytes": g["out_bytes"], "dma": _ips(g["levels"])["odma"], "stream_bits": 32,
                                    "layout": "INT32 little-endian per class, TLAST on the last word"},
-                        "weights": {"bytes": weights_bytes, "alignment": 4096, "reader": "m_axi_weights (256-bit AXI4 read)",
+                        "weights": {"bytes": weights_bytes, "alignment": 4096,
+                                    "reader": "on chip: m_axi_weights (256-bit AXI4 read); host mode: wdma<l> MM2S "
+                                              f"({WEIGHT_STREAM_BITS}-bit stream, one transfer per region)",
                                     "levels": [{"level": l, "offset": lo, "end": hi}
                                                for l, (lo, hi) in enumerate(zip(g["level_lo"], g["level_hi"]))]}},
             "clock_mhz": int(1 / (float(driver["clk_ns"]) * 0.001)), "board": driver["board"], "part": driver["part"],
@@ -268,9 +291,8 @@ def registers_json(build_dir: str | Path, desc: dict[str, Any]) -> dict[str, Any
 
 
 def driver_overrides(build_dir: str | Path) -> dict[str, Any]:
-    """Keys to merge into ``driver.json``: ``registers`` and ``ips`` (``wdma`` empty: the board
-    backend then offers the on-chip fetch mode only, so no ``fetch_mode`` key is needed, and the
-    ``ref``/``sim`` backends keep their defaults); ``bitstream``/``hwh`` once Vivado wrote them."""
+    """Keys to merge into ``driver.json``: ``registers`` and ``ips`` (with one ``wdma`` per level,
+    so the board backend offers both fetch modes); ``bitstream``/``hwh`` once Vivado wrote them."""
     build_dir = Path(build_dir)
     reg = json.loads((build_dir / "registers.json").read_text())
     out = {"registers": reg["registers"], "ips": reg["ips"]}

@@ -72,12 +72,16 @@ def test_axi_top_driven_like_the_host():
     x = _images_for_leaves(tree, [1, 2])          # both branches of level 0, two level-1 regions
     assert len(x) == 2
     ref = tree.infer(x, quantized=True)
+    paths = [[int(leaf) >> (1 - level) for level in range(2)] for leaf in ref["leaves"]]
+    x = np.concatenate([x, x])                    # each image once per fetch mode: on chip, then host-driven
+    ref = {k: np.concatenate([v, v]) for k, v in ref.items() if k in ("acc", "leaves")}
     r = simulate(desc, x.transpose(0, 2, 3, 1), abort_first=True, p_valid=0.7, p_ready=0.6, p_rvalid=0.7,
-                 p_arready=0.6, seed=5)
+                 p_arready=0.6, seed=5, host_frames=(2, 3), paths=paths + paths)
     info = r["info"]
     assert info["signature"] == layout_signature(driver) and info["levels"] == 2
     assert info["status_after_reset"] == 0b10                 # idle
-    assert info["status_host_mode"] & 0b100 and not info["status_onchip"] & 0b100
+    assert not info["status_host_mode"] & 0b100 and not info["status_onchip"] & 0b100
+    assert info["mode_host"] == 0 and info["mode_onchip"] == 1
     assert info["abort_status"] == 0b10 and info["abort_ctrl"] == 0b10   # idle, held in soft reset
     assert info["abort_drained"] and info["abort_out_beats"] == 0
     base = r["weights_base"]
@@ -89,6 +93,11 @@ def test_axi_top_driven_like_the_host():
         assert fr["decision_valid"] == 0b11 and fr["decision"] == path
         for level, branch in enumerate(path):
             region = weights["levels"][level]["regions"][branch]
-            assert fr["fetch_addr"][level] == base + region["offset"]
-            assert fr["fetch_bytes"][level] == region["bytes"]
-        assert sum(fr["fetch_bytes"]) == fr["ddr_bytes"]
+            assert fr["fetch_bytes"][level] == region["bytes"]    # on chip: read; host mode: streamed in
+            if not fr["host"]:
+                assert fr["fetch_addr"][level] == base + region["offset"]
+        if fr["host"]:                                          # nothing read on chip; the wrong prefetch dropped
+            assert fr["ddr_bytes"] == 0 and fr["fetch_addr"] == [0, 0]
+        else:
+            assert sum(fr["fetch_bytes"]) == fr["ddr_bytes"]
+    assert r["frames"][2]["host"] and r["frames"][2]["wrong_prefetch_beats"][0] > 0

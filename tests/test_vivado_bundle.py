@@ -92,7 +92,7 @@ def test_tcl_is_finn_shell_for_the_board_and_part(bundle):
     tcl = Path(project["tcl"]).read_text()
     assert "set BOARD ZCU104" in tcl and "set FPGA_PART xczu7ev-ffvc1156-2-e" in tcl
     assert "set FREQ_MHZ 200" in tcl                          # 5 ns, as MakeZYNQProject computes it
-    assert "set NUM_AXILITE 3" in tcl and "set NUM_AXIMM 3" in tcl
+    assert "set NUM_AXILITE 5" in tcl and "set NUM_AXIMM 5" in tcl     # + one weight DMA per level (2)
     assert "create_bd_design \"top\"" in tcl and "zynq_ultra_ps_e" in tcl   # FINN+'s shell
     assert "$BOARDFILES$" not in tcl and "$NUM_JOBS$" not in tcl and "$PR_CONFIG$" not in tcl
 
@@ -124,7 +124,7 @@ def test_cells_and_connections_match_the_host_contract(tcl_run, bundle):
     from host.backends.base import IPS
     calls, _, _ = tcl_run
     created = {c.split()[-1] for c in calls if c.startswith("create_bd_cell")}
-    assert {IPS["ctrl"], IPS["idma"], IPS["odma"]} <= created
+    assert {IPS["ctrl"], IPS["idma"], IPS["odma"], "wdma0", "wdma1"} <= created
     assert f"create_bd_cell -type module -reference sigmabranch_tree_axi {IPS['ctrl']}" in calls
     top_text = Path(bundle[1]["hdl"]["top_file"]).read_text()
     tcl = Path(bundle[1]["tcl"]).read_text()
@@ -136,8 +136,9 @@ def test_cells_and_connections_match_the_host_contract(tcl_run, bundle):
             assert cell in created, f"{' '.join(c)}: no cell {cell}"
             if cell == IPS["ctrl"]:
                 ours.add(port)
-    assert ours == {"s_axis_in", "m_axis_out", "m_axi_weights", "s_axi_ctrl", "ap_clk", "ap_rst_n"}
-    for bus in ("s_axis_in", "m_axis_out", "m_axi_weights", "s_axi_ctrl"):   # interfaces the top declares
+    assert ours == {"s_axis_in", "m_axis_out", "m_axi_weights", "s_axi_ctrl", "ap_clk", "ap_rst_n", "s_axis_w0",
+                    "s_axis_w1"}
+    for bus in ("s_axis_in", "m_axis_out", "m_axi_weights", "s_axi_ctrl", "s_axis_w0", "s_axis_w1"):
         assert re.search(rf'X_INTERFACE_INFO = "xilinx.com:interface:\S+ {bus} ', top_text), bus
     assert 'X_INTERFACE_INFO = "xilinx.com:signal:clock:1.0 ap_clk CLK"' in top_text
     # stream widths: idma0's MM2S carries the top's input word, odma0's S2MM 32-bit words
@@ -148,6 +149,11 @@ def test_cells_and_connections_match_the_host_contract(tcl_run, bundle):
     assert any(f"{IPS['ctrl']}/s_axi_ctrl" in c and "axi_interconnect_0/M02_AXI" in c for c in pairs)
     assert any(f"{IPS['idma']}/M_AXIS_MM2S" in c and f"{IPS['ctrl']}/s_axis_in" in c for c in pairs)
     assert any(f"{IPS['ctrl']}/m_axis_out" in c and f"{IPS['odma']}/S_AXIS_S2MM" in c for c in pairs)
+    for l in range(2):   # host-driven fetch: wdma<l> MM2S (256-bit) -> s_axis_w<l>, its master and registers wired
+        assert any(f"wdma{l}/M_AXIS_MM2S" in c and f"{IPS['ctrl']}/s_axis_w{l}" in c for c in pairs)
+        assert any(f"wdma{l}/M_AXI_MM2S" in c and f"smartconnect_0/S0{3 + l}_AXI" in c for c in pairs)
+        assert any(f"wdma{l}/S_AXI_LITE" in c and f"axi_interconnect_0/M0{3 + l}_AXI" in c for c in pairs)
+    assert "c_m_axis_mm2s_tdata_width {256}" in tcl
 
 
 def test_pynq_z2_shell(bundle):
@@ -181,7 +187,7 @@ def test_registers_json_is_the_host_contract(bundle):
     reg = json.loads((build_dir / "registers.json").read_text())
     driver = json.loads((build_dir / "driver.json").read_text())
     assert reg["registers"] == REGISTERS
-    assert reg["ips"] == {**IPS, "wdma": []} and reg["fetch_modes"] == ["onchip"]
+    assert reg["ips"] == {**IPS, "wdma": ["wdma0", "wdma1"]} and reg["fetch_modes"] == ["onchip", "host"]
     assert reg["signature"] == layout_signature(driver) and reg["levels"] == len(driver["levels"])
     assert reg["buffers"]["input"]["bytes"] == driver["input"]["bytes"]
     assert reg["buffers"]["output"]["bytes"] == driver["output"]["bytes"]
@@ -190,8 +196,8 @@ def test_registers_json_is_the_host_contract(bundle):
     assert offsets["FETCH_BYTES_1"] == REGISTERS["FETCH_BYTES_0"] + 4
     assert offsets["FETCH_ADDR_HI_1"] == REGISTERS["FETCH_ADDR_HI_0"] + 8
     over = driver_overrides(build_dir)
-    assert over["registers"] == REGISTERS and over["ips"]["ctrl"] == IPS["ctrl"] and over["ips"]["wdma"] == []
-    assert "fetch_mode" not in over                             # the board backend offers onchip alone
+    assert over["registers"] == REGISTERS and over["ips"]["ctrl"] == IPS["ctrl"]
+    assert over["ips"]["wdma"] == ["wdma0", "wdma1"]             # the board backend offers both fetch modes
     assert "bitstream" not in over                              # Vivado has not run
 
 
@@ -204,5 +210,5 @@ def test_vivado_step_merges_the_driver_keys_then_stops_without_vivado(bundle):
     with pytest.raises(VivadoMissing, match="`vivado` is not on PATH"):
         vivado_step(build_dir)
     driver = json.loads((build_dir / "driver.json").read_text())
-    assert driver["registers"] == REGISTERS and driver["ips"]["wdma"] == []
+    assert driver["registers"] == REGISTERS and driver["ips"]["wdma"] == ["wdma0", "wdma1"]
     assert driver["bitstream"] is None and (build_dir / "vivado" / "make_project.tcl").is_file()

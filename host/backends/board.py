@@ -56,6 +56,7 @@ class BoardHardware(Hardware):
         # cocotbpynq's Overlay takes the file name only; pynq's downloads by default.
         self.overlay = self.pynq.Overlay(str(bitfile)) if self._download else self.pynq.Overlay(str(bitfile), download=False)
         self.regs = {**REGISTERS, **d.get("registers", {})}
+        self._levels = d["levels"]
         ips = {**IPS, **d.get("ips", {})}
         self.ctrl = self._ip(ips["ctrl"])
         self.idma, self.odma = self._ip(ips["idma"]), self._ip(ips["odma"])
@@ -139,6 +140,13 @@ class BoardHardware(Hardware):
         self._fetching[level] = channel
         if self._wbuf is None or not self._wbuf.contains(address, nbytes):
             raise MemoryError(f"board: weight DMA of {nbytes} bytes at {address:#x} is outside the weight buffer")
+        # The design forwards a region only if FETCH_BRANCH names its decision (a wrong prefetch is dropped
+        # on chip), so tag the transfer with the branch whose region it is, before it starts.
+        lv = self._levels[level]
+        branch, rest = divmod(address - self._wbuf.physical_address - int(lv["base"]), int(lv["region_stride"]))
+        if rest or not 0 <= branch < 2 ** (level + 1):
+            raise MemoryError(f"board: weight DMA of level {level} at {address:#x} is not the start of one of its regions")
+        self._write("FETCH_BRANCH_0", branch, level)
         channel.transfer(self._wbuf.array, start=address - self._wbuf.physical_address, nbytes=nbytes)
         self._log.append((level, address, nbytes))  # a cancelled transfer counts whole (an upper bound)
 
