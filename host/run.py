@@ -6,6 +6,10 @@
 ``samples.npz`` holds ``x`` (float ``(N, C, H, W)`` as the model takes it, quantised here; or
 integers already quantised) and optionally ``y`` (labels). numpy (and ``pynq`` on a board) only:
 copy ``build/<board>/`` and ``host/`` to the board and run this there (docs/host.md).
+
+``--backend sim`` runs the same driver in simulation: on the whole design behind AXI (the
+Verilator model of ``<bundle>/vivado/``, ``sim/pynq_sim.py`` standing in for ``pynq``) where the
+build has ``vivado/hdl.json``, else part by part (``host/backends/sim.py``).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ if __package__ in (None, ""):  # `python host/run.py`: make `host` importable fr
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from host.backends.base import BackendUnavailable  # noqa: E402
-from host.driver import STRATEGIES, DriverError, SigmaBranchOverlay  # noqa: E402
+from host.driver import STRATEGIES, Bundle, DriverError, SigmaBranchOverlay  # noqa: E402
 from host.int_reference import ManifestError  # noqa: E402
 
 
@@ -68,17 +72,21 @@ class _Progress:
             print(file=sys.stderr)
 
 
-def summarize(out: dict[str, Any], y: np.ndarray | None, overlay: SigmaBranchOverlay, backend: str,
-              strategy: str, seconds: float) -> dict[str, Any]:
-    n, depth = len(out["classes"]), overlay.depth
+def summarize(out: dict[str, Any], y: np.ndarray | None, overlay: SigmaBranchOverlay | Bundle, backend: str,
+              strategy: str, seconds: float, fetch_mode: str | None = None) -> dict[str, Any]:
+    """The report of one run. ``overlay``: the overlay that ran (or, for a run that happened
+    elsewhere, e.g. in a simulator process, the bundle and ``fetch_mode``)."""
+    bundle = overlay if isinstance(overlay, Bundle) else overlay.bundle
+    fetch_mode = fetch_mode or overlay.fetch_mode
+    n, depth = len(out["classes"]), bundle.depth
     by = out["bytes"]
     unit = out["latency_unit"]
-    clk_ns = float(overlay.bundle.driver["clk_ns"])
+    clk_ns = float(bundle.driver["clk_ns"])
     lat = out["latency"]
     lat_us = lat * clk_ns / 1e3 if unit == "cycles" else lat * 1e6
     report = {
-        "bundle": str(overlay.bundle.root), "board": overlay.bundle.driver.get("board"), "backend": backend,
-        "strategy": strategy, "fetch_mode": overlay.fetch_mode, "inputs": n,
+        "bundle": str(bundle.root), "board": bundle.driver.get("board"), "backend": backend,
+        "strategy": strategy, "fetch_mode": fetch_mode, "inputs": n,
         "accuracy": None if y is None else float(np.mean(out["classes"] == np.asarray(y))),
         "leaf_counts": np.bincount(out["leaves"], minlength=2 ** depth).tolist(),
         "path_counts": {f"level {l}": np.bincount(out["paths"][:, l], minlength=2 ** (l + 1)).tolist()
@@ -89,7 +97,7 @@ def summarize(out: dict[str, Any], y: np.ndarray | None, overlay: SigmaBranchOve
             "wasted_prefetch": float(by["wasted"].mean()) if n else 0.0,
             "input": float(by["input"].mean()) if n else 0.0,
             "output": float(by["output"].mean()) if n else 0.0,
-            "path_weights": overlay.path_bytes(),
+            "path_weights": sum(int(bundle.region(level, 0)["bytes"]) for level in range(depth)),
         },
         "latency": {"unit": unit, "mean": float(lat.mean()) if n else 0.0,
                     "p50": float(np.median(lat)) if n else 0.0, "max": float(lat.max()) if n else 0.0,
@@ -117,6 +125,30 @@ def print_report(r: dict[str, Any]) -> None:
           f"p50 {lat['p50']:.0f}, max {lat['max']:.0f}")
 
 
+def _whole_design(bundle: Path) -> bool:
+    return (Path(bundle) / "vivado" / "hdl.json").is_file()
+
+
+def _run_whole_design_sim(args: argparse.Namespace, x: np.ndarray, y: np.ndarray | None,
+                          timeout: float) -> dict[str, Any]:
+    """``--backend sim`` on a build with ``vivado/hdl.json``: the driver runs inside the cocotb
+    test against the Verilator model of the whole design (``host.backends.sim.run_sim``)."""
+    from host.backends.sim import run_sim
+    if not args.no_progress:
+        print(f"sim: {len(x)} inputs through the driver on the Verilator model of {args.bundle / 'vivado'} "
+              "(builds it first unless cached) ...", file=sys.stderr, flush=True)
+    bundle = Bundle.load(args.bundle)                 # a bundle error before any build
+    t0 = time.perf_counter()
+    out = run_sim(args.bundle, x, strategy=args.strategy, fetch_mode=args.fetch_mode, timeout_s=timeout)
+    report = summarize(out, y, bundle, "sim", args.strategy, time.perf_counter() - t0,
+                       fetch_mode=out["sim"]["open"]["fetch_mode"])
+    report["simulation"] = {"design": "whole design behind AXI (vivado/hdl.json)",
+                            "ddr_read_bytes": [p["ddr_read_bytes"] for p in out["sim"]["per_inference"]],
+                            "cycles": out["sim"]["counters"]["cycles"], "build_seconds": out["sim"]["build_seconds"],
+                            "sim_seconds": out["sim"]["sim_seconds"]}
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="host/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", required=True, type=Path, help="build/<board> folder written by `sigmabranch build`")
@@ -124,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="board", choices=["board", "sim", "ref"])
     p.add_argument("--strategy", default="serial", choices=STRATEGIES)
     p.add_argument("--fetch-mode", choices=["host", "onchip"],
-                   help="default: driver.json's, else the design's first (ref/board: host; sim: onchip)")
+                   help="default: driver.json's, else the design's first (host where the design has weight "
+                        "DMAs, else onchip; sim part by part: onchip)")
     p.add_argument("--bitfile", help="board: the bitstream (default: driver.json's)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds any one DMA or router wait may take")
     p.add_argument("--limit", type=int, help="first N inputs only")
@@ -135,16 +168,19 @@ def main(argv: list[str] | None = None) -> int:
         x, y = load_samples(args.inputs, args.limit)
         extra = {"bitfile": args.bitfile} if args.backend == "board" and args.bitfile else {}
         timeout = args.timeout if args.backend != "sim" else max(args.timeout, 60.0)  # a simulator's seconds
-        overlay = SigmaBranchOverlay(args.bundle, args.backend, strategy=args.strategy, fetch_mode=args.fetch_mode,
-                                     timeout_s=timeout, **extra)
-        bar = _Progress(len(x), f"{args.backend}/{args.strategy}", enabled=not args.no_progress)
-        t0 = time.perf_counter()
-        try:
-            out = overlay.execute(x, progress=bar)
-        finally:
-            bar.close()
-        report = summarize(out, y, overlay, args.backend, args.strategy, time.perf_counter() - t0)
-        overlay.close()
+        if args.backend == "sim" and _whole_design(args.bundle):
+            report = _run_whole_design_sim(args, x, y, timeout)
+        else:
+            overlay = SigmaBranchOverlay(args.bundle, args.backend, strategy=args.strategy, fetch_mode=args.fetch_mode,
+                                         timeout_s=timeout, **extra)
+            bar = _Progress(len(x), f"{args.backend}/{args.strategy}", enabled=not args.no_progress)
+            t0 = time.perf_counter()
+            try:
+                out = overlay.execute(x, progress=bar)
+            finally:
+                bar.close()
+            report = summarize(out, y, overlay, args.backend, args.strategy, time.perf_counter() - t0)
+            overlay.close()
     except (BackendUnavailable, DriverError, ManifestError, ValueError, KeyError, FileNotFoundError) as err:
         print(f"host/run.py: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

