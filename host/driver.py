@@ -182,8 +182,8 @@ def get_backend(name: str, **kwargs) -> Hardware:
     if name == "board":
         from .backends.board import BoardHardware
         return BoardHardware(**kwargs)
-    if name == "sim":  # part by part now; via="cocotbpynq" once the stitched top has its control block
-        if kwargs.pop("via", "parts") == "cocotbpynq":
+    if name == "sim":  # inside a cocotb test (host.backends.sim.run_sim): the whole design; else part by part
+        if kwargs.pop("via", "parts") == "whole":
             from .backends.sim import SimHardware
             return SimHardware(**kwargs)
         from .backends.sim import SimPartsHardware

@@ -105,6 +105,8 @@ def summarize(out: dict[str, Any], y: np.ndarray | None, overlay: SigmaBranchOve
                     "modelled": backend == "ref", "simulated": backend == "sim"},
         "wall_seconds": seconds,
         "predictions": out["classes"].tolist(), "leaves": out["leaves"].tolist(),
+        "paths": out["paths"].tolist(),
+        "accumulators": out["acc"].tolist(),  # the head's INT32 outputs: backends compare bit for bit
     }
     d = report["ddr_bytes_per_inference"]
     d["total"] = d["weights"] + d["input"] + d["output"]

@@ -2,7 +2,7 @@
 
 numpy only. The driver (``host/driver.py``) is written against :class:`Hardware` alone, so the
 same driver code runs on a PYNQ board (``board``: real ``pynq``), against the Verilator model
-of the stitched design (``sim``: ``cocotbpynq`` standing in for ``pynq``) and on the integer
+of the stitched design (``sim``: ``sim/pynq_sim.py`` standing in for ``pynq``) and on the integer
 reference (``ref``: no hardware, a transaction-level timing model).
 
 The hardware-facing object offers, and nothing else is used:
@@ -73,7 +73,7 @@ IPS: dict[str, Any] = {"ctrl": "sigmabranch_ctrl", "idma": "idma0", "odma": "odm
 
 
 class BackendUnavailable(RuntimeError):
-    """The backend cannot run here (no ``pynq``, no ``cocotbpynq``, no stitched design): says what is missing."""
+    """The backend cannot run here (no ``pynq``, no Verilator or cocotb, no stitched design): says what is missing."""
 
 
 def layout_signature(driver: dict[str, Any]) -> int:

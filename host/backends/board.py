@@ -12,7 +12,7 @@ soft-resets the accelerator first (so its streams drain), then stops and restart
 channels (the overlay stays loaded). ``pynq``'s ``stop()`` itself waits for the channel to halt;
 an AXI DMA halts once its outstanding beats are accepted, which the accelerator's reset ensures.
 
-The same class runs in simulation with ``cocotbpynq`` passed as ``pynq_module`` (``sim``
+The same class runs in simulation with ``sim/pynq_sim.py`` passed as ``pynq_module`` (``sim``
 backend): only ``Overlay``, ``allocate``, the DMA channels and ``read``/``write`` of an IP are used.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ class BoardHardware(Hardware):
             raise BackendUnavailable(f"{bundle.root / 'driver.json'} names no bitstream (Vivado did not run for "
                                      "this build); pass bitfile=")
         bitfile = Path(bitfile) if Path(bitfile).is_absolute() else bundle.root / bitfile
-        # cocotbpynq's Overlay takes the file name only; pynq's downloads by default.
+        # pynq downloads by default; the simulation's stand-in takes the name only.
         self.overlay = self.pynq.Overlay(str(bitfile)) if self._download else self.pynq.Overlay(str(bitfile), download=False)
         self.regs = {**REGISTERS, **d.get("registers", {})}
         self._levels = d["levels"]
@@ -195,9 +195,23 @@ class BoardHardware(Hardware):
         for dma in [self.idma, self.odma, *self.wdma]:
             for channel in (getattr(dma, "sendchannel", None), getattr(dma, "recvchannel", None)):
                 if channel is not None:
-                    channel.stop()
-                    channel.start()
+                    self._restart(channel)
         self._fetching.clear()
+
+    @staticmethod
+    def _restart(channel) -> None:
+        """Stop and start a DMA channel. An AXI DMA error halts the channel and only a DMA reset
+        clears it (PG021: DMACR bit 2); pynq's ``start()`` would spin on a halted channel, so a
+        channel with its error bit set is reset first (through pynq's register window)."""
+        mmio, offset = getattr(channel, "_mmio", None), getattr(channel, "_offset", None)
+        if getattr(channel, "error", False) and mmio is not None and offset is not None:
+            mmio.write(offset, 0x4)
+            deadline = time.monotonic() + 1.0
+            while mmio.read(offset) & 0x4:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("board: an AXI DMA reset did not complete within 1 s")
+        channel.stop()
+        channel.start()
 
     def idle(self) -> None:
         time.sleep(0)
