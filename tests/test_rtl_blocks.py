@@ -82,6 +82,30 @@ def test_stream_maxpool(p):
                parameters=p, config={**p, "frames": 3})
 
 
+def _beat_ranges(ranges):
+    """BEAT_LO / BEAT_HI of weight_stream_split: fetcher k's 32-bit field at [32*k +: 32], sized literals."""
+    def pack(vals):
+        return f"{32 * len(vals)}'h" + "".join(f"{v:08x}" for v in reversed(vals))
+    return pack([lo for lo, _ in ranges]), pack([hi for _, hi in ranges])
+
+
+WSPLIT = [  # (DATA_W, REGION_BEATS, fetcher ranges): padding before, between and after the ranges
+    (32, 6, [(1, 5)]),
+    (256, 12, [(0, 3), (4, 7), (9, 11)]),
+]
+
+
+@pytest.mark.parametrize("data_w,beats,ranges", WSPLIT, ids=lambda v: str(v) if not isinstance(v, list) else f"N{len(v)}")
+def test_weight_stream_split(data_w, beats, ranges):
+    lo, hi = _beat_ranges(ranges)
+    res = run_cocotb(rtl("weight_stream_split.sv"), "weight_stream_split", "sim.tb.test_weight_stream_split",
+                     parameters=dict(N=len(ranges), DATA_W=data_w, REGION_BEATS=beats, BEAT_LO=lo, BEAT_HI=hi),
+                     build_args=["-Wall"],
+                     config=dict(lo=[a for a, _ in ranges], hi=[b for _, b in ranges], region_beats=beats,
+                                 seed=data_w, n_random=20))
+    assert res.n_tests == 2
+
+
 # ---------------------------------------------------------------- router decision
 
 def _router_case(name: str):

@@ -1,0 +1,122 @@
+// weight_stream_split: one host DMA stream of a branch's weight region -> the level's N fetchers.
+//
+// Host-driven weight mode: the PS reads the router's decision and starts ONE AXI-DMA MM2S transfer
+// of the chosen branch's whole contiguous region (DATA_W-bit beats, TLAST on the last). This block
+// hands beat i of the region to fetcher k where BEAT_LO[k] <= i < BEAT_HI[k] (each external_mem
+// MVAU's fetch_weights buffer); beats in no range are padding (alignment gaps): consumed, dropped.
+//
+// `tag` names the branch whose region the DMA carries. The host may write it and start the DMA
+// before the router has decided (speculative prefetch), so the stream is held until
+// decision_valid; then a transfer whose tag is the decision is forwarded, any other is drained
+// (dropped) so the DMA completes and the host can send the right one. A host that aborts a wrong
+// DMA mid-way (no TLAST) re-tags for the decision: the next beat then starts a forwarded region.
+// After one region is delivered (`filled`) the stream is held again until `clear`, so the next
+// inference's prefetch cannot overwrite buffers still in use.
+//
+// Parameters
+//   N                 fetchers of the level
+//   DATA_W            beat width (fetch_weights' 256-bit words)
+//   BRANCH_W          width of tag / decision
+//   REGION_BEATS      beats of one region; a matching transfer of another length sets len_error
+//   BEAT_LO, BEAT_HI  fetcher k's beats [BEAT_LO[32*k +: 32], BEAT_HI[32*k +: 32]), sorted,
+//                     non-overlapping, within the region
+// Protocol
+//   A demultiplexer: m_tdata = s_axis_tdata, m_tvalid[k] = s_axis_tvalid for the beat's fetcher
+//   only, s_axis_tready = that fetcher's m_tready (1 for padding and dropped beats, 0 while held).
+//   No register on the path (0 cycles latency, 1 beat/cycle); m_tready never feeds m_tvalid.
+module weight_stream_split #(
+  int unsigned N = 2,
+  int unsigned DATA_W = 256,
+  int unsigned BRANCH_W = 8,
+  int unsigned REGION_BEATS = 4,
+  logic [32*N-1:0] BEAT_LO = '0,
+  logic [32*N-1:0] BEAT_HI = '0
+)(
+  input  logic                ap_clk,
+  input  logic                ap_rst_n,
+  input  logic                clear,
+  input  logic [DATA_W-1:0]   s_axis_tdata,
+  input  logic                s_axis_tvalid,
+  output logic                s_axis_tready,
+  input  logic                s_axis_tlast,
+  input  logic [BRANCH_W-1:0] tag,
+  input  logic                decision_valid,
+  input  logic [BRANCH_W-1:0] decision,
+  output logic [DATA_W-1:0]   m_tdata,
+  output logic [N-1:0]        m_tvalid,
+  input  logic [N-1:0]        m_tready,
+  output logic [31:0]         fwd_beats,
+  output logic [31:0]         drop_beats,
+  output logic                filled,
+  output logic                len_error
+);
+  // Bad ranges would give a fetcher the wrong words silently: refuse them at elaboration.
+  if (REGION_BEATS == 0) begin : g_bad_region
+    $fatal(1, "weight_stream_split: REGION_BEATS must be >= 1");
+  end
+  for (genvar k = 0; k < N; k++) begin : g_check
+    if (BEAT_LO[32*k +: 32] > BEAT_HI[32*k +: 32] || BEAT_HI[32*k +: 32] > REGION_BEATS) begin : g_bad
+      $fatal(1, "weight_stream_split: fetcher %0d range [%0d, %0d) not within [0, %0d)", k,
+             BEAT_LO[32*k +: 32], BEAT_HI[32*k +: 32], REGION_BEATS);
+    end
+    if (k > 0) begin : g_order
+      if (BEAT_HI[32*(k-1) +: 32] > BEAT_LO[32*k +: 32]) begin : g_bad
+        $fatal(1, "weight_stream_split: fetcher %0d range overlaps or precedes fetcher %0d's", k, k - 1);
+      end
+    end
+  end
+
+  // IDLE: the next beat is a transfer's first; FWD: inside a forwarded region; DROP: draining.
+  typedef enum logic [1:0] {IDLE, FWD, DROP} mode_t;
+  mode_t       mode;
+  logic [31:0] idx;            // region beat index of the next beat (valid in FWD)
+
+  // Held while undecided, after a delivered region, and in the clear cycle (no beat is lost to it).
+  wire active = decision_valid && !filled && !clear;
+  wire match  = tag == decision;
+  // In IDLE or DROP the beat opens a transfer, forwarded if the tag is the decision (in DROP:
+  // the host re-tagged after aborting the wrong DMA). Inside a region the tag no longer matters.
+  wire fwd  = active && (mode == FWD || match);
+  wire drop = active && mode != FWD && !match;
+  wire [31:0] i = (mode == FWD) ? idx : 32'd0;
+
+  logic [N-1:0] sel;           // the fetcher(s) of beat i: one-hot, or none for padding
+  // (a range starting at beat 0, or an empty one, makes a compare constant: that is intended)
+  /* verilator lint_off UNSIGNED */
+  for (genvar k = 0; k < N; k++) begin : g_sel
+    assign sel[k] = i >= BEAT_LO[32*k +: 32] && i < BEAT_HI[32*k +: 32];
+  end
+  /* verilator lint_on UNSIGNED */
+
+  assign m_tdata       = s_axis_tdata;
+  assign m_tvalid      = (fwd && s_axis_tvalid) ? sel : '0;
+  assign s_axis_tready = drop || (fwd && (sel == '0 || (sel & m_tready) != '0));
+  wire take     = s_axis_tvalid && s_axis_tready;
+  wire end_beat = i == REGION_BEATS - 1;    // the region's last beat, TLAST or not
+
+  always_ff @(posedge ap_clk) begin
+    if (!ap_rst_n || clear) begin
+      mode       <= IDLE;
+      idx        <= '0;
+      filled     <= 1'b0;
+      len_error  <= 1'b0;
+      fwd_beats  <= '0;
+      drop_beats <= '0;
+    end else if (take && fwd) begin
+      fwd_beats <= fwd_beats + 32'd1;
+      if (s_axis_tlast || end_beat) begin
+        // A short transfer or a missing TLAST both end the region here; the fetchers' buffers
+        // are then incomplete or the DMA's length is wrong: the host must see it.
+        filled <= 1'b1;
+        mode   <= IDLE;
+        if (s_axis_tlast != end_beat) len_error <= 1'b1;
+      end else begin
+        mode <= FWD;
+        idx  <= i + 32'd1;
+      end
+    end else if (take) begin
+      drop_beats <= drop_beats + 32'd1;
+      mode       <= s_axis_tlast ? IDLE : DROP;
+    end
+  end
+endmodule
