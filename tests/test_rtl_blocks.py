@@ -89,21 +89,24 @@ def _beat_ranges(ranges):
     return pack([lo for lo, _ in ranges]), pack([hi for _, hi in ranges])
 
 
-WSPLIT = [  # (DATA_W, REGION_BEATS, fetcher ranges): padding before, between and after the ranges
-    (32, 6, [(1, 5)]),
-    (256, 12, [(0, 3), (4, 7), (9, 11)]),
+WSPLIT = [  # (DATA_W, REGION_BEATS, fetcher ranges, FLUSH_CYCLES or None for the default 4): padding
+    (32, 6, [(1, 5)], 1),                               # before, between and after the ranges
+    (256, 12, [(0, 3), (4, 7), (9, 11)], None),
 ]
 
 
-@pytest.mark.parametrize("data_w,beats,ranges", WSPLIT, ids=lambda v: str(v) if not isinstance(v, list) else f"N{len(v)}")
-def test_weight_stream_split(data_w, beats, ranges):
+@pytest.mark.parametrize("data_w,beats,ranges,flush", WSPLIT,
+                         ids=lambda v: f"N{len(v)}" if isinstance(v, list) else f"F{v}" if v is None else str(v))
+def test_weight_stream_split(data_w, beats, ranges, flush):
     lo, hi = _beat_ranges(ranges)
+    params = dict(N=len(ranges), DATA_W=data_w, REGION_BEATS=beats, BEAT_LO=lo, BEAT_HI=hi)
+    if flush is not None:
+        params["FLUSH_CYCLES"] = flush
     res = run_cocotb(rtl("weight_stream_split.sv"), "weight_stream_split", "sim.tb.test_weight_stream_split",
-                     parameters=dict(N=len(ranges), DATA_W=data_w, REGION_BEATS=beats, BEAT_LO=lo, BEAT_HI=hi),
-                     build_args=["-Wall"],
+                     parameters=params, build_args=["-Wall"],
                      config=dict(lo=[a for a, _ in ranges], hi=[b for _, b in ranges], region_beats=beats,
-                                 seed=data_w, n_random=20))
-    assert res.n_tests == 2
+                                 flush_cycles=4 if flush is None else flush, seed=data_w, n_random=30))
+    assert res.n_tests == 3     # scenarios (speculate = 0), speculation, random_inferences
 
 
 # ---------------------------------------------------------------- router decision
