@@ -377,6 +377,13 @@ def _stage_instance(st: Stage, k: int, src: str, dst: str, lines: list[str], fet
                       "base_address": fetch_ctx.get("base", "region_base"), "in_idx0_V_tvalid": f"fidx_tvalid[{f}]",
                       "in_idx0_V_tready": f"fidx_tready[{f}]", "in_idx0_V_tdata": fetch_ctx.get("idx_data", "in_idx0_V_tdata"),
                       "out0_V_tdata": f"{ww}_tdata", "out0_V_tvalid": f"{ww}_tvalid", "out0_V_tready": f"{ww}_tready"}
+            gate = fetch_ctx.get("gate")
+            if gate:   # the weights wait at the fetcher until the level's decision (see write_tree_top)
+                wconns.update(out0_V_tdata=f"{ww}_f_tdata", out0_V_tvalid=f"{ww}_f_tvalid", out0_V_tready=f"{ww}_f_tready")
+                w = st.aux.get("w_width", 1)
+                lines.append(f"\twire [{w - 1}:0] {ww}_f_tdata; wire {ww}_f_tvalid, {ww}_f_tready;\n"
+                             f"\tassign {ww}_tdata = {ww}_f_tdata; assign {ww}_tvalid = {ww}_f_tvalid && {gate}; "
+                             f"assign {ww}_f_tready = {ww}_tready && {gate};")
             for sig, w in (("araddr", ADDR_W), ("arlen", 8), ("arsize", 3), ("arburst", 2), ("arid", 2)):
                 wconns[f"axi_mm_{sig}"] = f"ar_{sig}[{f * w} +: {w}]"
             wconns["axi_mm_arvalid"], wconns["axi_mm_arready"] = f"ar_arvalid[{f}]", f"ar_arready[{f}]"
@@ -387,7 +394,7 @@ def _stage_instance(st: Stage, k: int, src: str, dst: str, lines: list[str], fet
             if fetch_ctx.get("host"):   # the level's weight_stream_split output k (host-driven fetch)
                 hp, k = fetch_ctx["host"], f - fetch_ctx["lo"]
                 wconns.update(host_feed="host_fetch", s_host_tdata=f"{hp}_md", s_host_tvalid=f"{hp}_mv[{k}]",
-                              s_host_tready=f"{hp}_mr[{k}]")
+                              s_host_tready=f"{hp}_mr[{k}]", ap_rst_n=f"ap_rst_n && !{hp}_flush")   # a wrong prefetch flushed
             body = [f"\t\t.{p}({s})" for p, s in wconns.items()] + _tieoffs(st.aux["header"], set(wconns))
             offs = int(st.aux["offset"])
             lines.append(f"\t{st.aux['wrapper']} #(.ADDRESS_OFFSET(64'd{offs})) {st.name}_fetch (\n"
@@ -588,16 +595,16 @@ def _split_block(L: int, fetchers: list[Stage]) -> list[str]:
 
     def packed(vals):
         return f"{32 * n}'h" + "".join(f"{v:08x}" for v in reversed(vals))
-    return [f"\twire [{DATA_W - 1}:0] w{L}_md; wire [{n - 1}:0] w{L}_mv, w{L}_mr;",
-            f"\tweight_stream_split #(.N({n}), .DATA_W({DATA_W}), .BRANCH_W(8), .REGION_BEATS({max(hi)}), "
+    return [f"\tweight_stream_split #(.N({n}), .DATA_W({DATA_W}), .BRANCH_W(8), .REGION_BEATS({max(hi)}), "
             f".BEAT_LO({packed(lo)}), .BEAT_HI({packed(hi)})) wsplit{L} (",
             "\t\t.ap_clk(ap_clk), .ap_rst_n(ap_rst_n), .clear(fetch_clear),",
             f"\t\t.s_axis_tdata(s_axis_w{L}_tdata), .s_axis_tvalid(s_axis_w{L}_tvalid), "
             f".s_axis_tready(s_axis_w{L}_tready), .s_axis_tlast(s_axis_w{L}_tlast),",
             f"\t\t.tag(w{L}_tag), .decision_valid(busy_{L} && host_fetch), .decision(8'(branch_{L})),",
+            "\t\t.speculate(host_fetch),",
             f"\t\t.m_tdata(w{L}_md), .m_tvalid(w{L}_mv), .m_tready(w{L}_mr),",
             f"\t\t.fwd_beats(w{L}_fwd_beats), .drop_beats(w{L}_drop_beats), .filled(w{L}_filled), "
-            f".len_error(w{L}_len_error)",
+            f".len_error(w{L}_len_error), .flush(w{L}_flush)",
             "\t);"]
 
 
@@ -655,6 +662,22 @@ def write_tree_top(path: Path, name: str, backbone: list[Stage], root_router: li
             if "conns" in st.aux:
                 st.aux["conns"] = {k: re.sub(r"8'\(\w+\)", f"8'(branch_{L})", v) for k, v in st.aux["conns"].items()}
         last = L == depth - 1
+        if host_fetch:
+            # The split's outputs, declared before the fetchers use them. The fetchers' weight
+            # streams wait for the level's decision (ctx "gate", wgate_L): weights a speculative prefetch put
+            # into their buffers are not taken by an MVAU before the decision says whether they are
+            # the right ones (gating the feature map would not do: FMPadding emits border pixels
+            # without input, and an MVAU takes weights with them).
+            n_level_fetch = sum(1 for st in lv.branch + lv.below if st.weights == "fetch")
+            # The gate opens two cycles after the decision and stays shut while the split flushes a
+            # wrong guess (its flush rises the cycle after the decision), so not one word of a wrong
+            # region reaches an MVAU.
+            body += [f"\twire [{DATA_W - 1}:0] w{L}_md; wire [{max(n_level_fetch, 1) - 1}:0] w{L}_mv, w{L}_mr; "
+                     f"wire w{L}_flush;",
+                     f"\tlogic [1:0] busy_d_{L};",
+                     f"\talways_ff @(posedge ap_clk) busy_d_{L} <= ap_rst_n ? {{busy_d_{L}[0], busy_{L}}} : 2'b00;",
+                     f"\twire wgate_{L} = busy_{L} && busy_d_{L}[1] && !w{L}_flush;"]
+            ctx["gate"] = f"wgate_{L}"
         bw = lv.branch[-1].out_w
         if not last:
             body += [_wire(f"lv{L}_b", bw), _wire(f"lv{L}_ba", bw), _wire(f"lv{L}_bb", bw),
@@ -696,7 +719,8 @@ def write_tree_top(path: Path, name: str, backbone: list[Stage], root_router: li
             body.append(f"\tassign idxr_{L} = 1'b1;")
             if host_fetch:                             # a level without fetchers takes no weight stream
                 body.append(f"\tassign s_axis_w{L}_tready = 1'b0; assign w{L}_fwd_beats = '0; "
-                            f"assign w{L}_drop_beats = '0; assign w{L}_filled = 1'b0; assign w{L}_len_error = 1'b0;")
+                            f"assign w{L}_drop_beats = '0; assign w{L}_filled = 1'b0; assign w{L}_len_error = 1'b0; "
+                            f"assign w{L}_flush = 1'b0;")
     n_fetch = ctx["n"]
     body[:0] = _arbiter_block(n_fetch)
     lb = max(1, (levels[-1].n_branches - 1).bit_length())
