@@ -278,8 +278,17 @@ class SigmaBranchOverlay:
         return int(data.size)
 
     # -- waiting
+    def _clock(self) -> float:
+        """Seconds for the waits' deadlines: the design's own time where the backend simulates it
+        (a simulator runs ~1e5 times slower than the hardware, so wall-clock bounds would fire on a
+        healthy design; every poll there advances simulated time, so a hung one still hits it),
+        else wall-clock."""
+        if getattr(self.hw, "simulated", False):
+            return self.hw.now() * float(self.bundle.driver["clk_ns"]) * 1e-9
+        return time.monotonic()
+
     def _wait(self, poll: Callable[[], Any], what: str) -> Any:
-        deadline = time.monotonic() + self.timeout_s
+        deadline = self._clock() + self.timeout_s
         while True:
             try:
                 value = poll()
@@ -290,9 +299,10 @@ class SigmaBranchOverlay:
                 raise DriverError(f"{what} failed on the {self.hw.name} backend: {err}; the accelerator was reset") from err
             if value is not None and value is not False:
                 return value
-            if time.monotonic() > deadline:
+            if self._clock() > deadline:
                 self.hw.reset()
-                raise DriverTimeout(f"{what} did not complete within {self.timeout_s:g} s ({self.hw.name} backend); "
+                kind = " of simulated time" if getattr(self.hw, "simulated", False) else ""
+                raise DriverTimeout(f"{what} did not complete within {self.timeout_s:g} s{kind} ({self.hw.name} backend); "
                                     "the accelerator was reset and the overlay stays usable")
             self.hw.idle()
 

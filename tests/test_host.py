@@ -547,14 +547,15 @@ def axi_bundle():
 
 @pytest.fixture(scope="module")
 def axi_onchip_run(axi_bundle):
-    """One simulation: first an inference whose input DMA stalls half-way (2 s timeout), then three
+    """One simulation: first an inference whose input DMA stalls half-way (50 us timeout), then three
     inputs reaching three leaves, on-chip fetch, the driver unchanged behind SimHardware."""
     from host.backends.sim import run_sim
     root, _ = axi_bundle
     x = _images_for_leaves(root, [0, 2, 3])
     half = json.loads((root / "driver.json").read_text())["input"]["bytes"] // 2
-    r = run_sim(root, x, fetch_mode="onchip", timeout_s=300, seed=3,
-                fault={"dma": "idma0", "channel": "send", "stall_after": half, "timeout_s": 3})
+    # Timeouts count simulated time: 50 us = 10,000 cycles at 200 MHz, an inference takes ~9,300.
+    r = run_sim(root, x, fetch_mode="onchip", seed=3,
+                fault={"dma": "idma0", "channel": "send", "stall_after": half, "timeout_s": 5e-5})
     return root, x, r
 
 
@@ -589,7 +590,8 @@ def test_whole_design_sim_a_stalled_dma_times_out_and_the_overlay_stays_usable(a
     root, _, sim = axi_onchip_run
     fault = sim["sim"]["fault"]
     assert fault["error"] == "DriverTimeout", fault
-    assert "router decision of level 0 did not complete within 3 s" in fault["message"]
+    assert "router decision of level 0 did not complete within 5e-05 s of simulated time" in fault["message"]
+    assert 10_000 <= fault["cycles"] < 20_000                 # the deadline counts the design's cycles
     in_bytes = json.loads((root / "driver.json").read_text())["input"]["bytes"]
     assert fault["bytes_moved"] == in_bytes // 2 and fault["cycles"] > 0
     assert len(sim["classes"]) == 3 and (sim["latency"] > 0).all()
@@ -605,7 +607,7 @@ def test_whole_design_sim_host_fetch_with_wrong_prefetches(axi_bundle):
     if not any(name.startswith("wdma") for name in desc["pynq"]["dmas"]):
         pytest.skip("the design has no weight DMAs (on-chip fetch only)")
     x = _images_for_leaves(root, [3, 0])             # guesses: 0 (wrong), 2 (wrong); 1 (wrong), 0 (right)
-    sim = run_sim(root, x, fetch_mode="host", strategy="prefetch", timeout_s=300, seed=4)
+    sim = run_sim(root, x, fetch_mode="host", strategy="prefetch", seed=4)
     ref = SigmaBranchOverlay(root, "ref", fetch_mode="host", strategy="prefetch").execute(x)
     assert np.array_equal(sim["paths"], ref["paths"]) and np.array_equal(sim["acc"], ref["acc"])
     driver = json.loads((root / "driver.json").read_text())
@@ -649,7 +651,7 @@ def test_run_py_and_execute_in_simulation_take_the_whole_design_where_the_build_
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["backend"] == "sim" and r["fetch_mode"] == "onchip" and r["simulation"]["ddr_read_bytes"] == [7] * 3
     assert r["ddr_bytes_per_inference"]["weights"] == report["ddr"]["tree_weight_bytes"]
-    assert calls[0]["timeout_s"] >= 60                # a simulator's seconds
+    assert calls[0]["timeout_s"] == 2.0               # run.py's default: simulated seconds there
     assert execute_in_simulation(whole, x[:2])["acc"].shape[0] == 2 and len(calls) == 2
 
     def marker(self, x_nhwc):

@@ -117,6 +117,7 @@ class Hardware(abc.ABC):
 
     name = "abstract"
     clock_unit = "s"
+    simulated = False  # True: now() is the simulated design's time, and the driver's deadlines count it
 
     @abc.abstractmethod
     def open(self, bundle) -> DesignInfo: ...

@@ -34,7 +34,7 @@ from .base import BackendUnavailable, Buffer, DesignInfo
 from .board import BoardHardware
 from .ref import RefHardware
 
-DEFAULT_SIM_TIMEOUT_S = 60.0  # wall-clock seconds one driver wait may take: a simulator runs ~1e3 cycles/s
+DEFAULT_SIM_TIMEOUT_S = 2.0  # simulated seconds one driver wait may take (the driver's default)
 
 
 def hdl_description(bundle: str | Path) -> Path | None:
@@ -50,6 +50,7 @@ class SimHardware(BoardHardware):
 
     name = "sim"
     clock_unit = "cycles"
+    simulated = True   # the driver's deadlines count simulated time
 
     def __init__(self, simulation: Any = None, bitfile: str | Path | None = None, download: bool = True,
                  idle_cycles: int = 16):
