@@ -37,6 +37,20 @@ cycles (``mmio_cycles``). So a driver that polls with a wall-clock deadline alwa
 design move on, and a transfer that never completes ends in the driver's timeout, never in a
 hung simulation. ``max_cycles`` bounds the whole run as a backstop (:class:`SimulationLimit`).
 
+Speed (an inference of the PYNQ-Z2 demo is ~150k cycles): the Verilator model itself is built
+for it (sim/verilator.py: only the top's signals public, -O1 for this top; ~0.03 ms a cycle), and
+the Python side stays off the clock where nothing happens: the clock toggles in C++
+(``clock_impl="gpi"``); waits of several cycles (``advance``, the DMA register accesses, the
+reset) are one timer, not a wake-up per edge; ``advance`` from the driver is owed and passed at
+the start of its next call (one switch into the scheduler per poll, not two); with
+``sleep_idle`` (default) an S2MM channel with TVALID low, an MM2S channel with a beat shown and
+TREADY low, and the DDR model with nothing outstanding and ARVALID low wait for that signal to
+rise instead of waking every cycle (the same handshakes: the random TREADY/ARREADY draws
+resume when there is something to take); and every testbench output is written only when its
+value changes (``sim/tb/axis.py`` :class:`Pin`: each write costs the model one more evaluation).
+Random back-pressure stays (``p_valid``, ``p_ready``, ``p_arready``, ``p_rvalid``, ``p_lite``);
+1.0 everywhere gives full-throughput streams.
+
 Fault hooks for tests: ``channel.stall = True`` (an MM2S channel never raises TVALID, an S2MM
 channel never raises TREADY: the transfer never completes), ``channel.stall_after = n`` (the same
 once ``n`` bytes of a transfer have moved). DMA semantics follow the AXI DMA in
@@ -54,11 +68,11 @@ import numpy as np
 import cocotb
 from cocotb.clock import Clock
 from cocotb.task import resume
-from cocotb.triggers import ClockCycles, Event, ReadOnly, RisingEdge
-from cocotb.utils import get_sim_time
+from cocotb.triggers import ClockCycles, Event, First, ReadOnly, RisingEdge
+from cocotb.utils import get_sim_steps, get_sim_time
 
 from sim.tb.axi_ram import AxiReadRam
-from sim.tb.test_tree_ctrl import AxiLiteMaster
+from sim.tb.axis import Pin, clock_cycles
 
 T = TypeVar("T")
 
@@ -142,12 +156,82 @@ class SimBuffer(np.ndarray):
 
 
 # ------------------------------------------------------------------------------ MMIO (AXI4-Lite)
+class LiteMaster:
+    """AXI4-Lite master on ``<prefix>_aw*/w*/b*/ar*/r*``: each channel's VALID after a random 0-2
+    cycle delay, BREADY/RREADY high with probability ``p`` each cycle (sim/tb/test_tree_ctrl.py's
+    ``AxiLiteMaster``, the same protocol checks, its outputs written only when they change)."""
+
+    def __init__(self, dut, prefix: str, clk, seed: int = 0, p: float = 0.8):
+        self.clk, self.rng, self.p = clk, random.Random(seed), p
+        sig = lambda name: getattr(dut, f"{prefix}_{name}")
+        self.pin = {name: Pin(sig(name), 0) for name in ("awvalid", "wvalid", "bready", "arvalid", "rready",
+                                                         "awaddr", "wdata", "araddr")}
+        self.pin["wstrb"] = Pin(sig("wstrb"), 0xF)
+        for name in ("awprot", "arprot"):
+            if hasattr(dut, f"{prefix}_{name}"):
+                Pin(sig(name), 0)
+        self.awready, self.wready, self.bvalid = sig("awready"), sig("wready"), sig("bvalid")
+        self.arready, self.rvalid, self.rdata = sig("arready"), sig("rvalid"), sig("rdata")
+
+    async def write(self, addr: int, data: int, strb: int = 0xF, timeout: int = 2000) -> None:
+        pin, rng = self.pin, self.rng
+        pin["awaddr"].set(addr)
+        pin["wdata"].set(data & 0xFFFFFFFF)
+        pin["wstrb"].set(strb)
+        aw_wait, w_wait = rng.randint(0, 2), rng.randint(0, 2)
+        aw_done = w_done = False
+        edge, settled = RisingEdge(self.clk), ReadOnly()
+        for _ in range(timeout):
+            await edge
+            awvalid, wvalid = not aw_done and aw_wait <= 0, not w_done and w_wait <= 0
+            br = rng.random() < self.p
+            pin["awvalid"].set(int(awvalid))
+            pin["wvalid"].set(int(wvalid))
+            pin["bready"].set(int(br))
+            aw_wait, w_wait = aw_wait - 1, w_wait - 1
+            await settled
+            aw_done = aw_done or (awvalid and self.awready.value == 1)
+            w_done = w_done or (wvalid and self.wready.value == 1)
+            if br and self.bvalid.value == 1:
+                if not (aw_done and w_done):
+                    raise AssertionError(f"write 0x{addr:x}: BVALID before both address and data were taken")
+                await edge
+                for name in ("awvalid", "wvalid", "bready"):
+                    pin[name].set(0)
+                return
+        raise AssertionError(f"AXI-Lite write to 0x{addr:x} not answered within {timeout} cycles")
+
+    async def read(self, addr: int, timeout: int = 2000) -> int:
+        pin, rng = self.pin, self.rng
+        pin["araddr"].set(addr)
+        ar_wait, ar_done = rng.randint(0, 2), False
+        edge, settled = RisingEdge(self.clk), ReadOnly()
+        for _ in range(timeout):
+            await edge
+            arvalid = not ar_done and ar_wait <= 0
+            rr = rng.random() < self.p
+            pin["arvalid"].set(int(arvalid))
+            pin["rready"].set(int(rr))
+            ar_wait -= 1
+            await settled
+            ar_done = ar_done or (arvalid and self.arready.value == 1)
+            if rr and self.rvalid.value == 1:
+                if not ar_done:
+                    raise AssertionError(f"read 0x{addr:x}: RVALID before the address was taken")
+                value = self.rdata.value.to_unsigned()
+                await edge
+                pin["arvalid"].set(0)
+                pin["rready"].set(0)
+                return value
+        raise AssertionError(f"AXI-Lite read of 0x{addr:x} not answered within {timeout} cycles")
+
+
 class SimMMIO:
     """An AXI4-Lite IP of the overlay (``pynq.DefaultIP``): ``read``/``write`` of 32-bit registers."""
 
     def __init__(self, sim: "Simulation", name: str, port: str):
         self.sim, self.name, self.port = sim, name, port
-        self.master = AxiLiteMaster(sim.dut, port, seed=sim._seed("lite", name), p=sim.p_lite)
+        self.master = LiteMaster(sim.dut, port, sim.clk, seed=sim._seed("lite", name), p=sim.p_lite)
         self.addr_bits = len(getattr(sim.dut, f"{port}_araddr"))
         self.reads = self.writes = 0
 
@@ -187,6 +271,9 @@ class SimDMAChannel:
         self._max_size, self._dre = max_size, dre
         dut = sim.dut
         sig = _stream_signals(dut, port)
+        # what the channel drives goes through a Pin (written only when it changes)
+        drives = ("tdata", "tvalid", "tkeep", "tlast") if direction == "send" else ("tready",)
+        sig = {k: Pin(v) if k in drives else v for k, v in sig.items()}
         self.data, self.valid, self.ready = sig["tdata"], sig["tvalid"], sig["tready"]
         self.keep, self.last = sig.get("tkeep"), sig.get("tlast")
         self.width = len(self.data) // 8
@@ -194,6 +281,7 @@ class SimDMAChannel:
             raise ValueError(f"pynq_sim: {port}_tdata is {len(self.data)} bits, not whole bytes")
         self.rng = random.Random(sim._seed("dma", dma, direction))
         self.p = sim.p_valid if direction == "send" else sim.p_ready
+        self.sleep_idle = sim.sleep_idle   # wait for the other side's VALID/READY instead of polling each cycle
         self.stall = False                 # test hook: the transfer never completes
         self.stall_after: int | None = None  # test hook: ... after this many bytes of a transfer
         self.transferred = 0
@@ -203,15 +291,16 @@ class SimDMAChannel:
         self._first_transfer = True
         self._job: _Job | None = None
         self._active_buffer = None
-        self._kick = Event()
+        self._kick = Event()               # a transfer started
+        self._wake = Event()               # the job changed (started, stopped, reset): a sleeping engine looks
         if direction == "send":
-            self.valid.value = 0
+            self.valid.set(0)
             if self.last is not None:
-                self.last.value = 0
+                self.last.set(0)
             if self.keep is not None:
-                self.keep.value = 0
+                self.keep.set(0)
         else:
-            self.ready.value = 0
+            self.ready.set(0)
 
     def __repr__(self) -> str:
         return f"<pynq_sim DMA channel {self.dma}.{self.direction}channel on {self.port}>"
@@ -221,7 +310,7 @@ class SimDMAChannel:
         return self.sim._call(self._read_sr)
 
     async def _read_sr(self) -> int:
-        await ClockCycles(self.sim.clk, self.sim.mmio_cycles)
+        await self.sim.wait_cycles(self.sim.mmio_cycles)
         return self._sr
 
     @property
@@ -242,7 +331,7 @@ class SimDMAChannel:
         self._first_transfer = True
 
     async def _start(self) -> None:
-        await ClockCycles(self.sim.clk, self.sim.mmio_cycles)
+        await self.sim.wait_cycles(self.sim.mmio_cycles)
         if self._sr & SR_ERRORS:
             raise RuntimeError(f"pynq_sim: {self.dma} {self.direction} channel stays halted after a DMA error "
                                f"(DMASR {self._sr:#x}): only a DMA reset clears it (pynq's start() spins here)")
@@ -253,13 +342,14 @@ class SimDMAChannel:
 
     async def _stop(self) -> None:
         self._abort()
-        await ClockCycles(self.sim.clk, self.sim.mmio_cycles)
+        await self.sim.wait_cycles(self.sim.mmio_cycles)
 
     def _abort(self) -> None:
         """Halt at once: the transfer in flight ends here (an MM2S one without TLAST)."""
         self._job = None
         self._sr = (self._sr | SR_HALTED) & ~SR_IDLE
-        (self.valid if self.direction == "send" else self.ready).value = 0
+        (self.valid if self.direction == "send" else self.ready).set(0)
+        self._wake.set()
 
     def transfer(self, array, start: int = 0, nbytes: int = 0) -> None:
         """Start one transfer of ``nbytes`` (0: to the end of ``array``) at ``array``'s physical address + ``start``."""
@@ -275,7 +365,7 @@ class SimDMAChannel:
 
     async def _transfer(self, address: int, nbytes: int) -> None:
         mmio = self.sim.mmio_cycles
-        await ClockCycles(self.sim.clk, 2 * mmio)            # pynq reads DMASR twice (running, idle)
+        await self.sim.wait_cycles(2 * mmio)                 # pynq reads DMASR twice (running, idle)
         if self._sr & SR_HALTED:
             raise RuntimeError("DMA channel not started")
         if not self._sr & SR_IDLE and not self._first_transfer:
@@ -288,7 +378,7 @@ class SimDMAChannel:
         if not self._dre and address % self.width:
             raise RuntimeError(f"DMA does not support unaligned transfers; Starting address must be aligned to "
                                f"{self.width} bytes.")
-        await ClockCycles(self.sim.clk, 3 * mmio)            # address LO/HI, then LENGTH starts it
+        await self.sim.wait_cycles(3 * mmio)                 # address LO/HI, then LENGTH starts it
         self._sr &= ~SR_IDLE
         self.transferred = 0
         self.transfers.append((address, nbytes))
@@ -297,6 +387,7 @@ class SimDMAChannel:
             return
         self._job = _Job(address, nbytes, self.width)
         self._kick.set()
+        self._wake.set()
 
     def wait(self) -> None:
         """``pynq``'s blocking wait, bounded (``sim.max_wait_cycles``): raises on a DMA error or a timeout."""
@@ -340,69 +431,99 @@ class SimDMAChannel:
         self._abort()
         self._sr |= bits
 
+    async def _sleep(self, signal) -> None:
+        """Until ``signal`` rises or the job changes (stop, reset, a new transfer)."""
+        self._wake.clear()
+        await First(RisingEdge(signal), self._wake.wait())
+
     async def _mm2s(self, job: _Job) -> None:
         sim, w = self.sim, self.width
+        edge, settled, ready = RisingEdge(sim.clk), ReadOnly(), self.ready
         shown = None                                     # bytes of the beat on the bus
         while True:
-            await RisingEdge(sim.clk)
+            await edge
             if self._job is not job:                     # stopped (TVALID already low)
-                self.valid.value = 0
+                self.valid.set(0)
                 return
             if shown is None:
                 if job.count >= job.nbytes:
-                    self.valid.value = 0
+                    self.valid.set(0)
                     self._complete(job)
                     return
                 if self._stalled(job) or self.rng.random() >= self.p:
-                    self.valid.value = 0
+                    self.valid.set(0)
                     continue
                 n = min(w, job.nbytes - job.count)
                 a = job.address - sim.ddr_base + job.count
                 shown = n
-                self.data.value = int.from_bytes(sim.ddr[a:a + n], "little")
+                self.data.set(int.from_bytes(sim.ddr[a:a + n], "little"))
                 if self.keep is not None:
-                    self.keep.value = (1 << n) - 1          # all ones but on a short last beat
+                    self.keep.set((1 << n) - 1)          # all ones but on a short last beat
                 if self.last is not None:
-                    self.last.value = int(job.count + n >= job.nbytes)
-                self.valid.value = 1
-            await ReadOnly()
-            if self._job is job and self.ready.value == 1:
+                    self.last.set(int(job.count + n >= job.nbytes))
+                self.valid.set(1)
+            elif self.sleep_idle and ready.value != 1:
+                # a beat shown, TREADY low: nothing changes on our side until TREADY rises
+                await self._sleep(ready)
+                if self._job is not job:
+                    self.valid.set(0)
+                    return
+            await settled
+            if self._job is job and ready.value == 1:
                 job.count += shown
                 self.bytes += shown
                 shown = None
 
     async def _s2mm(self, job: _Job) -> None:
         sim, w = self.sim, self.width
+        edge, settled, valid = RisingEdge(sim.clk), ReadOnly(), self.valid
+        full = (1 << w) - 1
         while True:
-            await RisingEdge(sim.clk)
+            await edge
             if self._job is not job:                     # done, stopped or failed
-                self.ready.value = 0
+                self.ready.set(0)
                 return
+            if self.sleep_idle and valid.value != 1:
+                # nothing offered: TREADY low until TVALID rises (any TREADY is legal meanwhile)
+                self.ready.set(0)
+                await self._sleep(valid)
+                if self._job is not job:
+                    self.ready.set(0)
+                    return
             take = not self._stalled(job) and self.rng.random() < self.p
-            self.ready.value = int(take)
+            self.ready.set(int(take))
             if not take:
                 continue
-            await ReadOnly()
-            if self._job is not job or self.valid.value != 1:
+            await settled
+            if self._job is not job or valid.value != 1:
                 continue
-            raw = self.data.value.to_unsigned().to_bytes(w, "little")
-            keep = self.keep.value.to_unsigned() if self.keep is not None else (1 << w) - 1
-            lanes = [i for i in range(w) if keep >> i & 1]
-            if job.count + len(lanes) > job.nbytes:      # the packet is longer than the transfer
-                self._job = None                         # (tready dropped at the next edge)
-                self._sr |= SR_INT_ERR | SR_HALTED
-                continue
+            keep = self.keep.value.to_unsigned() if self.keep is not None else full
             a = job.address - sim.ddr_base + job.count
-            if len(lanes) == w:
-                sim.ddr[a:a + w] = raw
+            if keep == full:
+                if job.count + w > job.nbytes:           # the packet is longer than the transfer
+                    self._overrun()
+                    continue
+                sim.ddr[a:a + w] = self.data.value.to_unsigned().to_bytes(w, "little")
+                n = w
             else:
+                raw = self.data.value.to_unsigned().to_bytes(w, "little")
+                lanes = [i for i in range(w) if keep >> i & 1]
+                if job.count + len(lanes) > job.nbytes:
+                    self._overrun()
+                    continue
                 for k, i in enumerate(lanes):
                     sim.ddr[a + k] = raw[i]
-            job.count += len(lanes)
-            self.bytes += len(lanes)
+                n = len(lanes)
+            job.count += n
+            self.bytes += n
             last = self.last.value == 1 if self.last is not None else job.count >= job.nbytes
             if last:
                 self._complete(job)
+
+    def _overrun(self) -> None:
+        """S2MM: a packet longer than the transfer: DMAIntErr, halted (TREADY dropped at the next edge)."""
+        self._job = None
+        self._sr |= SR_INT_ERR | SR_HALTED
 
 
 class SimDMA:
@@ -471,11 +592,15 @@ class Simulation:
                  p_arready: float = 0.8, p_rvalid: float = 0.9, p_lite: float = 0.8, ddr_bytes: int = 16 << 20,
                  ddr_base: int = DDR_BASE, mmio_cycles: int = 4, period_ns: float = 10.0,
                  max_cycles: int | None = None, max_wait_cycles: int = 1_000_000, clock: str = "ap_clk",
-                 reset: str = "ap_rst_n", check_4k: bool = True):
+                 reset: str = "ap_rst_n", check_4k: bool = True, sleep_idle: bool = True,
+                 clock_impl: str = "gpi"):
         self.dut, self.mapping, self.seed = dut, mapping, int(seed)
         self.clk, self.rst = getattr(dut, clock), getattr(dut, reset)
         self.p_valid, self.p_ready, self.p_lite = p_valid, p_ready, p_lite
         self.mmio_cycles, self.period_ns = int(mmio_cycles), float(period_ns)
+        self.sleep_idle, self.clock_impl = bool(sleep_idle), clock_impl
+        self._period_steps = get_sim_steps(self.period_ns, "ns")
+        self._pending = 0                                # cycles advance() owes the simulation (see advance)
         self.max_cycles, self.max_wait_cycles = max_cycles, int(max_wait_cycles)
         if ddr_base % PAGE:
             raise ValueError(f"pynq_sim: DDR base {ddr_base:#x} is not 4 KiB aligned")
@@ -492,7 +617,8 @@ class Simulation:
         ddr_ports = mapping.get("ddr") or []
         ddr_ports = [ddr_ports] if isinstance(ddr_ports, str) else list(ddr_ports)
         self.rams = [AxiReadRam(dut, port, self.ddr, self.ddr_base, p_arready, p_rvalid, self._seed("ddr", port),
-                                data_bytes=len(getattr(dut, f"{port}_rdata")) // 8, check_4k=check_4k)
+                                data_bytes=len(getattr(dut, f"{port}_rdata")) // 8, check_4k=check_4k,
+                                sleep_idle=self.sleep_idle)
                      for port in ddr_ports]
 
     def _seed(self, *what: str) -> int:
@@ -503,7 +629,8 @@ class Simulation:
         """Clock on, the design held in reset (unprogrammed) until ``Overlay(...)`` programs it; the
         DDR ports served and the DMA engines running from now on."""
         global _current
-        Clock(self.clk, self.period_ns, unit="ns").start()
+        # "gpi": the clock toggles in the simulator's C++ callbacks, no Python wake-up per edge
+        Clock(self.clk, self.period_ns, unit="ns", impl=self.clock_impl).start()
         self.rst.value = 0
         for ram in self.rams:
             cocotb.start_soon(ram.run())
@@ -523,9 +650,9 @@ class Simulation:
         for ram in self.rams:
             ram.pending.clear()
         self.rst.value = 0
-        await ClockCycles(self.clk, 8)
+        await self.wait_cycles(8)
         self.rst.value = 1
-        await ClockCycles(self.clk, 2)
+        await self.wait_cycles(2)
         for dma in self.dmas.values():              # pynq's AxiDMA starts its channels when it is created
             for channel in dma.channels:
                 await channel._start()
@@ -540,27 +667,38 @@ class Simulation:
         return resume(self._guarded)(make)
 
     async def _guarded(self, make: Callable[[], Awaitable[T]]) -> T:
-        if self.max_cycles is not None and self._cycle > self.max_cycles:
+        owed, self._pending = self._pending, 0
+        if self.max_cycles is not None and self._cycle + owed > self.max_cycles:
             raise SimulationLimit(f"pynq_sim: the simulation passed max_cycles={self.max_cycles}")
         try:
+            if owed:
+                await self.wait_cycles(owed)
             return await make()
         finally:
             self._stamp()
+
+    async def wait_cycles(self, n: int) -> None:
+        """``n`` rising edges of the clock (a timer over the middle ones: no Python wake-up a cycle)."""
+        await clock_cycles(self.clk, n, self._period_steps)
 
     def _stamp(self) -> None:
         self._cycle = int(round(get_sim_time("ns") / self.period_ns))
 
     @property
     def cycles(self) -> int:
-        """Simulated clock cycles so far (as of the last call into the simulation: time stands
-        still while the driver's thread runs)."""
-        return self._cycle
+        """Simulated clock cycles so far (as of the last call into the simulation, plus what
+        :meth:`advance` owes: time stands still while the driver's thread runs)."""
+        return self._cycle + self._pending
 
     def advance(self, cycles: int) -> None:
-        """Let ``cycles`` clock cycles pass (from the driver's thread)."""
+        """Let ``cycles`` clock cycles pass (from the driver's thread).
+
+        Nothing in the driver's thread can see the design between this and its next call into the
+        simulation, so the cycles are owed and passed at the start of that call (one switch into
+        the scheduler instead of two: the same simulated time line, the driver's clock included)."""
         n = int(cycles)
         if n > 0:
-            self._call(lambda: ClockCycles(self.clk, n))
+            self._pending += n
 
     # -- the pynq API
     def Overlay(self, bitfile: str, download: bool = True, **kwargs) -> SimOverlay:

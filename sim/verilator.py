@@ -15,6 +15,12 @@ the parameters, the toplevel, include directories, defines and build flags, so a
 same inputs skips Verilator and the C++ compile altogether. Cache root: ``$SIGMABRANCH_SIM_CACHE``,
 else ``build/sim-cache`` under the repository root.
 
+Model speed: only the toplevel module's signals are made public to the VPI (``public="top"``,
+:data:`DEFAULT_PUBLIC`; cocotb's own ``--public-flat-rw`` is cancelled), and the C++ optimisation
+is ``-O0`` (short testbenches: build time matters) except for toplevels in :data:`LONG_RUN_OPT`
+(``-O1``: the whole design behind AXI, ~35x faster a cycle). ``$SIGMABRANCH_SIM_OPT`` /
+``$SIGMABRANCH_SIM_PUBLIC`` or the ``opt=``/``public=`` arguments override both.
+
 ``config`` reaches the testbench as JSON in the environment variable ``SIGMABRANCH_TB_CONFIG``
 (read it with :func:`tb_config`); each run gets its own fresh test directory (``$SIGMABRANCH_TB_DIR``)
 where a caller can leave ``.npy`` files for the testbench.
@@ -49,9 +55,24 @@ TB_DIR_ENV = "SIGMABRANCH_TB_DIR"
 CACHE_ENV = "SIGMABRANCH_SIM_CACHE"
 JOBS_ENV = "SIGMABRANCH_SIM_JOBS"
 OPT_ENV = "SIGMABRANCH_SIM_OPT"
+PUBLIC_ENV = "SIGMABRANCH_SIM_PUBLIC"
 # C++ optimisation of the verilated model and runtime: -O0 builds ~30% faster than Verilator's
-# default -Os, and the testbenches here are too short for simulation speed to matter.
+# default -Os, and the testbenches here are too short for simulation speed to matter. "FAST,SLOW":
+# the model's eval code (and Verilator's runtime) at FAST, its constructors/initialisation at SLOW.
 DEFAULT_OPT = "-O0"
+# Toplevels whose simulations run long (the whole design behind AXI under the host driver, tens to
+# hundreds of thousands of cycles an inference): -O1 on the eval code makes the model ~30x faster
+# (the PYNQ-Z2 demo top: 1.1 -> 0.032 ms a cycle) for about twice the build time (47 -> 100 s;
+# -O2 is no faster than -O1 and builds in 180 s).
+LONG_RUN_OPT = {"sigmabranch_tree_axi": "-O1,-O0"}
+# Which signals the VPI (cocotb) can reach. cocotb's runner always passes --public-flat-rw: every
+# signal of every instance public read-write, which keeps Verilator from optimising anything away
+# and re-evaluates all combinational logic whenever an input changes (the stitched AXI top ran
+# ~1.3 ms per clock cycle so). "top" (default) cancels it (--no-public-flat-rw) and makes only
+# the toplevel module's own signals public (a .vlt file): what the testbenches here touch.
+# "all" keeps cocotb's default (a testbench peeking into instances).
+PUBLIC_MODES = ("top", "all")
+DEFAULT_PUBLIC = "top"
 
 
 class SimToolError(RuntimeError):
@@ -139,16 +160,37 @@ class BuildResult:
     seconds: float
 
 
+def _public_mode(public: str | None) -> str:
+    mode = public or os.environ.get(PUBLIC_ENV) or DEFAULT_PUBLIC
+    if mode not in PUBLIC_MODES:
+        raise ValueError(f"public={mode!r}: one of {PUBLIC_MODES} (${PUBLIC_ENV})")
+    return mode
+
+
+def _public_top_vlt(toplevel: str) -> str:
+    """Verilator control file: the toplevel module's signals public read-write (VPI), nothing below."""
+    return f'`verilator_config\npublic_flat_rw -module "{toplevel}" -var "*"\n'
+
+
 def build(sources: Sequence[str | os.PathLike], toplevel: str, parameters: Mapping[str, Any] | None = None,
           build_args: Sequence[str] = (), includes: Sequence[str | os.PathLike] = (),
-          defines: Mapping[str, Any] | None = None, cache: Path | None = None) -> BuildResult:
-    """Verilate and compile ``toplevel`` into a cached build directory (no-op if already built)."""
+          defines: Mapping[str, Any] | None = None, cache: Path | None = None,
+          public: str | None = None, opt: str | None = None) -> BuildResult:
+    """Verilate and compile ``toplevel`` into a cached build directory (no-op if already built).
+
+    ``public``: ``"top"`` (default, or ``$SIGMABRANCH_SIM_PUBLIC``): only the toplevel module's
+    signals reachable from cocotb, the model fully optimised; ``"all"``: every signal (slow model).
+    ``opt``: the C++ optimisation, ``"-O1"`` or ``"-O1,-O0"`` (eval code, constructors); default
+    ``$SIGMABRANCH_SIM_OPT``, else :data:`LONG_RUN_OPT` for the toplevel, else :data:`DEFAULT_OPT`.
+    """
     setup_verilator()
     runner_mod = _require_cocotb()
     parameters = dict(parameters or {})
     args = list(DEFAULT_BUILD_ARGS) + list(build_args)
-    opt = os.environ.get(OPT_ENV, DEFAULT_OPT)
-    key = build_hash(sources, toplevel, parameters, args + [f"opt={opt}"], includes, defines)
+    opt = opt or os.environ.get(OPT_ENV) or LONG_RUN_OPT.get(toplevel, DEFAULT_OPT)
+    mode = _public_mode(public)
+    key = build_hash(sources, toplevel, parameters, args + [f"opt={opt}"] + ([] if mode == "all" else [f"public={mode}"]),
+                     includes, defines)
     bdir = (cache or cache_root()) / f"{toplevel}-{key}"
     stamp = bdir / ".built"
     if stamp.exists() and (bdir / toplevel).exists():
@@ -161,9 +203,15 @@ def build(sources: Sequence[str | os.PathLike], toplevel: str, parameters: Mappi
     runner_mod.MAX_PARALLEL_BUILD_JOBS = int(os.environ.get(JOBS_ENV, "1"))
     runner = runner_mod.get_runner("verilator")
     log = tmp / "build.log"
+    if mode == "top":  # after the runner's own --public-flat-rw on the command line
+        vlt = tmp / "public_top.vlt"
+        vlt.write_text(_public_top_vlt(toplevel))
+        args += ["--no-public-flat-rw", str(vlt)]
     saved_mf = os.environ.get("MAKEFLAGS")
     # make treats variable definitions in MAKEFLAGS like command-line ones (override verilated.mk)
-    os.environ["MAKEFLAGS"] = f"OPT_FAST={opt} OPT_SLOW={opt} OPT_GLOBAL={opt}"
+    fast, _, slow = opt.partition(",")           # "-O2,-O0": the model's eval code at -O2, its constructors at -O0
+    slow = slow or fast
+    os.environ["MAKEFLAGS"] = f"OPT_FAST={fast} OPT_SLOW={slow} OPT_GLOBAL={fast}"
     try:
         runner.build(sources=[str(Path(s).resolve()) for s in sources], hdl_toplevel=toplevel,
                      parameters=parameters, build_args=args, includes=[str(Path(i).resolve()) for i in includes],
@@ -211,14 +259,16 @@ def run_cocotb(sources: Sequence[str | os.PathLike], toplevel: str, test_module:
                build_args: Sequence[str] = (), includes: Sequence[str | os.PathLike] = (),
                defines: Mapping[str, Any] | None = None, testcase: str | Sequence[str] | None = None,
                seed: int | None = None, test_dir: Path | None = None, files: Mapping[str, Any] | None = None,
-               copy_files: Sequence[str | os.PathLike] = (), cache: Path | None = None) -> RunResult:
+               copy_files: Sequence[str | os.PathLike] = (), cache: Path | None = None,
+               public: str | None = None, opt: str | None = None) -> RunResult:
     """Build (cached) and run cocotb ``test_module`` on ``toplevel``; raise :class:`SimulationFailed` on failure.
 
     ``files`` maps file names to numpy arrays written as ``.npy`` into the test directory before the run;
     ``copy_files`` are copied there (the simulator's working directory: relative ``$readmemh`` paths).
     Returns the build info, the test directory (results, logs, files the test wrote) and timings.
+    ``public``, ``opt``: which signals cocotb can reach, the C++ optimisation (:func:`build`).
     """
-    b = build(sources, toplevel, parameters, build_args, includes, defines, cache)
+    b = build(sources, toplevel, parameters, build_args, includes, defines, cache, public, opt)
     runner_mod = _require_cocotb()
     runner = runner_mod.get_runner("verilator")
     if test_dir is None:

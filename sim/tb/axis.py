@@ -13,7 +13,7 @@ import numpy as np
 
 from sim.words import pack_words, unpack_words  # noqa: F401  (re-exported for the testbenches)
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge, Timer
 
 
 def start_clock(dut):
@@ -26,6 +26,45 @@ async def reset(dut, cycles: int = 4):
     dut.ap_rst_n.value = 0
     await ClockCycles(dut.ap_clk, cycles)
     dut.ap_rst_n.value = 1
+
+
+class Pin:
+    """A signal the testbench drives, written only when its value changes.
+
+    Every write from cocotb makes Verilator evaluate the whole model once more in that time step
+    (the write lands in the ReadWrite phase), so a driver that rewrites an unchanged value each
+    cycle doubles the model's work; this keeps the last value written and skips repeats. All
+    writes to the signal must go through it (a write behind its back makes the cache stale).
+    """
+
+    __slots__ = ("signal", "last")
+
+    def __init__(self, signal, value: int | None = None):
+        self.signal, self.last = signal, None
+        if value is not None:
+            self.set(value)
+
+    def set(self, value: int) -> None:
+        if value != self.last:
+            self.signal.value = value
+            self.last = value
+
+    def __len__(self) -> int:
+        return len(self.signal)
+
+
+async def clock_cycles(clk, n: int, period_steps: int) -> None:
+    """``await ClockCycles(clk, n)`` (returns just after the ``n``-th rising edge from now) with at
+    most three Python wake-ups instead of ``n``: one edge, a timer over the whole cycles to the
+    falling edge before the last one, that edge. ``period_steps``: the clock's period in simulator
+    steps (a free-running clock with a 50 % duty cycle)."""
+    if n <= 3:
+        for _ in range(max(0, n)):
+            await RisingEdge(clk)
+        return
+    await RisingEdge(clk)
+    await Timer((n - 1) * period_steps - period_steps // 2, unit="step")
+    await RisingEdge(clk)
 
 
 def _handles(dut, prefix: str):
