@@ -30,9 +30,9 @@ import cocotb
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from host.backends.base import REGISTERS
+from sim.tb.axi_lite import AxiLiteMaster
 from sim.tb.axi_ram import AxiReadRam
 from sim.tb.axis import StreamSource, reset, start_clock
-from sim.tb.test_tree_ctrl import AxiLiteMaster
 from sim.verilator import tb_config, tb_dir
 
 R = REGISTERS

@@ -15,9 +15,10 @@ import json
 import random
 
 import cocotb
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import RisingEdge
 
 from host.backends.base import REGISTERS
+from sim.tb.axi_lite import AxiLiteMaster
 from sim.tb.axis import reset, start_clock
 from sim.verilator import tb_config, tb_dir
 
@@ -143,75 +144,6 @@ class TreeCtrlModel:
                                                         r["FETCH_ADDR_LO_0"] + 8 * l, r["FETCH_ADDR_HI_0"] + 8 * l,
                                                         r["FETCH_BYTES_0"] + 4 * l, r["FETCH_BRANCH_0"] + 4 * l)]
         return fixed + per + [0xFC]
-
-
-class AxiLiteMaster:
-    """AXI4-Lite master on ``<prefix>_aw*/w*/b*/ar*/r*`` with random valid delays and ready gaps."""
-
-    def __init__(self, dut, prefix: str = "s_axi", seed: int = 0, p: float = 0.6):
-        self.dut, self.clk = dut, dut.ap_clk
-        self.s = lambda name: getattr(dut, f"{prefix}_{name}")
-        self.rng = random.Random(seed)
-        self.p = p
-        for name in ("awvalid", "wvalid", "bready", "arvalid", "rready"):
-            self.s(name).value = 0
-        for name in ("awaddr", "wdata", "araddr"):
-            self.s(name).value = 0
-        self.s("wstrb").value = 0xF
-        for name in ("awprot", "arprot"):
-            if hasattr(dut, f"{prefix}_{name}"):
-                self.s(name).value = 0
-
-    async def write(self, addr: int, data: int, strb: int = 0xF, timeout: int = 2000) -> None:
-        s = self.s
-        s("awaddr").value, s("wdata").value, s("wstrb").value = addr, data & M32, strb
-        aw_wait, w_wait = self.rng.randint(0, 2), self.rng.randint(0, 2)
-        aw_done = w_done = b_done = False
-        for _ in range(timeout):
-            await RisingEdge(self.clk)
-            s("awvalid").value = int(not aw_done and aw_wait <= 0)
-            s("wvalid").value = int(not w_done and w_wait <= 0)
-            br = self.rng.random() < self.p
-            s("bready").value = int(br)
-            aw_wait, w_wait = aw_wait - 1, w_wait - 1
-            await ReadOnly()
-            if s("awvalid").value == 1 and s("awready").value == 1:
-                aw_done = True
-            if s("wvalid").value == 1 and s("wready").value == 1:
-                w_done = True
-            if br and s("bvalid").value == 1:
-                b_done = True
-                if not (aw_done and w_done):
-                    raise AssertionError(f"write 0x{addr:x}: BVALID before both address and data were taken")
-            if b_done:
-                await RisingEdge(self.clk)
-                for name in ("awvalid", "wvalid", "bready"):
-                    s(name).value = 0
-                return
-        raise AssertionError(f"AXI-Lite write to 0x{addr:x} not answered within {timeout} cycles")
-
-    async def read(self, addr: int, timeout: int = 2000) -> int:
-        s = self.s
-        s("araddr").value = addr
-        ar_wait, ar_done = self.rng.randint(0, 2), False
-        for _ in range(timeout):
-            await RisingEdge(self.clk)
-            s("arvalid").value = int(not ar_done and ar_wait <= 0)
-            rr = self.rng.random() < self.p
-            s("rready").value = int(rr)
-            ar_wait -= 1
-            await ReadOnly()
-            if s("arvalid").value == 1 and s("arready").value == 1:
-                ar_done = True
-            if rr and s("rvalid").value == 1:
-                if not ar_done:
-                    raise AssertionError(f"read 0x{addr:x}: RVALID before the address was taken")
-                value = s("rdata").value.to_unsigned()
-                await RisingEdge(self.clk)
-                s("arvalid").value = 0
-                s("rready").value = 0
-                return value
-        raise AssertionError(f"AXI-Lite read of 0x{addr:x} not answered within {timeout} cycles")
 
 
 def reg_name(addr: int) -> str:
