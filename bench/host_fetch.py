@@ -28,7 +28,9 @@ estimates, one DDR port at the board's bandwidth, 25 cycles per MMIO access).
 ``--backend sim`` adds the same driver on the Verilator model of the whole design behind AXI
 (``host.backends.sim.run_sim``, needs the bundle's ``vivado/``): ``serial`` and ``prefetch`` in
 host-driven fetch mode (the PS reads the decision, tags and starts one weight DMA per level; a
-wrong prefetch is dropped on chip) and ``onchip`` serial, each with its simulated cycles, and
+prefetched region fills the buffers before the decision, a wrong one is flushed on chip), the
+prefetch again with the predictor seeded by the inputs' own branch usage (``prefetch prior``, as
+the modelled oracle row) and ``onchip`` serial, each with its simulated cycles, and
 the ratio to the simulated serial run measured in the same invocation. The stand-in's MMIO
 costs a few cycles and its DMAs move 32 bytes per cycle when not stalled: a board's software
 round trip and HP port are slower, so the simulated gain of prefetch is a lower bound of what
@@ -100,11 +102,16 @@ def run_bundle(bundle: Path, x: np.ndarray, y: np.ndarray | None, backend: str, 
 
 
 def simulated_rows(bundle: Path, x: np.ndarray, ref: dict, options: dict) -> dict:
-    """The driver on the Verilator model of the whole design: host serial, host prefetch, onchip."""
+    """The driver on the Verilator model of the whole design: host serial, host prefetch (cold, and
+    with the predictor seeded by the inputs' own branch usage, as the ``ref`` oracle row), onchip."""
     from host.backends.sim import run_sim
+    usage = [(np.bincount(ref["paths"][:, l], minlength=2 ** (l + 1)) * len(x)).tolist()
+             for l in range(ref["paths"].shape[1])]
     rows = {}
     for name, kwargs in [("serial (Verilator)", {"strategy": "serial", "fetch_mode": "host"}),
                          ("prefetch (Verilator)", {"strategy": "prefetch", "fetch_mode": "host"}),
+                         ("prefetch prior (Verilator)", {"strategy": "prefetch", "fetch_mode": "host",
+                                                               "prior": usage}),
                          ("onchip serial (Verilator)", {"strategy": "serial", "fetch_mode": "onchip"})]:
         out = run_sim(bundle, x, **kwargs, **options)
         assert np.array_equal(out["acc"], ref["acc"]), f"{name}: results differ from the reference"

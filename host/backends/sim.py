@@ -92,8 +92,9 @@ def run_sim(bundle: str | Path, x: np.ndarray, *, strategy: str = "serial", fetc
             timeout_s: float = DEFAULT_SIM_TIMEOUT_S, seed: int = 0, p_valid: float = 0.8, p_ready: float = 0.8,
             p_arready: float = 0.8, p_rvalid: float = 0.9, mmio_cycles: int = 4, idle_cycles: int = 16,
             max_cycles: int | None = None, fault: dict[str, Any] | None = None,
-            test_dir: str | Path | None = None) -> dict[str, Any]:
+            test_dir: str | Path | None = None, prior: list[list[float]] | None = None) -> dict[str, Any]:
     """Build the bundle's whole design behind AXI with Verilator and run the driver on it.
+    ``prior``: per-level branch counts the prefetch predictor starts from (``SigmaBranchOverlay.prior``).
 
     ``x``: the inputs as :meth:`SigmaBranchOverlay.execute` takes them. Returns what ``execute``
     returns (numpy arrays; ``latency`` in simulated cycles) plus ``sim``: per inference the bytes
@@ -127,6 +128,7 @@ def run_sim(bundle: str | Path, x: np.ndarray, *, strategy: str = "serial", fetc
     x = np.asarray(x)
     cfg = {"bundle": str(bundle), "hdl": str(hdl_path), "strategy": strategy, "fetch_mode": fetch_mode,
            "timeout_s": float(timeout_s), "seed": int(seed), "fault": fault, "idle_cycles": int(idle_cycles),
+           "prior": None if prior is None else [[float(c) for c in level] for level in prior],
            "sim": {"p_valid": p_valid, "p_ready": p_ready, "p_arready": p_arready, "p_rvalid": p_rvalid,
                    "mmio_cycles": int(mmio_cycles), "max_cycles": max_cycles, "period_ns": float(driver["clk_ns"]),
                    "ddr_bytes": _ddr_bytes(weights, int(driver["input"]["bytes"]), int(driver["output"]["bytes"]))}}

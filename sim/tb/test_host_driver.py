@@ -78,6 +78,8 @@ def drive(sim: Simulation, cfg: dict[str, Any], x: np.ndarray) -> dict[str, Any]
         hw = SimHardware(sim, idle_cycles=int(cfg.get("idle_cycles", 16)))
         overlay = SigmaBranchOverlay(cfg["bundle"], backend=hw, strategy=cfg.get("strategy", "serial"),
                                      fetch_mode=cfg.get("fetch_mode"), timeout_s=float(cfg.get("timeout_s", 60.0)))
+        if cfg.get("prior") is not None:  # the prefetch predictor's starting counts
+            overlay.prior = [np.asarray(level) for level in cfg["prior"]]
         record["open"] = {"cycles": sim.cycles, "fetch_mode": overlay.fetch_mode,
                           "fetch_modes": list(overlay.design.fetch_modes),
                           "buffers": {b.name: b.physical_address for b in overlay._buffers}}
