@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from sim.words import pack_words, unpack_words  # noqa: F401  (re-exported for the testbenches)
+import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge, Timer
 
@@ -26,6 +27,18 @@ async def reset(dut, cycles: int = 4):
     dut.ap_rst_n.value = 0
     await ClockCycles(dut.ap_clk, cycles)
     dut.ap_rst_n.value = 1
+
+
+def count_cycles(dut) -> list[int]:
+    """Start counting ``ap_clk`` rising edges; the returned one-element list holds the count."""
+    cycle = [0]
+
+    async def count():
+        while True:
+            await RisingEdge(dut.ap_clk)
+            cycle[0] += 1
+    cocotb.start_soon(count())
+    return cycle
 
 
 class Pin:

@@ -32,7 +32,7 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from host.backends.base import REGISTERS
 from sim.tb.axi_lite import AxiLiteMaster
 from sim.tb.axi_ram import AxiReadRam
-from sim.tb.axis import StreamSource, reset, start_clock
+from sim.tb.axis import StreamSource, count_cycles, reset, start_clock
 from sim.verilator import tb_config, tb_dir
 
 R = REGISTERS
@@ -108,13 +108,7 @@ async def tree_axi(dut):
     await reset(dut, 8)
     cocotb.start_soon(ddr.run())
     cocotb.start_soon(sink.run())
-    cycle = [0]
-
-    async def count():
-        while True:
-            await RisingEdge(dut.ap_clk)
-            cycle[0] += 1
-    cocotb.start_soon(count())
+    cycle = count_cycles(dut)
     levels = int(cfg["levels"])
     max_cycles = int(cfg.get("max_cycles", 400_000))
     info = {"signature": await axi.read(R["SIGNATURE"]), "levels": await axi.read(R["LEVELS"]),

@@ -21,7 +21,7 @@ import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from sim.tb.axi_ram import AxiReadRam
-from sim.tb.axis import StreamSink, StreamSource, reset, start_clock
+from sim.tb.axis import StreamSink, StreamSource, count_cycles, reset, start_clock
 from sim.verilator import tb_config, tb_dir
 
 
@@ -52,13 +52,7 @@ async def tree_chain(dut):
     if ddr is not None:
         cocotb.start_soon(ddr.run())
     max_cycles = int(cfg.get("max_cycles", 200_000))
-    cycle = [0]
-
-    async def count():
-        while True:
-            await RisingEdge(dut.ap_clk)
-            cycle[0] += 1
-    cocotb.start_soon(count())
+    cycle = count_cycles(dut)
 
     taps = {t: [] for t in cfg.get("taps", [])}
 
