@@ -117,3 +117,28 @@ def write_modelnet_hdf5(parent: Path, classes=MODELNET_CLASSES, train_files: int
                 f.create_dataset("label", data=rng.integers(0, len(classes), (per_file, 1)).astype(np.uint8))
                 f.create_dataset("normal", data=np.zeros((per_file, 2048, 3), np.float32))
     return directory
+
+
+def write_class_folders(root: Path, classes=CIFAR10_NAMES, train_per_class: int = 2, test_per_class: int = 1,
+                        size: tuple[int, int] = (32, 32), fmt: str = "PNG", seed: int = 0) -> Path:
+    """root/{train,test}/<class>/NNNN.<fmt> of random pixels (the CIFAR-10 JPEG archive's layout);
+    PNG by default so tests can compare pixels exactly. Returns root."""
+    rng = np.random.default_rng(seed)
+    suffix = {"PNG": "png", "JPEG": "jpg"}[fmt]
+    for split, n in (("train", train_per_class), ("test", test_per_class)):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (size[0], size[1], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.{suffix}", format=fmt)
+    return root
+
+
+def tar_folder(root: Path, archive: Path) -> Path:
+    """``archive`` (.tar.gz) holding root's train/ and test/ at its top, as the shared archive."""
+    import tarfile
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "test"):
+            tar.add(root / split, arcname=split)
+    return archive

@@ -12,10 +12,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fixtures_data import (CIFAR10_NAMES, MODELNET_CLASSES, write_cifar10, write_cifar100, write_cifar_pickle,
-                           write_imagenet, write_modelnet_hdf5, write_modelnet_resampled)
+from fixtures_data import (CIFAR10_NAMES, MODELNET_CLASSES, tar_folder, write_cifar10, write_cifar100,
+                           write_cifar_pickle, write_class_folders, write_imagenet, write_modelnet_hdf5,
+                           write_modelnet_resampled)
 from model.data import DATASETS, DatasetError, DatasetSplits, build_dataset
 from model.data.cifar import CIFAR10_MEAN, CIFAR10_STD
+from model.data.image_folder import load_class_folders
 from model.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 SMALL_SHAPES = dict(num_points=128, train_per_class=6, test_per_class=3)
@@ -225,6 +227,92 @@ def test_cifar_wrong_layout(tmp_path):
     (directory / "data_batch_3").unlink()
     with pytest.raises(DatasetError, match="data_batch_3.*missing"):
         build_dataset("cifar10", tmp_path)
+
+
+# --- class folders (the CIFAR-10 JPEG archive's layout) ------------------------------------------
+
+def _normalised(path, mean, std):
+    pixels = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1).copy()).float() / 255
+    return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "tar.gz"])
+def test_cifar10_from_class_folders(tmp_path, packed):
+    root = write_class_folders(tmp_path / "cifar", train_per_class=2, test_per_class=1)
+    source = tar_folder(root, tmp_path / "cifar10-jpeg.tar.gz") if packed else root
+    splits = build_dataset("cifar10", source, cache_dir=str(tmp_path / "cache"))
+    assert (len(splits.train), len(splits.test), splits.num_classes) == (20, 10, 10)
+    assert splits.class_names == sorted(CIFAR10_NAMES) and splits.input_shape == (3, 32, 32)
+    # sorted class folders give the labels, files in name order within a class
+    x, y = splits.test[3]
+    assert int(y) == 3
+    expected = _normalised(root / "test" / sorted(CIFAR10_NAMES)[3] / "0000.png", CIFAR10_MEAN, CIFAR10_STD)
+    assert torch.allclose(x, expected, atol=1e-6)
+    x, y = splits.train[5]
+    assert int(y) == 2
+    assert torch.allclose(x, _normalised(root / "train" / sorted(CIFAR10_NAMES)[2] / "0001.png",
+                                         CIFAR10_MEAN, CIFAR10_STD), atol=1e-6)
+    augmented = build_dataset("cifar10", source, augment=True, cache_dir=str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    assert sum(not torch.equal(augmented.train[i][0], splits.train[i][0]) for i in range(20)) >= 15
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(items(augmented.test), items(splits.test)))
+
+
+def test_class_folders_decode_once(tmp_path, monkeypatch):
+    root = write_class_folders(tmp_path / "cifar", classes=["a", "b"], fmt="JPEG")
+    cache = tmp_path / "cache"
+    first, classes = load_class_folders(root, cache_dir=cache)
+    assert classes == ["a", "b"] and len(list(cache.glob("*.npz"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again although the cache holds this source")
+    monkeypatch.setattr("model.data.image_folder.decode_class_folders", no_decoding)
+    again, _ = load_class_folders(root, cache_dir=cache)
+    assert all(np.array_equal(first[s][0], again[s][0]) and np.array_equal(first[s][1], again[s][1])
+               for s in ("train", "test"))
+    # a changed source is a new cache entry, not a stale hit
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "train" / "a" / "0002.jpg")
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_class_folders(root, cache_dir=cache)
+
+
+def test_class_folders_bad_input_names_the_file(tmp_path):
+    cache = str(tmp_path / "cache")
+    root = write_class_folders(tmp_path / "missing", classes=["a", "b"])
+    for f in (root / "test" / "b").iterdir():
+        f.unlink()
+    (root / "test" / "b").rmdir()
+    with pytest.raises(DatasetError, match="train/ and test/ have different class folders.*b"):
+        load_class_folders(root, cache_dir=cache)
+
+    root = write_class_folders(tmp_path / "unreadable", classes=["a", "b"])
+    (root / "train" / "b" / "0001.png").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match=r"cannot decode image .*train/b/0001\.png"):
+        load_class_folders(root, cache_dir=cache)
+
+    root = write_class_folders(tmp_path / "size", classes=["a", "b"])
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(root / "test" / "a" / "0000.png")
+    with pytest.raises(DatasetError, match=r"test/a/0000\.png.* is 28x28, expected 32x32"):
+        load_class_folders(root, cache_dir=cache)
+
+    root = write_class_folders(tmp_path / "empty", classes=["a", "b"], test_per_class=0)
+    with pytest.raises(DatasetError, match=r"class folder .*test/a.* holds no images"):
+        load_class_folders(root, cache_dir=cache)
+
+    root = write_class_folders(tmp_path / "nosplit", classes=["a"])
+    for f in (root / "test" / "a").iterdir():
+        f.unlink()
+    (root / "test" / "a").rmdir()
+    with pytest.raises(DatasetError, match="the 'test' split holds no images"):
+        load_class_folders(tar_folder(root, tmp_path / "nosplit.tar.gz"), cache_dir=cache)
+
+    archive = tar_folder(write_class_folders(tmp_path / "trunc", classes=["a"]), tmp_path / "trunc.tar.gz")
+    archive.write_bytes(archive.read_bytes()[:200])
+    with pytest.raises(DatasetError, match="trunc.tar.gz.*truncated or corrupt"):
+        load_class_folders(archive, cache_dir=cache)
+
+    with pytest.raises(DatasetError, match="has 1 class folders, expected 10"):
+        build_dataset("cifar10", write_class_folders(tmp_path / "one", classes=["a"]), cache_dir=cache)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])

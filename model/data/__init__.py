@@ -9,8 +9,10 @@ name        root                                   options
 =========== ====================================== ==========================================
 digits      ignored (scikit-learn, embedded)       split_seed
 shapes      ignored (generated from ``seed``)      num_points, train_per_class, test_per_class
-cifar10     cifar-10-batches-py/ or its parent     -
-cifar100    cifar-100-python/ or its parent        -
+cifar10     cifar-10-batches-py/ or its parent, or a   cache_dir (class folders only)
+            train/,test/ class-folder tree or .tar.gz
+cifar100    cifar-100-python/ or its parent, or    cache_dir (class folders only)
+            class folders as cifar10
 imagenet    dir with train/<wnid>/, val/<wnid>/    image_size, resize
 modelnet40  modelnet40_normal_resampled/ or        num_points, use_normals (resampled only)
             modelnet40_ply_hdf5_2048/ or parent

@@ -1,4 +1,9 @@
-"""CIFAR-10/100 from the official "python version" pickle directories."""
+"""CIFAR-10/100 from the official "python version" pickle directories, or from class folders.
+
+``root`` may also be a class-folder tree (``train/<class>/*.jpg``, ``test/<class>/*.jpg``) or a
+``.tar.gz`` of one, such as ``../shared/data/cifar10-jpeg.tar.gz``; it is decoded once and cached
+(:mod:`model.data.image_folder`, ``cache_dir``).
+"""
 from __future__ import annotations
 
 import os
@@ -11,6 +16,7 @@ import torch
 from .common import (ArrayDataset, Compose, DatasetError, DatasetSplits, as_text, check_labels,
                      load_pickle_dict, normalize_channels, pickle_entry, random_crop, random_hflip,
                      require_file, require_root)
+from .image_folder import is_class_folder_tree, load_class_folders
 
 # Per-channel statistics of each training set, as used throughout the CIFAR literature.
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -55,17 +61,33 @@ def _read_class_names(path: Path, key: str, num_classes: int) -> list[str] | Non
     return names
 
 
+def _read_class_folders(source: Path, num_classes: int, cache_dir: str | None):
+    arrays, classes = load_class_folders(source, (32, 32), cache_dir)
+    if len(classes) != num_classes:
+        raise DatasetError(f"{str(source)!r} has {len(classes)} class folders, expected {num_classes}")
+    (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
+    return x_train, y_train, x_test, y_test, classes
+
+
 def build_cifar(name: str, root: str | os.PathLike | None, *, seed: int = 0,
-                augment: bool = False) -> DatasetSplits:
-    """x is (3, 32, 32) float32 normalised per channel; augment = pad-4 random crop + flip."""
+                augment: bool = False, cache_dir: str | None = None) -> DatasetSplits:
+    """x is (3, 32, 32) float32 normalised per channel; augment = pad-4 random crop + flip.
+
+    ``cache_dir`` holds the decoded arrays of a class-folder source (default
+    ``~/.cache/sigmabranch``, or ``$SIGMABRANCH_CACHE``); the pickles need no cache.
+    """
     del seed  # the files fix the split
     dirname, train_files, test_file, meta_file, label_key, names_key, num_classes = _LAYOUTS[name]
-    directory = _find_dir(require_root(root, name), dirname, test_file)
-
-    train = [_read_batch(directory / f, label_key, num_classes) for f in train_files]
-    x_train = np.concatenate([x for x, _ in train])
-    y_train = np.concatenate([y for _, y in train])
-    x_test, y_test = _read_batch(directory / test_file, label_key, num_classes)
+    if root is not None and is_class_folder_tree(Path(root).expanduser()):
+        x_train, y_train, x_test, y_test, class_names = _read_class_folders(
+            Path(root).expanduser(), num_classes, cache_dir)
+    else:
+        directory = _find_dir(require_root(root, name), dirname, test_file)
+        train = [_read_batch(directory / f, label_key, num_classes) for f in train_files]
+        x_train = np.concatenate([x for x, _ in train])
+        y_train = np.concatenate([y for _, y in train])
+        x_test, y_test = _read_batch(directory / test_file, label_key, num_classes)
+        class_names = _read_class_names(directory / meta_file, names_key, num_classes)
 
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
     normalise = partial(normalize_channels, mean=mean, std=std)
@@ -78,5 +100,5 @@ def build_cifar(name: str, root: str | os.PathLike | None, *, seed: int = 0,
         test=ArrayDataset(torch.from_numpy(x_test), torch.from_numpy(y_test), Compose(normalise)),
         num_classes=num_classes,
         input_shape=(3, 32, 32),
-        class_names=_read_class_names(directory / meta_file, names_key, num_classes),
+        class_names=class_names,
     )
