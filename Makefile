@@ -6,9 +6,21 @@ STAMP := $(VENV)/.installed
 # Install torch first and pinned: a plain resolve pulls a multi-GB CUDA build.
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install run test clean
+.PHONY: install tools run test clean
 
-install: $(STAMP)
+install: tools $(STAMP)
+
+# System tools the tests need: tclsh runs the block-design Tcl (tests/test_vivado_bundle.py).
+# Installed with apt-get as root or through sudo; otherwise stop naming it.
+APT_TCL := apt-get update -qq && apt-get install -y -qq tcl
+tools:
+	@command -v tclsh >/dev/null 2>&1 || { \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "tclsh is missing and apt-get is not available: install Tcl (tclsh), then re-run make" >&2; exit 1; \
+	  elif [ "$$(id -u)" = 0 ]; then sh -c '$(APT_TCL)'; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo sh -c '$(APT_TCL)'; \
+	  else echo "tclsh is missing: install Tcl (e.g. apt-get install tcl as root), then re-run make" >&2; exit 1; fi; }
+	@command -v tclsh >/dev/null 2>&1 || { echo "tclsh is still missing after installing tcl" >&2; exit 1; }
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import yaml
 from tqdm.auto import tqdm
 
-from model.config import ConfigError, TrainConfig, _build, apply_overrides, load_config
+from model.config import ConfigError, TrainConfig, apply_overrides, build_section, load_config
 
 from .criteria import CRITERIA, check_criterion
 from .prune import check_ratio
@@ -133,7 +133,7 @@ def load_compare_config(path: str | Path, overrides: list[str] | None = None) ->
             raise ConfigError(f"override {item!r} must look like key=value (e.g. ratios=[0.5])")
         key, raw = item.split("=", 1)
         values[key] = yaml.safe_load(raw)
-    cfg = _build(CompareConfig, values, str(path))
+    cfg = build_section(CompareConfig, values, str(path))
     return _validate(cfg, str(path)), path.resolve().parent
 
 

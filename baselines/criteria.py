@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from tqdm.auto import tqdm
 
+from model.agf import agf_sample_utilities  # the one definition of the utility, shared with the tree
 from model.config import ConfigError
 
 CRITERIA = ("l1", "fpgm", "hrank", "agf")
@@ -75,14 +76,6 @@ def feature_map_ranks(maps: torch.Tensor) -> torch.Tensor:
 def hrank_channel_scores(maps: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W)`` feature maps -> ``(C,)`` mean rank over the samples (higher = keep)."""
     return feature_map_ranks(maps).mean(0)
-
-
-def agf_sample_utilities(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    """``(N, C, ...)`` activations and loss gradients -> ``(N, C)`` utilities ``|sum_spatial a * g|``:
-    the magnitude of the first-order loss change when the channel is removed for that sample."""
-    product = (activations.detach() * gradients.detach()).flatten(2) if activations.dim() > 2 else \
-        (activations.detach() * gradients.detach())[..., None]
-    return product.sum(2).abs()
 
 
 def agf_channel_scores(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:

@@ -23,10 +23,11 @@ For each bundle the *same driver code* (``host.driver.SigmaBranchOverlay``) runs
 and prints cycles per inference (mean), the ratio to serial, weight bytes per inference, the
 bytes wasted on wrong guesses and how often both levels were guessed right. The ``ref`` cycles
 are the transaction-level model of ``host/backends/ref.py`` (FINN+'s per-layer cycle
-estimates, one DDR port at the board's bandwidth, 25 cycles per MMIO access).
+estimates, one DDR port at the board's bandwidth and first-word latency from driver.json
+``board_facts``, 25 cycles per MMIO access).
 
 ``--backend sim`` adds the same driver on the Verilator model of the whole design behind AXI
-(``host.backends.sim.run_sim``, needs the bundle's ``vivado/``): ``serial`` and ``prefetch`` in
+(``sim.host_backend.run_sim``, needs the bundle's ``vivado/``): ``serial`` and ``prefetch`` in
 host-driven fetch mode (the PS reads the decision, tags and starts one weight DMA per level; a
 prefetched region fills the buffers before the decision, a wrong one is flushed on chip), the
 prefetch again with the predictor seeded by the inputs' own branch usage (``prefetch prior``, as
@@ -104,7 +105,7 @@ def run_bundle(bundle: Path, x: np.ndarray, y: np.ndarray | None, backend: str, 
 def simulated_rows(bundle: Path, x: np.ndarray, ref: dict, options: dict) -> dict:
     """The driver on the Verilator model of the whole design: host serial, host prefetch (cold, and
     with the predictor seeded by the inputs' own branch usage, as the ``ref`` oracle row), onchip."""
-    from host.backends.sim import run_sim
+    from sim.host_backend import run_sim
     usage = [(np.bincount(ref["paths"][:, l], minlength=2 ** (l + 1)) * len(x)).tolist()
              for l in range(ref["paths"].shape[1])]
     rows = {}

@@ -1,11 +1,11 @@
 """The hardware top for Vivado: the stitched whole tree behind AXI (``sigmabranch_tree_axi``).
 
 :func:`write_axi_top` takes a ``sigmabranch build`` output and writes a self-contained HDL
-folder (``<out>/src``): the stitched whole-tree top of :func:`hls.stitch.write_tree_top` (as
-``sim/tree_nodes.py``'s :meth:`TreeSim.part_tree` prepares it: FINN+ RTL layers, this
-repository's blocks, multi-set thresholds), ``hls/rtl/tree_ctrl.sv`` and the wrapper below,
-with every source and ``$readmemh`` data file copied in and every path inside the HDL pointing
-at the copies (absolute, as FINN's ``ReplaceVerilogRelPaths`` makes them for Vivado)::
+folder (``<out>/src``): the stitched whole-tree top of :func:`hls.stitch.write_tree_top` (the
+parts :meth:`hls.parts.TreeParts.whole_tree` assembles: FINN+ RTL layers, this repository's
+blocks, multi-set thresholds), ``hls/rtl/tree_ctrl.sv`` and the wrapper below, with every
+source and ``$readmemh`` data file copied in and every path inside the HDL pointing at the
+copies (absolute, as FINN's ``ReplaceVerilogRelPaths`` makes them for Vivado)::
 
     s_axi_ctrl (AXI4-Lite) --> tree_ctrl --- weights_base ----------------------+
                                   ^  start / soft reset / decisions / byte counts |
@@ -36,6 +36,8 @@ streams (``tready`` high) and the weight port's outstanding read bursts (``rread
 The per-level decisions come from the tree top's branch registers: :func:`expose_levels` adds
 ``level_branch``/``level_busy`` ports to the text :func:`hls.stitch.write_tree_top` wrote (that
 module is not changed here).
+
+The top is simulated (cocotb + Verilator) by ``simulate`` of the ``sim`` package's ``axi_top_sim``.
 """
 from __future__ import annotations
 
@@ -338,22 +340,23 @@ def write_axi_top(build_dir: str | Path, out_dir: str | Path, work_dir: str | Pa
     return that description. ``work_dir``: where the build's nodes are prepared (FINN+
     ``PrepareIP``; default ``<out_dir>/prepared``)."""
     from host.backends.base import layout_signature
-    from hls.stitch import stage_files, write_tree_top
-    from sim.finn_rtllib import patched_rtllib
-    from sim.tree_nodes import RTL_FORK, TreeSim
+
+    from .finn_rtllib import patched_rtllib
+    from .parts import TreeParts
+    from .stitch import RTL_FORK, stage_files, write_tree_top
 
     build_dir, out_dir = Path(build_dir).resolve(), Path(out_dir).resolve()
     work = Path(work_dir).resolve() if work_dir else out_dir / "prepared"
-    ts = TreeSim(build_dir, work_dir=work)
-    depth = ts.tree.depth
+    tp = TreeParts(build_dir, work)
+    depth = tp.tree.depth
     if depth > 8:
         raise AxiTopError(f"depth {depth}: the control block's register map has room for 8 levels")
-    bb, rr, levels, bb_words = ts.part_tree()
+    tree = tp.whole_tree()
+    levels, stages = tree.levels, tree.stages
     gen = work / "tops"
-    info = write_tree_top(gen / f"{CORE}.sv", CORE, bb, rr, levels, bb_words, host_fetch=True)
+    info = write_tree_top(gen / f"{CORE}.sv", CORE, tree, host_fetch=True)
     core_file = gen / f"{CORE}.sv"
     core_file.write_text(expose_levels(core_file.read_text(), depth))
-    stages = bb + rr + [st for lv in levels for st in lv.branch + lv.below]
     srcs, incs, _ = stage_files(stages)
     srcs = [RTL_FORK] + srcs + [RTL_DIR / "weight_stream_split.sv", RTL_DIR / "tree_ctrl.sv", core_file]
     data = []
@@ -361,7 +364,7 @@ def write_axi_top(build_dir: str | Path, out_dir: str | Path, work_dir: str | Pa
         data += [Path(f) for f in st.data_files if Path(f) not in data]
 
     # geometry
-    driver = ts.driver
+    driver = tp.driver
     in_bits, in_pe, _ = info["in_elem"]
     if in_bits != 8:
         raise AxiTopError(f"the tree's input elements are {in_bits} bits: the input DMA carries INT8 bytes")
@@ -371,13 +374,13 @@ def write_axi_top(build_dir: str | Path, out_dir: str | Path, work_dir: str | Pa
     if in_bytes % din or in_bytes % kin:
         raise AxiTopError(f"input of {in_bytes} bytes is not a whole number of {kin}-byte words")
     out_bits, out_pe, out_signed = info["out_elem"]
-    n_cls = int(ts.manifest["num_classes"])
+    n_cls = int(tp.manifest["num_classes"])
     if n_cls % out_pe:
         raise AxiTopError(f"{n_cls} classes are not a whole number of {out_pe}-element output words")
     if int(driver["output"]["bytes"]) != OUT_BYTES_PER_CLASS * n_cls:
         raise AxiTopError(f"driver.json output is {driver['output']['bytes']} bytes, the top writes "
                           f"{OUT_BYTES_PER_CLASS * n_cls} (INT32 per class)")
-    wl = ts.weights["levels"]
+    wl = tp.weights["levels"]
     geom = {"build": str(build_dir), "levels": depth, "signature": layout_signature(driver),
             "level_lo": [int(lv["base"]) for lv in wl],
             "level_hi": [int(lv["base"]) + len(lv["regions"]) * int(lv["region_stride"]) for lv in wl],
@@ -431,49 +434,3 @@ def write_axi_top(build_dir: str | Path, out_dir: str | Path, work_dir: str | Pa
                      "ddr": "m_axi_weights"}}
     (out_dir / "hdl.json").write_text(json.dumps(desc, indent=1))
     return desc
-
-
-# --------------------------------------------------------------------------------- simulation
-WEIGHTS_BASE = 0x1_2000_0000   # where the testbench's DDR model places weights.bin (above 4 GiB)
-
-
-def simulate(desc: dict[str, Any], x_nhwc, *, abort_first: bool = False, p_valid: float = 0.7,
-             p_ready: float = 0.7, p_rvalid: float = 0.8, p_arready: float = 0.7, seed: int = 0,
-             max_cycles: int = 400_000, host_frames: tuple[int, ...] = (),
-             paths: list[list[int]] | None = None) -> dict[str, Any]:
-    """Run ``sim/tb/test_tree_axi.py`` on the top :func:`write_axi_top` described (cocotb +
-    Verilator), one image after another as the host drives it. ``x_nhwc``: (N, H, W, C) INT8.
-    ``host_frames``: images run in host-driven fetch mode (the testbench streams each level's
-    region; the first of them starts with a wrong level-0 prefetch, the branch not in ``paths``).
-    Returns ``info`` (what the registers said outside inferences) and per image ``acc`` (INT32
-    per class from the output stream), ``tlast``, ``decision``/``decision_valid``,
-    ``fetch_addr``/``fetch_bytes`` (the control block's counters), ``ddr_bytes`` (the DDR
-    model's), ``bursts``, ``cycles`` (start to STATUS done seen)."""
-    import numpy as np
-
-    from sim.verilator import run_cocotb
-    g = desc["geometry"]
-    din = g["dma_in_bytes"]
-    frames = []
-    for x in np.asarray(x_nhwc):
-        raw = (np.asarray(x, dtype=np.int64).ravel() & 0xFF).astype(np.uint8).tobytes()
-        if len(raw) != g["input_bytes"]:
-            raise ValueError(f"image of {len(raw)} bytes, the top takes {g['input_bytes']}")
-        frames.append({"in": [hex(int.from_bytes(raw[i:i + din], "little")) for i in range(0, len(raw), din)],
-                       "n_out": g["num_classes"]})
-    build = Path(g["build"])
-    cfg = {"frames": frames, "levels": g["levels"], "abort_first": abort_first, "p_valid": p_valid,
-           "p_ready": p_ready, "p_rvalid": p_rvalid, "p_arready": p_arready, "seed": seed, "max_cycles": max_cycles,
-           "memory": {"file": str(build / "weights.bin"), "base": WEIGHTS_BASE}, "host_frames": list(host_frames),
-           "path_hint": paths,
-           "regions": [[[int(r["offset"]), int(r["bytes"])] for r in lv["regions"]]
-                       for lv in json.loads((build / "weights.json").read_text())["levels"]]}
-    res = run_cocotb(desc["sources"], desc["top"], "sim.tb.test_tree_axi", includes=desc["includes"],
-                     defines={"FINN_SIMULATION": 1}, config=cfg)
-    got = json.loads((res.test_dir / "outputs.json").read_text())
-    for fr in got["frames"]:
-        words = [int(w, 16) for w in fr["out"]]
-        fr["acc"] = [w - (1 << 32) if w >> 31 else w for w in words]
-    got.update(build_seconds=res.build.seconds, sim_seconds=res.sim_seconds, cached=res.build.cached,
-               weights_base=WEIGHTS_BASE)
-    return got

@@ -1,44 +1,40 @@
-"""Stitched SystemVerilog tops of the tree's hardware, for simulation (cocotb + Verilator).
+"""Stitched SystemVerilog tops of the tree's hardware (simulation and the Vivado sources).
 
-FINN+ stitches its IP in Vivado (``CreateStitchedIP``), which is not available here. This module
-writes the same connections as plain SystemVerilog, from the build's per-node HW graphs
-(``build/<board>/nodes/<node>.hw.onnx``):
+FINN+ stitches its IP in Vivado (``CreateStitchedIP``). This module writes the same connections
+as plain SystemVerilog text, from the stages and parts :mod:`hls.parts` describes (what is
+connected; here only how it is written):
 
-1. :func:`prepare_node`: FINN+'s ``InsertDWC`` (data width converters between layers of different
-   folding, as FINN's stitching flow inserts them), ``SpecializeLayers`` (RTL DWCs), node names
-   prefixed with the tree node (module names must be unique in one top), ``PrepareIP``.
-2. :func:`node_stages`: the node's layers as :class:`Stage` s, with FINN+'s HLS-only layers
-   replaced by this repository's blocks (``hls/rtl``): ``ConvolutionInputGenerator_rtl`` ->
-   ``Pool_hls`` becomes ``stream_maxpool``, ``GlobalAccPool_hls`` becomes ``global_sum_pool``;
-   a router node gets its ``router_decide`` wrapper (integers from ``tree.json``) appended.
-3. :func:`write_chain_top`: one module chaining the stages stream to stream. Every
-   ``external_mem`` MVAU gets its FINN+ ``fetch_weights`` wrapper with ``out0_V`` wired to the
-   MVU's ``in1_V`` and ``ap_clk2x`` tied to ``ap_clk``; ``internal_decoupled`` MVAUs get their
-   memstream. All fetchers share
+- :func:`write_chain_top`: one module chaining a part's stages stream to stream. Every
+  ``external_mem`` MVAU gets its FINN+ ``fetch_weights`` wrapper with ``out0_V`` wired to the
+  MVU's ``in1_V`` and ``ap_clk2x`` tied to ``ap_clk``; ``internal_decoupled`` MVAUs get their
+  memstream. All fetchers share
 
-   - ``region_base`` (64 bits): the DDR address of the chosen branch's region; each fetcher adds
-     its layer's offset inside the region (``ADDRESS_OFFSET`` parameter = ``weights.json``'s layer
-     ``offset``), so fetcher k reads ``region_base + offset_k``;
-   - ``in_idx0_V``: one index token (value 0) per inference, broadcast to every fetcher (the token
-     is taken once all fetchers took it); it triggers one fetch of each layer's weight set;
-   - one AXI4 read port ``axi_mm_*`` (256-bit data, 64-bit address) through
-     ``hls/rtl/axi_read_arbiter.sv``.
+  - ``region_base`` (64 bits): the DDR address of the chosen branch's region; each fetcher adds
+    its layer's offset inside the region (``ADDRESS_OFFSET`` parameter = ``weights.json``'s layer
+    ``offset``), so fetcher k reads ``region_base + offset_k``;
+  - ``in_idx0_V``: one index token (value 0) per inference, broadcast to every fetcher (the token
+    is taken once all fetchers took it); it triggers one fetch of each layer's weight set;
+  - one AXI4 read port ``axi_mm_*`` (256-bit data, 64-bit address) through
+    ``hls/rtl/axi_read_arbiter.sv``.
 
-``region_base`` must stay stable from the index token until the fetch is done (``fetch_done``
-pulses once per fetcher transfer); :func:`write_tree_top` sets it from the router's decision.
+- :func:`write_tree_top`: the whole tree, each level's controller setting its fetchers'
+  ``region_base`` from the router's decision (it must stay stable from the index token until the
+  fetch is done; ``fetch_done`` pulses once per fetcher transfer).
+- the generated pieces a stage is built from: :func:`router_select_text` (a level's routers behind
+  the branch register), :func:`host_feed_wrapper` (FINN+'s fetcher taking the host's weight stream).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:   # hls.parts builds on this module; the text only reads the stages
+    from hls.parts import Stage, TreePart
 
 RTL_DIR = Path(__file__).resolve().parent / "rtl"
+RTL_FORK = RTL_DIR / "stream_fork.sv"    # write_tree_top's forks; not a stage's source
 ADDR_W, DATA_W, IDX_W = 64, 256, 16
 
 
@@ -46,59 +42,8 @@ class StitchError(ValueError):
     """A graph this module cannot stitch (names the layer and the reason)."""
 
 
-def _rup8(n: int) -> int:
-    return -(-int(n) // 8) * 8
-
-
-# --------------------------------------------------------------------------------- stages
-@dataclass
-class Stage:
-    """One streaming block of a chain: a FINN+ RTL layer or one of ``hls/rtl``'s blocks."""
-    name: str                      # instance name
-    module: str
-    in_w: int                      # padded stream widths
-    out_w: int
-    in_port: str = "in0_V"
-    out_port: str = "out0_V"
-    upper: bool = True             # FINN wrappers spell _TDATA, ours _tdata
-    params: dict[str, Any] = field(default_factory=dict)
-    sources: list[Path] = field(default_factory=list)
-    includes: list[Path] = field(default_factory=list)
-    data_files: list[Path] = field(default_factory=list)
-    port_text: str = ""            # module header, to tie off inputs not connected
-    weights: str | None = None     # None, "memstream", "fetch"
-    aux: dict[str, Any] = field(default_factory=dict)
-    # element geometry of the output stream (for unpacking): (element bits, elements per word, signed)
-    out_elem: tuple[int, int, bool] = (0, 0, False)
-    in_elem: tuple[int, int, bool] = (0, 0, False)
-
-
-def prepare_node(model, part: str, clk_ns: float, prefix: str, out_dir: Path):
-    """InsertDWC + SpecializeLayers + unique names + PrepareIP into ``out_dir`` (returns the model)."""
-    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
-    from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
-    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
-    from finn.util.settings import get_settings
-    from qonnx.transformation.general import GiveUniqueNodeNames
-
-    from sim.finn_rtllib import ensure_finn_settings
-
-    ensure_finn_settings()
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = model.transform(InsertDWC()).transform(SpecializeLayers(part)).transform(GiveUniqueNodeNames())
-        for node in model.graph.node:
-            node.name = f"{prefix}_{node.name}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        saved = get_settings().finn_build_dir
-        get_settings().finn_build_dir = out_dir.resolve()
-        try:
-            model = model.transform(PrepareIP(part, clk_ns))
-        finally:
-            get_settings().finn_build_dir = saved
-    return model
-
-
-def _header(path: Path, module: str) -> str:
+def module_header(path: Path, module: str) -> str:
+    """The port list of ``module`` in ``path`` (between ``module <name>`` and ``);``)."""
     text = path.read_text(errors="replace")
     m = re.search(rf"\bmodule\s+{re.escape(module)}\b(.*?)\);", text, re.S)
     if not m:
@@ -112,24 +57,6 @@ def _inputs(header: str) -> list[str]:
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     text = re.sub(r"`ifdef\s+\w+|`ifndef\s+\w+|`endif|`else", "", text)
     return re.findall(r"\binput\s+(?:wire\s+|logic\s+)?(?:\[[^\]]*\]\s*)?(\w+)", text)
-
-
-def _rtllib() -> Path:
-    from sim.finn_rtllib import patched_rtllib
-    return patched_rtllib()
-
-
-def fetcher_sources() -> list[Path]:
-    lib = _rtllib()
-    return [lib / "fetch_weights" / "fetch_weights.sv", lib / "fetch_weights" / "local_weight_buffer.sv",
-            lib / "dwc" / "hdl" / "vpc.sv", lib / "cdma" / "cdma_u" / "cdma_u_rd.sv",
-            lib / "cdma" / "cdma_u" / "axi_dma_rd_u.sv", lib / "fifo" / "hdl" / "fifo.sv", lib / "skid" / "skid.sv"]
-
-
-def memstream_sources() -> list[Path]:
-    lib = _rtllib()
-    return [lib / "memstream" / "hdl" / "memstream.sv", lib / "memstream" / "hdl" / "memstream_axi.sv",
-            lib / "axi" / "hdl" / "axilite.sv"]
 
 
 HOST_FEED_MARK = "// host feed: hls/stitch.py"
@@ -162,164 +89,27 @@ def host_feed_wrapper(wfile: Path) -> None:
     wfile.write_text(text[:at] + mux + text[at:])
 
 
-def _finn_stage(model, node) -> Stage:
-    from qonnx.custom_op.registry import getCustomOp
-
-    from sim.finn_rtllib import node_sources
-
-    inst = getCustomOp(node)
-    srcs, incs, top = node_sources(inst)
-    cg = Path(inst.get_nodeattr("code_gen_dir_ipgen"))
-    top_file = next((s for s in srcs if Path(s).stem in (top, f"{top}_wrapper")), srcs[0])
-    header = _header(Path(top_file), top)
-    st = Stage(node.name, top, _rup8(inst.get_instream_width(0)), _rup8(inst.get_outstream_width(0)),
-               upper="in0_V_TDATA" in header, sources=list(srcs), includes=list(incs), port_text=header)
-    st.data_files = [f for f in cg.iterdir() if f.suffix in (".dat", ".mem", ".hex")]
-    odt, idt = inst.get_output_datatype(), inst.get_input_datatype(0)
-    st.out_elem = (odt.bitwidth(), int(inst.get_folded_output_shape()[-1]), odt.signed())
-    st.in_elem = (idt.bitwidth(), int(inst.get_folded_input_shape(0)[-1]), idt.signed())
-    if node.op_type.startswith("MVAU"):
-        mode = inst.get_nodeattr("mem_mode")
-        wmod = f"{top}_{'fetch_weights' if mode == 'external_mem' else 'memstream'}_wrapper"
-        wfile = cg / f"{wmod}.v"
-        if mode == "external_mem":
-            if inst.get_nodeattr("TH") != 1:
-                raise StitchError(f"{node.name}: the tiled MVU (TH > 1) does not compile in Verilator; keep TH=1")
-            st.weights = "fetch"
-            host_feed_wrapper(wfile)
-            st.sources += [wfile] + fetcher_sources()
-            st.aux = {"wrapper": wmod, "header": _header(wfile, wmod),
-                      "MH": inst.get_nodeattr("MH"), "MW": inst.get_nodeattr("MW")}
-        elif mode == "internal_decoupled":
-            st.weights = "memstream"
-            st.sources += [wfile] + memstream_sources()
-            st.aux = {"wrapper": wmod, "header": _header(wfile, wmod)}
-        else:
-            raise StitchError(f"{node.name}: mem_mode {mode!r} is not stitched (internal_decoupled, external_mem)")
-    return st
-
-
-def _maxpool_stage(model, cig, pool, name: str) -> Stage:
-    from qonnx.custom_op.registry import getCustomOp
-    c, p = getCustomOp(cig), getCustomOp(pool)
-    ifm = c.get_nodeattr("IFMDim")
-    k = c.get_nodeattr("ConvKernelDim")
-    stride = c.get_nodeattr("Stride")
-    if ifm[0] != ifm[1] or k[0] != k[1] or list(stride) != list(k):
-        raise StitchError(f"{pool.name}: only square, non-overlapping max-pooling maps to stream_maxpool "
-                          f"(IFMDim {ifm}, kernel {k}, stride {stride})")
-    pe_in, pe_out = c.get_nodeattr("SIMD"), p.get_nodeattr("PE")
-    if pe_in != pe_out:
-        raise StitchError(f"{pool.name}: the window generator's SIMD ({pe_in}) differs from the pool's PE "
-                          f"({pe_out}); stream_maxpool keeps one PE")
-    dt = c.get_input_datatype(0)
-    chans = p.get_nodeattr("Channels")
-    params = dict(IFM_DIM=ifm[0], K=k[0], C=chans, PE=pe_in, W=dt.bitwidth(), SIGNED=int(dt.signed()))
-    w = _rup8(pe_in * dt.bitwidth())
-    return Stage(name, "stream_maxpool", w, w, upper=False, params=params, sources=[RTL_DIR / "stream_maxpool.sv"],
-                 out_elem=(dt.bitwidth(), pe_in, dt.signed()), in_elem=(dt.bitwidth(), pe_in, dt.signed()))
-
-
-def _sumpool_stage(model, node, name: str) -> Stage:
-    from qonnx.custom_op.registry import getCustomOp
-    inst = getCustomOp(node)
-    idt, odt = inst.get_input_datatype(0), inst.get_output_datatype()
-    pe, chans = inst.get_nodeattr("PE"), inst.get_nodeattr("NumChannels")
-    n_pix = int(np.prod(inst.get_nodeattr("numInputVectors")[1:]))
-    params = dict(C=chans, PE=pe, N_PIXELS=n_pix, IN_W=idt.bitwidth(), SIGNED=int(idt.signed()), OUT_W=odt.bitwidth())
-    return Stage(name, "global_sum_pool", _rup8(pe * idt.bitwidth()), _rup8(pe * odt.bitwidth()), upper=False,
-                 params=params, sources=[RTL_DIR / "global_sum_pool.sv"],
-                 out_elem=(odt.bitwidth(), pe, odt.signed()), in_elem=(idt.bitwidth(), pe, idt.signed()))
-
-
-def router_stage(model, decision: dict[str, Any], name: str, gen_dir: Path, idx_base: int = 0) -> Stage:
-    """``router_decide`` with this router's integers, after the projection MVAU (its output stream)."""
-    from qonnx.custom_op.registry import getCustomOp
-
-    from hls.router_params import write_router_params
-    last = getCustomOp(model.graph.node[-1])
-    zdt = last.get_output_datatype()
-    pe = int(last.get_folded_output_shape()[-1])
-    gen_dir.mkdir(parents=True, exist_ok=True)
-    path = gen_dir / f"{name}.sv"
-    write_router_params(path, np.asarray(decision["bias_int"]), np.asarray(decision["u_int"]), int(decision["c_int"]),
-                        int(decision["e_int"]), z_width=zdt.bitwidth(), pe=pe, idx_base=idx_base)
-    return Stage(name, name, _rup8(pe * zdt.bitwidth()), 16, upper=False,
-                 sources=[RTL_DIR / "router_decide.sv", path], out_elem=(16, 1, False),
-                 in_elem=(zdt.bitwidth(), pe, zdt.signed()))
-
-
-def router_select_stage(model, decisions: list[dict[str, Any]], name: str, gen_dir: Path) -> Stage:
-    """One router per branch of a level (each ``router_decide`` with its own integers), the input
-    frame steered to, and the decision taken from, the one ``sel`` (the branch register) names.
-    The integers are baked into each instance, so a level of B branches holds B decision units
-    (small next to the MVAU: one PE-wide multiply-accumulate each)."""
-    from qonnx.custom_op.registry import getCustomOp
-
-    from hls.router_params import write_router_params
-    last = getCustomOp(model.graph.node[-1])
-    zdt = last.get_output_datatype()
-    pe = int(last.get_folded_output_shape()[-1])
-    gen_dir.mkdir(parents=True, exist_ok=True)
-    in_w = _rup8(pe * zdt.bitwidth())
-    files, n = [], len(decisions)
-    sw = max(1, (n - 1).bit_length())
-    inst = []
-    for i, d in enumerate(decisions):
-        path = gen_dir / f"{name}_b{i}.sv"
-        write_router_params(path, np.asarray(d["bias_int"]), np.asarray(d["u_int"]), int(d["c_int"]), int(d["e_int"]),
-                            z_width=zdt.bitwidth(), pe=pe, idx_base=0)
-        files.append(path)
-        inst.append(f"\t{name}_b{i} u{i} (.ap_clk(ap_clk), .ap_rst_n(ap_rst_n), .in0_V_tdata(in0_V_tdata),\n"
-                    f"\t\t.in0_V_tvalid(in0_V_tvalid && sel == {sw}'d{i}), .in0_V_tready(rdy[{i}]),\n"
-                    f"\t\t.out0_V_tdata(od[{i}]), .out0_V_tvalid(ov[{i}]), .out0_V_tready(out0_V_tready && sel == {sw}'d{i}),\n"
-                    f"\t\t.decision(), .decision_valid());")
-    text = (f"// generated by hls/stitch.py: the routers of one level, selected by the branch register\n"
-            f"module {name} (\n\tinput ap_clk, input ap_rst_n, input [{sw - 1}:0] sel,\n"
+def router_select_text(name: str, n: int, in_w: int, sel_w: int) -> str:
+    """Module ``name``: ``n`` routers ``<name>_b<i>`` (``router_decide`` wrappers), the input frame
+    steered to, and the decision taken from, the one ``sel`` names."""
+    inst = [f"\t{name}_b{i} u{i} (.ap_clk(ap_clk), .ap_rst_n(ap_rst_n), .in0_V_tdata(in0_V_tdata),\n"
+            f"\t\t.in0_V_tvalid(in0_V_tvalid && sel == {sel_w}'d{i}), .in0_V_tready(rdy[{i}]),\n"
+            f"\t\t.out0_V_tdata(od[{i}]), .out0_V_tvalid(ov[{i}]), .out0_V_tready(out0_V_tready && sel == {sel_w}'d{i}),\n"
+            f"\t\t.decision(), .decision_valid());" for i in range(n)]
+    return (f"// generated by hls/stitch.py: the routers of one level, selected by the branch register\n"
+            f"module {name} (\n\tinput ap_clk, input ap_rst_n, input [{sel_w - 1}:0] sel,\n"
             f"\tinput [{in_w - 1}:0] in0_V_tdata, input in0_V_tvalid, output in0_V_tready,\n"
             f"\toutput [15:0] out0_V_tdata, output out0_V_tvalid, input out0_V_tready\n);\n"
             f"\twire [{n - 1}:0] rdy, ov; wire [15:0] od [{n}];\n" + "\n".join(inst)
             + "\n\tassign in0_V_tready = rdy[sel];\n\tassign out0_V_tvalid = ov[sel];\n"
             "\tassign out0_V_tdata = od[sel];\nendmodule\n")
-    top = gen_dir / f"{name}.sv"
-    top.write_text(text)
-    st = Stage(name, name, in_w, 16, upper=False, sources=[RTL_DIR / "router_decide.sv", *files, top],
-               out_elem=(16, 1, False), in_elem=(zdt.bitwidth(), pe, zdt.signed()))
-    st.aux["sel_w"] = sw
-    return st
-
-
-def node_stages(model, prefix: str) -> list[Stage]:
-    """The layers of one prepared node as stages (HLS-only layers replaced, see the module doc)."""
-    nodes = list(model.graph.node)
-    stages, i = [], 0
-    while i < len(nodes):
-        n = nodes[i]
-        if n.op_type.startswith("ConvolutionInputGenerator") and i + 1 < len(nodes):
-            j = i + 1
-            while j < len(nodes) and nodes[j].op_type.startswith("StreamingDataWidthConverter"):
-                j += 1
-            if j < len(nodes) and nodes[j].op_type == "Pool_hls":
-                if j != i + 1:
-                    raise StitchError(f"{nodes[j].name}: a width converter between the window generator and the pool")
-                stages.append(_maxpool_stage(model, n, nodes[j], f"{prefix}_maxpool_{len(stages)}"))
-                i = j + 1
-                continue
-        if n.op_type == "GlobalAccPool_hls":
-            stages.append(_sumpool_stage(model, n, f"{prefix}_sumpool_{len(stages)}"))
-        elif n.op_type.endswith("_hls"):
-            raise StitchError(f"{n.name}: HLS-only layer {n.op_type} has no RTL replacement here")
-        else:
-            stages.append(_finn_stage(model, n))
-        i += 1
-    return stages
 
 
 def stage_files(stages: list[Stage]) -> tuple[list[Path], list[Path], list[Path]]:
     """(sources without duplicates in a valid order, include dirs, data files)."""
     seen, srcs = set(), []
     # packages first (mvu_pkg), then the rest
-    # (mvu_vvu_axi.sv's output-queue fix is one of sim.finn_rtllib.PATCHES, like the Verilator fixes)
+    # (mvu_vvu_axi.sv's output-queue fix is one of hls.finn_rtllib.PATCHES, like the Verilator fixes)
     allsrc = [Path(s) for st in stages for s in st.sources]
     allsrc.sort(key=lambda p: 0 if p.name.endswith("_pkg.sv") else 1)
     for s in allsrc + [RTL_DIR / "axi_read_arbiter.sv"]:
@@ -347,7 +137,20 @@ def _param_list(params: dict[str, Any]) -> str:
     return " #(" + ", ".join(f".{k}({v})" for k, v in params.items()) + ")"
 
 
-def _stage_instance(st: Stage, k: int, src: str, dst: str, lines: list[str], fetch_ctx: dict) -> None:
+@dataclass
+class ChainContext:
+    """The signals a chain's stages connect to besides their streams (set per level by
+    :func:`write_tree_top`), and the fetchers instanced so far."""
+    n: int = 0                          # fetchers instanced: the next one's index on the arbiter
+    base: str = "region_base"           # the fetchers' base address
+    idx_data: str = "in_idx0_V_tdata"   # the index token's value
+    sel: str = "branch_sel"             # the branch register (router select, threshold set)
+    lo: int = 0                         # the level's first fetcher (output 0 of its weight split)
+    host: str | None = None             # host-driven fetch: the level's weight split (wire prefix)
+    gate: str | None = None             # host-driven fetch: the level's weight gate
+
+
+def _stage_instance(st: Stage, k: str, src: str, dst: str, lines: list[str], ctx: ChainContext) -> None:
     """Instance of stage ``st`` reading stream ``src`` and writing stream ``dst`` (wire name prefixes)."""
     conns = {"ap_clk": "ap_clk", "ap_rst_n": "ap_rst_n"}
     for sig in ("tdata", "tvalid"):
@@ -358,30 +161,30 @@ def _stage_instance(st: Stage, k: int, src: str, dst: str, lines: list[str], fet
     conns[f"{st.out_port}_{_sfx(st, 'tready')}"] = f"{dst}_tready"
     if "ap_clk2x" in st.port_text:
         conns["ap_clk2x"] = "ap_clk"
-    if "sel_w" in st.aux:
-        conns["sel"] = fetch_ctx.get("sel", "branch_sel")
-    conns.update(st.aux.get("conns", {}))
-    if st.weights:
+    if st.select:
+        conns["sel"] = ctx.sel
+    conns.update({p: s.replace("{sel}", ctx.sel) for p, s in st.conns.items()})
+    wp = st.weights
+    if wp:
         ww = f"w{k}"
-        lines.append(f"\twire [{st.aux.get('w_width', 1) - 1}:0] {ww}_tdata; wire {ww}_tvalid, {ww}_tready;")
+        lines.append(f"\twire [{wp.w_width - 1}:0] {ww}_tdata; wire {ww}_tvalid, {ww}_tready;")
         conns["in1_V_TDATA"], conns["in1_V_TVALID"], conns["in1_V_TREADY"] = f"{ww}_tdata", f"{ww}_tvalid", f"{ww}_tready"
-        if st.weights == "memstream":
+        if wp.kind == "memstream":
             wconns = {"ap_clk": "ap_clk", "ap_clk2x": "ap_clk", "ap_rst_n": "ap_rst_n", "s_axis_0_tvalid": "1'b1",
                       "m_axis_0_tdata": f"{ww}_tdata", "m_axis_0_tvalid": f"{ww}_tvalid", "m_axis_0_tready": f"{ww}_tready"}
-            body = [f"\t\t.{p}({s})" for p, s in wconns.items()] + _tieoffs(st.aux["header"], set(wconns))
-            lines.append(f"\t{st.aux['wrapper']} {st.name}_mem (\n" + ",\n".join(body) + "\n\t);")
+            body = [f"\t\t.{p}({s})" for p, s in wconns.items()] + _tieoffs(wp.header, set(wconns))
+            lines.append(f"\t{wp.wrapper} {st.name}_mem (\n" + ",\n".join(body) + "\n\t);")
         else:
-            f = fetch_ctx["n"]
-            fetch_ctx["n"] += 1
+            f = ctx.n
+            ctx.n += 1
             wconns = {"ap_clk": "ap_clk", "ap_rst_n": "ap_rst_n", "out_done": f"fetch_done_v[{f}]",
-                      "base_address": fetch_ctx.get("base", "region_base"), "in_idx0_V_tvalid": f"fidx_tvalid[{f}]",
-                      "in_idx0_V_tready": f"fidx_tready[{f}]", "in_idx0_V_tdata": fetch_ctx.get("idx_data", "in_idx0_V_tdata"),
+                      "base_address": ctx.base, "in_idx0_V_tvalid": f"fidx_tvalid[{f}]",
+                      "in_idx0_V_tready": f"fidx_tready[{f}]", "in_idx0_V_tdata": ctx.idx_data,
                       "out0_V_tdata": f"{ww}_tdata", "out0_V_tvalid": f"{ww}_tvalid", "out0_V_tready": f"{ww}_tready"}
-            gate = fetch_ctx.get("gate")
+            gate = ctx.gate
             if gate:   # the weights wait at the fetcher until the level's decision (see write_tree_top)
                 wconns.update(out0_V_tdata=f"{ww}_f_tdata", out0_V_tvalid=f"{ww}_f_tvalid", out0_V_tready=f"{ww}_f_tready")
-                w = st.aux.get("w_width", 1)
-                lines.append(f"\twire [{w - 1}:0] {ww}_f_tdata; wire {ww}_f_tvalid, {ww}_f_tready;\n"
+                lines.append(f"\twire [{wp.w_width - 1}:0] {ww}_f_tdata; wire {ww}_f_tvalid, {ww}_f_tready;\n"
                              f"\tassign {ww}_tdata = {ww}_f_tdata; assign {ww}_tvalid = {ww}_f_tvalid && {gate}; "
                              f"assign {ww}_f_tready = {ww}_tready && {gate};")
             for sig, w in (("araddr", ADDR_W), ("arlen", 8), ("arsize", 3), ("arburst", 2), ("arid", 2)):
@@ -391,34 +194,26 @@ def _stage_instance(st: Stage, k: int, src: str, dst: str, lines: list[str], fet
             for sig in ("rdata", "rresp", "rlast", "rid"):
                 wconns[f"axi_mm_{sig}"] = f"ar_{sig}"
             wconns["axi_mm_awready"], wconns["axi_mm_wready"], wconns["axi_mm_bvalid"] = "1'b0", "1'b0", "1'b0"
-            if fetch_ctx.get("host"):   # the level's weight_stream_split output k (host-driven fetch)
-                hp, k = fetch_ctx["host"], f - fetch_ctx["lo"]
-                wconns.update(host_feed="host_fetch", s_host_tdata=f"{hp}_md", s_host_tvalid=f"{hp}_mv[{k}]",
-                              s_host_tready=f"{hp}_mr[{k}]", ap_rst_n=f"ap_rst_n && !{hp}_flush")   # a wrong prefetch flushed
-            body = [f"\t\t.{p}({s})" for p, s in wconns.items()] + _tieoffs(st.aux["header"], set(wconns))
-            offs = int(st.aux["offset"])
-            lines.append(f"\t{st.aux['wrapper']} #(.ADDRESS_OFFSET(64'd{offs})) {st.name}_fetch (\n"
+            if ctx.host:   # the level's weight_stream_split output j (host-driven fetch)
+                hp, j = ctx.host, f - ctx.lo
+                wconns.update(host_feed="host_fetch", s_host_tdata=f"{hp}_md", s_host_tvalid=f"{hp}_mv[{j}]",
+                              s_host_tready=f"{hp}_mr[{j}]", ap_rst_n=f"ap_rst_n && !{hp}_flush")   # a wrong prefetch flushed
+            body = [f"\t\t.{p}({s})" for p, s in wconns.items()] + _tieoffs(wp.header, set(wconns))
+            lines.append(f"\t{wp.wrapper} #(.ADDRESS_OFFSET(64'd{int(wp.offset)})) {st.name}_fetch (\n"
                          + ",\n".join(body) + "\n\t);")
     body = [f"\t\t.{p}({s})" for p, s in conns.items()] + _tieoffs(st.port_text, set(conns)) if st.port_text else \
         [f"\t\t.{p}({s})" for p, s in conns.items()]
     lines.append(f"\t{st.module}{_param_list(st.params)} {st.name} (\n" + ",\n".join(body) + "\n\t);")
 
 
-def _weight_width(st: Stage) -> int:
-    pe, simd, wbits = st.aux["PE"], st.aux["SIMD"], st.aux["WW"]
-    return _rup8(pe * simd * wbits)
-
-
-def chain_body(stages: list[Stage], src: str, dst: str, tag: str, lines: list[str], fetch_ctx: dict) -> None:
+def chain_body(stages: list[Stage], src: str, dst: str, tag: str, lines: list[str], ctx: ChainContext) -> None:
     """Wires and instances of a chain reading stream ``src`` and ending in stream ``dst``."""
     prev = src
     for k, st in enumerate(stages):
         out = dst if k == len(stages) - 1 else f"{tag}_s{k}"
         if out != dst:
             lines.append(f"\twire [{st.out_w - 1}:0] {out}_tdata; wire {out}_tvalid, {out}_tready;")
-        if st.weights:
-            st.aux["w_width"] = _weight_width(st)
-        _stage_instance(st, f"{tag}_{k}", prev, out, lines, fetch_ctx)
+        _stage_instance(st, f"{tag}_{k}", prev, out, lines, ctx)
         prev = out
 
 
@@ -472,8 +267,8 @@ def write_chain_top(path: Path, name: str, stages: list[Stage], taps: tuple[int,
     ``in_idx0_V``, ``fetch_done`` and ``axi_mm_*``; with a router-select stage ``branch_sel``.
     ``taps``: stage indices whose output stream is mirrored (read-only) on ``tap<k>_tdata/tvalid/
     tready`` for the testbench to observe. Returns the top's description."""
-    n_fetch = sum(1 for st in stages if st.weights == "fetch")
-    sel_w = max([st.aux.get("sel_w", 0) for st in stages] + [0])
+    n_fetch = sum(1 for st in stages if st.fetches)
+    sel_w = max([st.select.sel_w for st in stages if st.select] + [0])
     ports = ["\tinput ap_clk", "\tinput ap_rst_n",
              f"\tinput [{stages[0].in_w - 1}:0] in0_V_tdata", "\tinput in0_V_tvalid", "\toutput in0_V_tready",
              f"\toutput [{stages[-1].out_w - 1}:0] out0_V_tdata", "\toutput out0_V_tvalid", "\tinput out0_V_tready"]
@@ -483,8 +278,7 @@ def write_chain_top(path: Path, name: str, stages: list[Stage], taps: tuple[int,
     if sel_w:
         ports.append(f"\tinput [{sel_w - 1}:0] branch_sel")
     body: list[str] = []
-    ctx = {"n": 0}
-    chain_body(stages, "in0_V", "out0_V", "c", body, ctx)
+    chain_body(stages, "in0_V", "out0_V", "c", body, ChainContext())
     for t in taps:
         ports += [f"\toutput [{stages[t].out_w - 1}:0] tap{t}_tdata", f"\toutput tap{t}_tvalid", f"\toutput tap{t}_tready"]
         body.append(f"\tassign tap{t}_tdata = c_s{t}_tdata; assign tap{t}_tvalid = c_s{t}_tvalid; "
@@ -498,62 +292,6 @@ def write_chain_top(path: Path, name: str, stages: list[Stage], taps: tuple[int,
     return {"module": name, "n_fetchers": n_fetch, "in_w": stages[0].in_w, "out_w": stages[-1].out_w,
             "in_elem": stages[0].in_elem, "out_elem": stages[-1].out_elem,
             "taps": {t: stages[t].out_elem for t in taps}, "sel_w": sel_w}
-
-
-def annotate_fetchers(stages: list[Stage], model, layers: list[dict[str, Any]], original_names: dict[str, str]) -> None:
-    """Give each fetcher stage its layer offset inside the branch region (``weights.json``) and its
-    weight stream geometry."""
-    from qonnx.custom_op.registry import getCustomOp
-    by_name = {n.name: n for n in model.graph.node}
-    for st in stages:
-        if not st.weights:
-            continue
-        inst = getCustomOp(by_name[st.name])
-        st.aux.update(PE=inst.get_nodeattr("PE"), SIMD=inst.get_nodeattr("SIMD"),
-                      WW=inst.get_input_datatype(1).bitwidth())
-        if st.weights == "fetch":
-            orig = original_names[st.name]
-            match = [layer for layer in layers if layer["layer"] == orig[1] and layer["node"] == orig[0]]
-            if len(match) != 1:
-                raise StitchError(f"{st.name}: no unique layer {orig} in weights.json")
-            st.aux["offset"] = match[0]["offset"]
-            st.aux["layer_bytes"] = match[0]["bytes"]
-
-
-# --------------------------------------------------------------------------------- the whole tree
-def multiset_thresholds(per_branch: list[Stage], gen_dir: Path, sel: str) -> Stage:
-    """The level's shared ``Thresholding_rtl`` holding every branch's thresholds as FINN+ threshold
-    sets (``SETS`` = branches, set = branch, memory ``{set, channel fold, step}``); the set-select
-    stream ``in1_V`` is the branch register, valid all the time. ``per_branch[b]``: the same layer
-    prepared from branch b's graph (its single-set ``.dat`` files)."""
-    st = per_branch[0]
-    texts = {Path(s).read_text() for b in per_branch for s in b.sources if Path(s).stem == b.module}
-    if len(texts) != 1:
-        raise StitchError(f"{st.name}: the branches' thresholding wrappers differ (not one shared datapath)")
-    n = len(per_branch)
-    if n & (n - 1):
-        raise StitchError(f"{st.name}: {n} threshold sets; FINN+'s set select needs a power of two")
-    gen_dir.mkdir(parents=True, exist_ok=True)
-    files = []
-    for f in sorted(st.data_files):
-        m = re.search(r"_threshs_(\d+)_(\d+)\.dat$", f.name)
-        if not m:
-            continue
-        stage = int(m.group(2))
-        blocks = []
-        for b in per_branch:
-            lines = next(g for g in b.data_files if g.name == f.name).read_text().split()
-            cf = len(lines) >> stage
-            cfp = 1 << max(0, (cf - 1).bit_length())
-            blocks += lines + ["0"] * ((cfp - cf) << stage)
-        out = gen_dir / f.name.replace("_threshs_", "_ms_threshs_")
-        out.write_text("\n".join(blocks) + "\n")
-        files.append(out)
-    ms = Stage(**{**st.__dict__})
-    ms.data_files = files
-    ms.params = {"SETS": n, "THRESHOLDS_PATH": f'"./{st.name}_ms_"'}
-    ms.aux = {**st.aux, "conns": {"in1_V_TDATA": f"8'({sel})", "in1_V_TVALID": "1'b1"}}
-    return ms
 
 
 def _fifo(name: str, width: int, depth: int, src: str, dst: str) -> list[str]:
@@ -573,24 +311,12 @@ def _wire(name: str, width: int) -> str:
     return f"\twire [{width - 1}:0] {name}_tdata; wire {name}_tvalid, {name}_tready;"
 
 
-@dataclass
-class LevelPart:
-    """One level's shared datapath: the branch layers, then the node below (router select or head)."""
-    branch: list[Stage]
-    below: list[Stage]
-    n_branches: int
-    base: int                      # level base inside weights.bin
-    stride: int                    # region stride
-    fmap_words: int                # words of the level's input feature map (FIFO depth)
-    out_words: int = 1             # words the level emits per inference (1 decision, or the head's)
-
-
 def _split_block(L: int, fetchers: list[Stage]) -> list[str]:
     """Level ``L``'s ``weight_stream_split``: the host's weight DMA stream to the level's fetchers,
     beat ranges from each layer's offset and bytes inside the region (``weights.json``)."""
     beat = DATA_W // 8
-    lo = [int(st.aux["offset"]) // beat for st in fetchers]
-    hi = [-(-(int(st.aux["offset"]) + int(st.aux["layer_bytes"])) // beat) for st in fetchers]
+    lo = [int(st.weights.offset) // beat for st in fetchers]
+    hi = [-(-(int(st.weights.offset) + int(st.weights.layer_bytes)) // beat) for st in fetchers]
     n = len(fetchers)
 
     def packed(vals):
@@ -617,8 +343,7 @@ def _host_ports(L: int) -> list[str]:
             f"\toutput [31:0] w{L}_drop_beats", f"\toutput w{L}_filled", f"\toutput w{L}_len_error"]
 
 
-def write_tree_top(path: Path, name: str, backbone: list[Stage], root_router: list[Stage],
-                   levels: list[LevelPart], bb_words: int, host_fetch: bool = False) -> dict[str, Any]:
+def write_tree_top(path: Path, name: str, tree: TreePart, host_fetch: bool = False) -> dict[str, Any]:
     """The whole tree as one module (see the module docstring)::
 
         in0_V (image, NHWC) -> backbone -> fork -+-> root router -> decision d0
@@ -638,37 +363,35 @@ def write_tree_top(path: Path, name: str, backbone: list[Stage], root_router: li
     TLAST), ``w<L>_tag`` (FETCH_BRANCH) and the split's counters; in host mode the controllers
     send no index token and the fetchers' width converters take the split's streams.
     """
+    backbone, levels = tree.backbone, tree.levels
     depth = len(levels)
     body: list[str] = []
-    ctx: dict[str, Any] = {"n": 0}
+    ctx = ChainContext()
     bb_w = backbone[-1].out_w
     body.append(_wire("bb_out", bb_w))
     chain_body(backbone, "in0_V", "bb_out", "bb", body, ctx)
     body += [_wire("f0a", bb_w), _wire("f0b", bb_w), _wire("lv0_in", bb_w), _wire("dec0", 16)]
     body += _fork("fork0", bb_w, "bb_out", "f0a", "f0b")
-    body += _fifo("fmap0", bb_w, max(2, bb_words), "f0b", "lv0_in")
-    chain_body(root_router, "f0a", "dec0", "rr", body, ctx)
+    body += _fifo("fmap0", bb_w, max(2, tree.bb_words), "f0b", "lv0_in")
+    chain_body(tree.root_router, "f0a", "dec0", "rr", body, ctx)
     ranges = []
     for L, lv in enumerate(levels):
         sw = max(1, (lv.n_branches - 1).bit_length())
         body.append(f"\tlogic [{sw - 1}:0] branch_{L}; logic busy_{L}; logic idxv_{L}; wire idxr_{L};")
         body.append(f"\twire [{ADDR_W - 1}:0] region_base_{L} = weights_base + {ADDR_W}'d{lv.base} + "
                     f"{ADDR_W}'({ADDR_W}'(branch_{L}) * {ADDR_W}'d{lv.stride});")
-        lo = ctx["n"]
-        ctx.update(base=f"region_base_{L}", idx_data=f"{IDX_W}'d0", sel=f"branch_{L}", lo=lo,
-                   host=f"w{L}" if host_fetch else None)
-        # thresholds: the set is the branch register
-        for st in lv.branch + lv.below:
-            if "conns" in st.aux:
-                st.aux["conns"] = {k: re.sub(r"8'\(\w+\)", f"8'(branch_{L})", v) for k, v in st.aux["conns"].items()}
+        lo = ctx.n
+        # the level's fetchers read its region; router select and threshold set follow its branch register
+        ctx.base, ctx.idx_data, ctx.sel, ctx.lo = f"region_base_{L}", f"{IDX_W}'d0", f"branch_{L}", lo
+        ctx.host = f"w{L}" if host_fetch else None
         last = L == depth - 1
         if host_fetch:
             # The split's outputs, declared before the fetchers use them. The fetchers' weight
-            # streams wait for the level's decision (ctx "gate", wgate_L): weights a speculative prefetch put
-            # into their buffers are not taken by an MVAU before the decision says whether they are
-            # the right ones (gating the feature map would not do: FMPadding emits border pixels
-            # without input, and an MVAU takes weights with them).
-            n_level_fetch = sum(1 for st in lv.branch + lv.below if st.weights == "fetch")
+            # streams wait for the level's decision (ChainContext.gate, wgate_L): weights a
+            # speculative prefetch put into their buffers are not taken by an MVAU before the
+            # decision says whether they are the right ones (gating the feature map would not do:
+            # FMPadding emits border pixels without input, and an MVAU takes weights with them).
+            n_level_fetch = sum(1 for st in lv.branch + lv.below if st.fetches)
             # The gate opens two cycles after the decision and stays shut while the split flushes a
             # wrong guess (its flush rises the cycle after the decision), so not one word of a wrong
             # region reaches an MVAU.
@@ -677,7 +400,7 @@ def write_tree_top(path: Path, name: str, backbone: list[Stage], root_router: li
                      f"\tlogic [1:0] busy_d_{L};",
                      f"\talways_ff @(posedge ap_clk) busy_d_{L} <= ap_rst_n ? {{busy_d_{L}[0], busy_{L}}} : 2'b00;",
                      f"\twire wgate_{L} = busy_{L} && busy_d_{L}[1] && !w{L}_flush;"]
-            ctx["gate"] = f"wgate_{L}"
+            ctx.gate = f"wgate_{L}"
         bw = lv.branch[-1].out_w
         if not last:
             body += [_wire(f"lv{L}_b", bw), _wire(f"lv{L}_ba", bw), _wire(f"lv{L}_bb", bw),
@@ -691,13 +414,13 @@ def write_tree_top(path: Path, name: str, backbone: list[Stage], root_router: li
             body.append(_wire(f"lv{L}_b", bw))
             chain_body(lv.branch, f"lv{L}_in", f"lv{L}_b", f"l{L}b", body, ctx)
             chain_body(lv.below, f"lv{L}_b", "out0_V", f"l{L}n", body, ctx)
-            body.append(f"\tlogic [15:0] outcnt;")
+            body.append("\tlogic [15:0] outcnt;")
             done = f"(out0_V_tvalid && out0_V_tready && outcnt == 16'd{lv.out_words - 1})"
             body += ["\talways_ff @(posedge ap_clk) begin",
                      "\t\tif (!ap_rst_n) outcnt <= '0;",
                      f"\t\telse if (out0_V_tvalid && out0_V_tready) outcnt <= (outcnt == 16'd{lv.out_words - 1}) ? '0 : outcnt + 1;",
                      "\tend"]
-        hi = ctx["n"]
+        hi = ctx.n
         ranges.append((lo, hi))
         prev = f"{{branch_{L - 1}, dec{L}_tdata[0]}}" if L else f"dec{L}_tdata[0]"
         body += [f"\t// level {L} controller: decision -> branch, region base, threshold set, one index token",
@@ -714,14 +437,14 @@ def write_tree_top(path: Path, name: str, backbone: list[Stage], root_router: li
         if hi > lo:
             body += _idx_broadcast(lo, hi, f"idxv_{L}", f"idxr_{L}", f"idx{L}")
             if host_fetch:
-                body += _split_block(L, [st for st in lv.branch + lv.below if st.weights == "fetch"])
+                body += _split_block(L, [st for st in lv.branch + lv.below if st.fetches])
         else:
             body.append(f"\tassign idxr_{L} = 1'b1;")
             if host_fetch:                             # a level without fetchers takes no weight stream
                 body.append(f"\tassign s_axis_w{L}_tready = 1'b0; assign w{L}_fwd_beats = '0; "
                             f"assign w{L}_drop_beats = '0; assign w{L}_filled = 1'b0; assign w{L}_len_error = 1'b0; "
                             f"assign w{L}_flush = 1'b0;")
-    n_fetch = ctx["n"]
+    n_fetch = ctx.n
     body[:0] = _arbiter_block(n_fetch)
     lb = max(1, (levels[-1].n_branches - 1).bit_length())
     body += [f"\tassign leaf = branch_{depth - 1};", f"\tassign leaf_valid = busy_{depth - 1};"]

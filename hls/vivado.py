@@ -20,7 +20,10 @@
 - ``registers.json``: what the host needs without a ``.hwh``: register map, IP names, buffer
   sizes, stream widths, signature (:func:`driver_overrides` gives the keys for ``driver.json``).
 
-``hls/build.py``'s ``vivado_step(out)`` is meant to call :func:`vivado_step` here.
+:func:`vivado_step` is the one Vivado entry point (``hls.build.build`` calls it with
+``run=False``; ``sigmabranch build --bitstream`` with ``run=True``). The per-board values (FINN+
+platform, part, clock, PS port width, DMA address width, board files) come from
+:class:`hls.boards.Board`.
 
 Vivado is not installed where this was written: the Tcl follows FINN+'s template and Vivado IP
 integrator conventions but has not been run (docs/vivado.md).
@@ -36,11 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from .axi_top import WEIGHT_STREAM_BITS
-from .boards import get_board
+from .boards import Board, get_board
+from .errors import BuildError
+from .weight_image import REGION_ALIGN
 
-# FINN+'s platform names (finn.util.basic.pynq_part_map keys) for this repository's boards
-PLATFORM = {"pynq-z2": "Pynq-Z2", "zcu104": "ZCU104"}
-ZYNQ_US = {"zcu104"}
 BITFILE, HWHFILE = "sigmabranch.bit", "sigmabranch.hwh"
 # AXI-Lite slaves: idma0, odma0, sigmabranch_ctrl + one wdma per level; AXI-MM masters: idma0,
 # odma0, m_axi_weights + one wdma per level
@@ -48,8 +50,13 @@ FIXED_AXILITE = FIXED_AXIMM = 3
 SG_LENGTH_WIDTH = 26               # AXI DMA transfer length register: up to 64 MiB per transfer
 
 
-class VivadoMissing(RuntimeError):
-    """``vivado`` is not on PATH: names it and where everything else was written."""
+class VivadoMissing(BuildError, RuntimeError):
+    """``vivado`` is not on PATH: names it and where everything else was written (a
+    :class:`BuildError`, so the CLI prints it as one line)."""
+
+
+def _board(board: Board | str) -> Board:
+    return board if isinstance(board, Board) else get_board(board)
 
 
 def _ips(levels: int) -> dict[str, Any]:
@@ -98,12 +105,11 @@ def _dma_tcl(name: str, mm2s: bool, stream_bits: int, mm_bits: int, addr_bits: i
             f"CONFIG.c_addr_width {{{addr_bits}}} {conf}] [get_bd_cells {name}]"]
 
 
-def custom_section(desc: dict[str, Any], board: str, vivado_dir: Path) -> str:
+def custom_section(desc: dict[str, Any], board: Board | str, vivado_dir: Path) -> str:
     """The custom-instantiation part of FINN's shell (``%s`` in the template)."""
     g = desc["geometry"]
     ips = _ips(g["levels"])
-    b = get_board(board)
-    addr_bits = 64 if board in ZYNQ_US else 32
+    b = _board(board)
     in_bits = 8 * g["dma_in_bytes"]
     mm_bits = max(32, b.axi_port_bits, in_bits)
     rel = lambda p: f'"$SB_DIR/{Path(p).resolve().relative_to(vivado_dir.resolve()).as_posix()}"'  # noqa: E731
@@ -122,11 +128,11 @@ def custom_section(desc: dict[str, Any], board: str, vivado_dir: Path) -> str:
              f"create_bd_cell -type module -reference {desc['top']} {ctrl}",
              "# input / output DMAs (simple mode, as pynq's DMA driver uses them)",
              'set sb_dma_vlnv [get_property VLNV [get_ipdefs "xilinx.com:ip:axi_dma:*"]]']
-    lines += _dma_tcl(idma, True, in_bits, mm_bits, addr_bits)
-    lines += _dma_tcl(odma, False, 32, mm_bits, addr_bits)
+    lines += _dma_tcl(idma, True, in_bits, mm_bits, b.addr_bits)
+    lines += _dma_tcl(odma, False, 32, mm_bits, b.addr_bits)
     lines.append("# one weight DMA per level: the chosen branch's region, host-driven fetch (s_axis_w<l>)")
     for w in ips["wdma"]:
-        lines += _dma_tcl(w, True, WEIGHT_STREAM_BITS, max(mm_bits, WEIGHT_STREAM_BITS), addr_bits)
+        lines += _dma_tcl(w, True, WEIGHT_STREAM_BITS, max(mm_bits, WEIGHT_STREAM_BITS), b.addr_bits)
     lines += ["# streams",
               f"connect_bd_intf_net [get_bd_intf_pins {idma}/M_AXIS_MM2S] [get_bd_intf_pins {ctrl}/s_axis_in]",
               f"connect_bd_intf_net [get_bd_intf_pins {ctrl}/m_axis_out] [get_bd_intf_pins {odma}/S_AXIS_S2MM]",
@@ -207,15 +213,15 @@ puts "sigmabranch: [file join $SB_OUT %(bit)s] and [file join $SB_OUT %(hwh)s] w
 """
 
 
-def make_project_tcl(desc: dict[str, Any], board: str, vivado_dir: Path, clk_ns: float | None = None) -> str:
+def make_project_tcl(desc: dict[str, Any], board: Board | str, vivado_dir: Path, clk_ns: float | None = None) -> str:
     """FINN+'s ``custom_zynq_shell_template`` formatted as ``MakeZYNQProject.apply`` does (same
     nine values, same ``$BOARDFILES$``/``$PR_CONFIG$``/``$NUM_JOBS$`` replacements), with this
     design in its custom section, plus the copy of the bitstream and ``.hwh`` into the build."""
     from finn.transformation.fpgadataflow import templates
     from finn.util.basic import pynq_part_map
 
-    b = get_board(board)
-    platform = PLATFORM[board]
+    b = _board(board)
+    platform = b.platform
     if pynq_part_map[platform] != b.part:
         raise ValueError(f"FINN+ builds {platform} for {pynq_part_map[platform]}, hls/boards.py says {b.part}")
     period = float(clk_ns if clk_ns is not None else b.clk_ns)
@@ -224,7 +230,7 @@ def make_project_tcl(desc: dict[str, Any], board: str, vivado_dir: Path, clk_ns:
     shell = (templates.custom_zynq_shell_template % (
         fclk_mhz, FIXED_AXILITE + desc["geometry"]["levels"], FIXED_AXIMM + desc["geometry"]["levels"], platform,
         pynq_part_map[platform],
-        custom_section(desc, board, vivado_dir), enable_debug, enable_gpio_reset, enable_finn_switch))
+        custom_section(desc, b, vivado_dir), enable_debug, enable_gpio_reset, enable_finn_switch))
     shell = (shell.replace("$BOARDFILES$", "$SB_BOARDFILES").replace("$PR_CONFIG$", "")
              .replace("$NUM_JOBS$", "$SB_JOBS"))
     return TCL_HEAD + shell + TCL_TAIL % {"bit": BITFILE, "hwh": HWHFILE}
@@ -241,10 +247,10 @@ if ! command -v vivado >/dev/null 2>&1; then
     echo "the Vivado Tcl is $HERE/make_project.tcl." >&2
     exit 127
 fi
-if [ "%(platform)s" = "Pynq-Z2" ]; then
+if [ -n "%(board_files)s" ]; then
     BF="${SIGMABRANCH_BOARD_FILES:-$HERE/board_files}"
-    if ! find "$BF" -ipath "*pynq-z2*" -name board.xml 2>/dev/null | grep -q .; then
-        echo "build_bitstream.sh: warning: no PYNQ-Z2 board files under $BF (board part tul.com.tw:pynq-z2:part0:1.0);" >&2
+    if ! find "$BF" -ipath "*%(name)s*" -name board.xml 2>/dev/null | grep -q .; then
+        echo "build_bitstream.sh: warning: no %(platform)s board files under $BF (board part %(board_files)s);" >&2
         echo "  Vivado finds them only there, in SIGMABRANCH_BOARD_FILES or in its own board store." >&2
     fi
 fi
@@ -281,7 +287,7 @@ def registers_json(build_dir: str | Path, desc: dict[str, Any]) -> dict[str, Any
                                   "layout": "NHWC INT8", "shape_nhwc": driver["input"]["shape_nhwc"]},
                         "output": {"bytes": g["out_bytes"], "dma": _ips(g["levels"])["odma"], "stream_bits": 32,
                                    "layout": "INT32 little-endian per class, TLAST on the last word"},
-                        "weights": {"bytes": weights_bytes, "alignment": 4096,
+                        "weights": {"bytes": weights_bytes, "alignment": REGION_ALIGN,
                                     "reader": "on chip: m_axi_weights (256-bit AXI4 read); host mode: wdma<l> MM2S "
                                               f"({WEIGHT_STREAM_BITS}-bit stream, one transfer per region)",
                                     "levels": [{"level": l, "offset": lo, "end": hi}
@@ -308,14 +314,16 @@ def write_vivado_project(build_dir: str | Path, board: str | None = None, work_d
     from .axi_top import write_axi_top
     build_dir = Path(build_dir).resolve()
     driver = json.loads((build_dir / "driver.json").read_text())
-    board = board or driver["board"]
+    board = get_board(board or driver["board"])
     vdir = build_dir / "vivado"
     vdir.mkdir(parents=True, exist_ok=True)
     desc = write_axi_top(build_dir, vdir, work_dir=work_dir)
     tcl = vdir / "make_project.tcl"
     tcl.write_text(make_project_tcl(desc, board, vdir, clk_ns))
     sh = vdir / "build_bitstream.sh"
-    sh.write_text(BUILD_SH % {"platform": PLATFORM[board], "bit": BITFILE, "hwh": HWHFILE})
+    # Vivado does not ship every board's files: the script checks for those it needs (PYNQ-Z2)
+    sh.write_text(BUILD_SH % {"platform": board.platform, "board_files": board.board_files or "", "name": board.name,
+                              "bit": BITFILE, "hwh": HWHFILE})
     sh.chmod(sh.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     (build_dir / "Makefile").write_text(MAKEFILE)
     (build_dir / "registers.json").write_text(json.dumps(registers_json(build_dir, desc), indent=1))
@@ -343,12 +351,14 @@ def run_bitstream(build_dir: str | Path, timeout_s: float | None = None) -> Path
 
 
 def vivado_step(out: str | Path, run: bool = True) -> dict[str, Any]:
-    """The Vivado step of ``sigmabranch build``: :func:`write_vivado_project`, the
-    :func:`driver_overrides` merged into ``driver.json``, then (``run``) :func:`run_bitstream`;
-    without ``vivado`` on PATH :class:`VivadoMissing` after everything else was written. Returns
-    what was written (and ``bitstream`` when Vivado ran)."""
+    """The Vivado step of ``sigmabranch build`` (the one entry point): :func:`write_vivado_project`,
+    the :func:`driver_overrides` merged into ``driver.json``, then (``run``) :func:`run_bitstream`.
+    Without ``vivado`` on PATH: :class:`VivadoMissing` (a :class:`BuildError`) after everything
+    else was written; a project ``build`` already wrote is then kept as it is (regenerating the
+    HDL only to stop would be wasted). Returns what was written (and ``bitstream`` when Vivado ran)."""
     out = Path(out)
-    written = write_vivado_project(out)
+    keep = run and shutil.which("vivado") is None and (out / "vivado" / "build_bitstream.sh").is_file()
+    written = {} if keep else write_vivado_project(out)
 
     def merge() -> None:
         path = out / "driver.json"

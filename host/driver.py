@@ -21,7 +21,7 @@ Fetch strategies (``strategy=``):
 Usage::
 
     from host.driver import SigmaBranchOverlay
-    ov = SigmaBranchOverlay("build/pynq-z2", backend="board")   # or "sim", "ref"
+    ov = SigmaBranchOverlay("build/pynq-z2", backend="board")   # or "ref"; "sim" off-board (sim/host_backend.py)
     out = ov.execute(x)            # x: float (N, C, H, W) as the model takes it
     out["classes"], out["leaves"], out["bytes"]["weights"], out["latency"]
 """
@@ -36,35 +36,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .backends import get_backend
 from .backends.base import Buffer, Hardware, layout_signature
-from .int_reference import ManifestError, datatype_range, quantize_input, read_manifest
+# The driver's exceptions live in host/errors.py; imported here so `from host.driver import DriverTimeout` works.
+from .errors import (BackendUnavailable, BundleError, DecisionError, DriverError, DriverTimeout,  # noqa: F401
+                     InputError, ManifestError, WeightImageError)
+from .int_reference import datatype_range, quantize_input, read_manifest
 
 STRATEGIES = ("serial", "prefetch")
 DEFAULT_TIMEOUT_S = 2.0
-
-
-class DriverError(RuntimeError):
-    """The accelerator misbehaved (names what and where)."""
-
-
-class DriverTimeout(DriverError, TimeoutError):
-    """A DMA or router wait did not complete in its bounded time; the accelerator was reset."""
-
-
-class DecisionError(DriverError):
-    """The router reported a branch that does not exist or does not continue the path."""
-
-
-class WeightImageError(DriverError):
-    """The weight image in DDR does not match its manifest (CRC32 per region)."""
-
-
-class BundleError(ManifestError):
-    """Bundle files that disagree with each other or with the loaded design."""
-
-
-class InputError(ValueError):
-    """An input the tree cannot take (shape, dtype, range)."""
 
 
 # ------------------------------------------------------------------------------ the bundle
@@ -175,22 +155,6 @@ def bad_regions(weights: dict[str, Any], image) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ the overlay
-def get_backend(name: str, **kwargs) -> Hardware:
-    if name == "ref":
-        from .backends.ref import RefHardware
-        return RefHardware(**kwargs)
-    if name == "board":
-        from .backends.board import BoardHardware
-        return BoardHardware(**kwargs)
-    if name == "sim":  # inside a cocotb test (host.backends.sim.run_sim): the whole design; else part by part
-        if kwargs.pop("via", "parts") == "whole":
-            from .backends.sim import SimHardware
-            return SimHardware(**kwargs)
-        from .backends.sim import SimPartsHardware
-        return SimPartsHardware(**kwargs)
-    raise ValueError(f"unknown backend {name!r}; one of board, sim, ref")
-
-
 class SigmaBranchOverlay:
     """The accelerator as a PYNQ user drives it (see the module docstring)."""
 

@@ -27,16 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ManifestError
 from .router_rule import router_decision
 
 MANIFEST = "tree.json"
 FORMAT = "sigmabranch-tree/1"
 
 _INT_RANGES = {"INT": lambda b: (-(2 ** (b - 1)), 2 ** (b - 1) - 1), "UINT": lambda b: (0, 2 ** b - 1)}
-
-
-class ManifestError(ValueError):
-    """A manifest or node file that is missing, malformed or inconsistent (names the node)."""
 
 
 def datatype_range(name: str) -> tuple[int, int]:

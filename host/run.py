@@ -7,16 +7,18 @@
 integers already quantised) and optionally ``y`` (labels). numpy (and ``pynq`` on a board) only:
 copy ``build/<board>/`` and ``host/`` to the board and run this there (docs/host.md).
 
-``--backend sim`` runs the same driver in simulation: on the whole design behind AXI (the
-Verilator model of ``<bundle>/vivado/``, ``sim/pynq_sim.py`` standing in for ``pynq``) where the
-build has ``vivado/hdl.json``, else part by part (``host/backends/sim.py``).
+``--backend sim`` runs the same driver in simulation (off-board, from the repository:
+``sim/host_backend.py``, imported only then): on the whole design behind AXI (the Verilator model
+of ``<bundle>/vivado/``, ``sim/pynq_sim.py`` standing in for ``pynq``) where the build has
+``vivado/hdl.json``, else part by part (``host.backends.execute_on_backend`` chooses).
+
+From Python (the pipeline): :func:`run_bundle` returns the report that ``--json`` writes.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,9 @@ import numpy as np
 if __package__ in (None, ""):  # `python host/run.py`: make `host` importable from its parent
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from host.backends.base import BackendUnavailable  # noqa: E402
-from host.driver import STRATEGIES, Bundle, DriverError, SigmaBranchOverlay  # noqa: E402
-from host.int_reference import ManifestError  # noqa: E402
+from host.backends import BACKENDS, WHOLE, execute_on_backend  # noqa: E402
+from host.driver import STRATEGIES, Bundle, SigmaBranchOverlay  # noqa: E402
+from host.errors import BackendUnavailable, DriverError, ManifestError  # noqa: E402
 
 
 def load_samples(path: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -45,22 +47,30 @@ def load_samples(path: str | Path, limit: int | None = None) -> tuple[np.ndarray
 
 
 class _Progress:
-    """tqdm when installed, else a one-line bar on stderr."""
+    """tqdm when installed, else a one-line bar on stderr; shown from its first call (``bar(0)``:
+    the run has started), so a run that fails to start prints no bar."""
 
     def __init__(self, total: int, desc: str, enabled: bool = True):
         self.total, self.done, self.desc, self.enabled, self.bar = total, 0, desc, enabled, None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-                self.bar = tqdm(total=total, desc=desc, unit="inf")
-            except ImportError:
-                pass
+        self.started = False
+
+    def _start(self) -> None:
+        self.started = True
+        try:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=self.total, desc=self.desc, unit="inf")
+        except ImportError:
+            pass
 
     def __call__(self, n: int = 1) -> None:
+        if not self.enabled:
+            return
+        if not self.started:
+            self._start()
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
-        elif self.enabled:
+        else:
             filled = int(30 * self.done / max(self.total, 1))
             print(f"\r{self.desc} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}", end="",
                   file=sys.stderr, flush=True)
@@ -68,7 +78,7 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.enabled:
+        elif self.started:
             print(file=sys.stderr)
 
 
@@ -127,27 +137,43 @@ def print_report(r: dict[str, Any]) -> None:
           f"p50 {lat['p50']:.0f}, max {lat['max']:.0f}")
 
 
-def _whole_design(bundle: Path) -> bool:
-    return (Path(bundle) / "vivado" / "hdl.json").is_file()
+def run_bundle(bundle: str | Path, inputs: str | Path | tuple[np.ndarray, np.ndarray | None], *,
+               backend: str = "ref", strategy: str = "serial", fetch_mode: str | None = None,
+               limit: int | None = None, timeout_s: float = 2.0, bitfile: str | Path | None = None,
+               progress: bool = False) -> dict[str, Any]:
+    """Run the driver over ``inputs`` on ``backend`` and return the report (what ``--json`` writes).
 
-
-def _run_whole_design_sim(args: argparse.Namespace, x: np.ndarray, y: np.ndarray | None,
-                          timeout: float) -> dict[str, Any]:
-    """``--backend sim`` on a build with ``vivado/hdl.json``: the driver runs inside the cocotb
-    test against the Verilator model of the whole design (``host.backends.sim.run_sim``)."""
-    from host.backends.sim import run_sim
-    if not args.no_progress:
-        print(f"sim: {len(x)} inputs through the driver on the Verilator model of {args.bundle / 'vivado'} "
-              "(builds it first unless cached) ...", file=sys.stderr, flush=True)
-    bundle = Bundle.load(args.bundle)                 # a bundle error before any build
-    t0 = time.perf_counter()
-    out = run_sim(args.bundle, x, strategy=args.strategy, fetch_mode=args.fetch_mode, timeout_s=timeout)
-    report = summarize(out, y, bundle, "sim", args.strategy, time.perf_counter() - t0,
-                       fetch_mode=out["sim"]["open"]["fetch_mode"])
-    report["simulation"] = {"design": "whole design behind AXI (vivado/hdl.json)",
-                            "ddr_read_bytes": [p["ddr_read_bytes"] for p in out["sim"]["per_inference"]],
-                            "cycles": out["sim"]["counters"]["cycles"], "build_seconds": out["sim"]["build_seconds"],
-                            "sim_seconds": out["sim"]["sim_seconds"]}
+    ``inputs``: the path of a ``samples.npz`` (``x``, optionally ``y``) or a tuple ``(x, y)`` of
+    arrays (``y`` may be ``None``); ``limit``: the first N only. ``timeout_s`` bounds every DMA or
+    router wait (simulated seconds in ``sim``). ``bitfile``: ``board`` only (default:
+    driver.json's). ``progress``: a progress bar on stderr. Raises the driver's errors
+    (:class:`BackendUnavailable`, :class:`DriverError`, :class:`ManifestError`, ...),
+    ``FileNotFoundError``, ``KeyError`` or ``ValueError`` for what it cannot run."""
+    bundle = Path(bundle)
+    if isinstance(inputs, (str, Path)):
+        x, y = load_samples(inputs, limit)
+    else:
+        x, y = inputs
+        x = np.asarray(x)
+        y = None if y is None else np.asarray(y)
+        if limit is not None:
+            x, y = x[:limit], (None if y is None else y[:limit])
+    extra = {"bitfile": bitfile} if backend == "board" and bitfile else {}
+    bar = _Progress(len(x), f"{backend}/{strategy}", enabled=progress)
+    try:
+        run = execute_on_backend(bundle, x, backend=backend, strategy=strategy, fetch_mode=fetch_mode,
+                                 timeout_s=timeout_s, progress=bar,
+                                 log=(lambda line: print(line, file=sys.stderr, flush=True)) if progress else None,
+                                 **extra)
+    finally:
+        bar.close()
+    report = summarize(run.out, y, run.bundle, backend, strategy, run.seconds, fetch_mode=run.fetch_mode)
+    if run.route == WHOLE:
+        sim = run.simulation
+        report["simulation"] = {"design": "whole design behind AXI (vivado/hdl.json)",
+                                "ddr_read_bytes": [p["ddr_read_bytes"] for p in sim["per_inference"]],
+                                "cycles": sim["counters"]["cycles"], "build_seconds": sim["build_seconds"],
+                                "sim_seconds": sim["sim_seconds"]}
     return report
 
 
@@ -155,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="host/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", required=True, type=Path, help="build/<board> folder written by `sigmabranch build`")
     p.add_argument("--inputs", required=True, type=Path, help="samples.npz with x (and optionally y)")
-    p.add_argument("--backend", default="board", choices=["board", "sim", "ref"])
+    p.add_argument("--backend", default="board", choices=list(BACKENDS))
     p.add_argument("--strategy", default="serial", choices=STRATEGIES)
     p.add_argument("--fetch-mode", choices=["host", "onchip"],
                    help="default: driver.json's, else the design's first (host where the design has weight "
@@ -167,22 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
-        x, y = load_samples(args.inputs, args.limit)
-        extra = {"bitfile": args.bitfile} if args.backend == "board" and args.bitfile else {}
-        timeout = args.timeout  # sim: simulated seconds (the driver counts the design's own time there)
-        if args.backend == "sim" and _whole_design(args.bundle):
-            report = _run_whole_design_sim(args, x, y, timeout)
-        else:
-            overlay = SigmaBranchOverlay(args.bundle, args.backend, strategy=args.strategy, fetch_mode=args.fetch_mode,
-                                         timeout_s=timeout, **extra)
-            bar = _Progress(len(x), f"{args.backend}/{args.strategy}", enabled=not args.no_progress)
-            t0 = time.perf_counter()
-            try:
-                out = overlay.execute(x, progress=bar)
-            finally:
-                bar.close()
-            report = summarize(out, y, overlay, args.backend, args.strategy, time.perf_counter() - t0)
-            overlay.close()
+        report = run_bundle(args.bundle, args.inputs, backend=args.backend, strategy=args.strategy,
+                            fetch_mode=args.fetch_mode, limit=args.limit, timeout_s=args.timeout,
+                            bitfile=args.bitfile, progress=not args.no_progress)
     except (BackendUnavailable, DriverError, ManifestError, ValueError, KeyError, FileNotFoundError) as err:
         print(f"host/run.py: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

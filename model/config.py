@@ -63,7 +63,7 @@ class TreeConfig:
     max_samples: int = 2048  # N: training samples forwarded for k-means and activation statistics
     kmeans_iters: int = 50
     init: str = "activation"  # or "random" (random channel partition, Section V-E ablation)
-    channel_score: str = "activation"  # Phase 2 per-channel score: mean "activation" or "agf" utility (baselines/criteria.py)
+    channel_score: str = "activation"  # Phase 2 per-channel score: mean "activation" or "agf" utility (model/agf.py)
     recalibrate_bn: bool = True  # re-estimate BN statistics of narrowed layers (not in the paper)
     resp_lambda: float = 0.3  # weight of the responsibility loss (0 = the Section V-E ablation)
     resp_tau: float = 1.0  # temperature of the soft-min responsibility target
@@ -75,6 +75,11 @@ class QuantConfig:
 
     bits: str = "w4a4"  # a preset of quant/presets.py: w8a8, w4a4 (hardware default), w2a2, or wXaY
     calibration_batches: int = 8  # forward passes (no gradient) that set the activation scales first
+    # Keep the fine-tuned float tree's routing: its hard leaf is the routers' target and its routing
+    # weights the specialist loss, with this weight on the routing term. 0 = re-learn the routing
+    # (the float fine-tuning's responsibility loss), which moved ~70% of the demo's inputs to
+    # another leaf at W4A4.
+    route_distill: float = 1.0
 
 
 @dataclass
@@ -89,6 +94,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     seed: int = 0
     num_workers: int = 0
+    channels_last: bool = False  # NHWC memory format for conv nets: ~20-25% faster on CPU here
     tree: TreeConfig = field(default_factory=TreeConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
 
@@ -123,7 +129,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {names}, got {value!r}")
 
 
-def _build(cls, values: dict[str, Any], where: str):
+def build_section(cls, values: dict[str, Any], where: str):
+    """A config dataclass ``cls`` from a mapping, nested sections included. Unknown keys and
+    mistyped values are a :class:`ConfigError` naming ``where`` (the file, then the key path).
+    Other config formats (``baselines/compare.py``) reuse it for the same checks."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
@@ -135,14 +144,14 @@ def _build(cls, values: dict[str, Any], where: str):
     for key, value in values.items():
         sub = known[key].default_factory if known[key].default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
-            kwargs[key] = _build(sub, value or {}, f"{where}.{key}")
+            kwargs[key] = build_section(sub, value or {}, f"{where}.{key}")
         else:
             kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)
 
 
 def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
-    return _build(TrainConfig, values, where)
+    return build_section(TrainConfig, values, where)
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:

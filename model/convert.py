@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .agf import agf_sample_utilities
 from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint
 from .config import TreeConfig
 from .narrow import full_index
@@ -124,8 +125,6 @@ def dense_source_utilities(dense: nn.Module, depth: int, loader: DataLoader) -> 
     """Per level: each sample's AGF utility ``|sum_spatial a * dL/da|`` of every channel of the level's
     source block output in the dense model, (N, dense width). The loss is the summed cross-entropy
     on the true labels, so every row is that sample's own first-order loss change."""
-    from baselines.criteria import agf_sample_utilities  # the one definition of the AGF utility
-
     chain = dense_chain(dense, depth).eval()
     utils: list[list[torch.Tensor]] = [[] for _ in range(depth)]
     for x, y in tqdm(loader, desc="dense AGF utilities", leave=False, disable=None):

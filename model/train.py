@@ -139,7 +139,8 @@ def fit(model: nn.Module, cfg: TrainConfig, train_set: Dataset, test_set: Datase
     dev = local_device(device)
     rank, world = init_distributed(dev)
     seed_everything(cfg.seed)
-    model.to(dev)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(dev, memory_format=memory_format)
     loss_fn = loss_fn or classification_loss(cfg.optim.label_smoothing)
     train_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
@@ -173,6 +174,8 @@ def fit(model: nn.Module, cfg: TrainConfig, train_set: Dataset, test_set: Datase
                    disable=not (progress and is_main_process()) or None)
         for x, y in bar:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=memory_format)
             with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
                 loss = loss_fn(train_model, x, y)
             optimizer.zero_grad(set_to_none=True)

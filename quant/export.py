@@ -138,7 +138,8 @@ def export_node_qonnx(module: nn.Module, input_shape: tuple[int, ...], input_dat
     return model
 
 
-def _tidy(model):
+def tidy(model):
+    """The qonnx clean-up after each FINN+ step (shapes, constants, names, datatypes, layouts)."""
     from qonnx.transformation.fold_constants import FoldConstants
     from qonnx.transformation.general import (GiveReadableTensorNames, GiveUniqueNodeNames,
                                               GiveUniqueParameterTensors, RemoveUnusedTensors)
@@ -153,7 +154,8 @@ def _tidy(model):
 
 
 @contextlib.contextmanager
-def _quiet_logging():
+def quiet_logging():
+    """FINN+ and qonnx log notes at WARNING that are no problem here: hidden while a step runs."""
     logging.disable(logging.WARNING)
     try:
         yield
@@ -176,22 +178,22 @@ def finn_streamline(model):
 
     # FINN logs notes such as "Could not absorb transpose->flatten" (harmless here: the flatten
     # after a global pool is removed by RemoveCNVtoFCFlatten).
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_logging():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_logging():
         warnings.simplefilter("ignore")
-        model = _tidy(model.transform(ConvertQONNXtoFINN()))
+        model = tidy(model.transform(ConvertQONNXtoFINN()))
         model = model.transform(AbsorbScalarBiasIntoMultiThreshold()).transform(Streamline())
         # Residual blocks: the input scale must pass the fork and the shared add scale the add
         # before the thresholds can absorb them (FINN+'s ResNet recipe).
         for transform in (MoveLinearPastFork(), MoveLinearPastEltwiseAdd(), Streamline()) * 2:
-            model = _tidy(model.transform(transform))
-        model = _tidy(model.transform(LowerConvsToMatMul()))
+            model = tidy(model.transform(transform))
+        model = tidy(model.transform(LowerConvsToMatMul()))
         for transform in (MakeMaxPoolNHWC(), AbsorbTransposeIntoMultiThreshold(), AbsorbConsecutiveTransposes()):
             model = model.transform(transform)
-        model = _tidy(_tidy(model).transform(Streamline()))
-        model = _tidy(model.transform(RoundAndClipThresholds()))
+        model = tidy(tidy(model).transform(Streamline()))
+        model = tidy(model.transform(RoundAndClipThresholds()))
         for transform in (InferGlobalAccPoolLayer(), AbsorbConsecutiveTransposes(), Streamline(),
                           RemoveCNVtoFCFlatten(), AbsorbConsecutiveTransposes()):
-            model = _tidy(model.transform(transform))
+            model = tidy(model.transform(transform))
     return model
 
 
@@ -284,6 +286,29 @@ def check_bits(spec: dict[str, Any]) -> dict[str, Any]:
     return quant
 
 
+def weight_elements(modules) -> list[int]:
+    """Element count of every conv/linear weight below ``modules``, in module order: the weight
+    sets a DDR fetch reads (``hls.weight_image.streamed_bytes`` turns them into bytes)."""
+    return [m.weight.numel() for module in modules for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def dense_streamed_elements(dense: nn.Module, depth: int) -> dict[str, Any]:
+    """The weight sets a dense (or statically pruned) model streams under the tree's placement:
+    the backbone on chip, per level its dense blocks' conv/linear weights, then the classifier's."""
+    from model.tree_layout import split_dense
+    split = split_dense(dense, depth)
+    return {"levels": [weight_elements(blocks) for blocks in split.level_blocks], "head": weight_elements([split.head])}
+
+
+def dense_record(spec: dict[str, Any], depth: int) -> dict[str, Any]:
+    """``tree.json``'s ``dense``: the dense model's streamed weight sets, so the build compares the
+    tree's DDR bytes with the dense model's without building it in torch."""
+    from model.registry import create_model
+    return {"model": spec["dense_model"],
+            "streamed_weight_elements": dense_streamed_elements(create_model(spec["dense_model"], **spec["dense_args"]),
+                                                                depth)}
+
+
 def readable_json(obj: Any) -> str:
     """Indented JSON with lists of numbers kept on one line (shapes, permutations, integers)."""
     text = json.dumps(obj, indent=1)
@@ -326,6 +351,12 @@ def export_tree(qtree, input_shape: tuple[int, ...], out_dir: str | Path, progre
             entry["output_bias"] = tail["output_bias"] or [0.0] * out_shape[1]
         if router is not None:
             ints = router.integer_params(in_shape[2] * in_shape[3])
+            from host.router_rule import DecisionBoundError, check_router_bounds
+            try:  # every int64 term of the integer decision (host/router_rule.py) bounded below 2**63
+                check_router_bounds(name, ints["weight_int"], ints["bias_int"], node["input_datatype"],
+                                    ints["pool_size"], ints["u_int"], ints["c_int"], ints["e_int"])
+            except DecisionBoundError as err:
+                raise QuantizationError(str(err)) from err
             entry["decision"] = {"bias_int": ints["bias_int"].tolist(), "u_int": ints["u_int"].tolist(),
                                  "c_int": ints["c_int"], "e_int": ints["e_int"], "tie": "branch 0",
                                  "rule": "branch 1 iff A + c*sqrt(V+E) > 0 (host/router_rule.py)"}
@@ -342,6 +373,7 @@ def export_tree(qtree, input_shape: tuple[int, ...], out_dir: str | Path, progre
                                        "backbone_channels") if k in qtree.spec}
     manifest = {"format": FORMAT, "model": qtree.spec["dense_model"], "depth": qtree.depth, "spec": spec,
                 "num_classes": shapes[IntegerTree.head_name(0)][1], "quant": quant,
+                "dense": dense_record(qtree.spec, qtree.depth),
                 "input": {"shape": list(input_shape), "layout": "NCHW", "datatype": manifest_nodes["backbone"]["input_datatype"],
                           "scale": manifest_nodes["backbone"]["input_scale"],
                           "quantize": "q = clip(round_half_even(float32(x) / scale)) on the host"},

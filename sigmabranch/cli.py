@@ -9,6 +9,9 @@ import json
 import sys
 from pathlib import Path
 
+from hls.boards import BOARDS  # plain Python (dataclasses only): --help stays instant
+from sigmabranch.errors import CHECK_FAILURES, user_errors
+
 DESCRIPTION = """\
 Take a pretrained dense network to an FPGA as a Sigma-Branch tree.
 
@@ -18,7 +21,7 @@ Stages (each reads and writes files you can inspect):
   finetune   soft-routing fine-tuning of a tree                   -> checkpoint.pt
   quantize   Brevitas quantisation-aware fine-tuning of a tree   -> checkpoint.pt (W4A4 default)
   export     quantised tree -> QONNX per node, integer programs    -> tree.json, <node>.onnx/.npz
-  build      exported tree -> FINN+ HW layers per node, placement, DDR weight image (pynq-z2, zcu104)
+  build      exported tree -> FINN+ HW layers per node, placement, DDR weight image ({boards})
   evaluate   Top-1/Top-5, params, MACs, leaf usage of a checkpoint (dense or tree)
   summary    dense vs default tree accounting of a registered model, no data needed
   models     list the registered models
@@ -26,7 +29,7 @@ Stages (each reads and writes files you can inspect):
   compare    tree vs L1/FPGM/HRank/AGF pruning and AGF routing     -> compare.md/.csv, pareto.png
 
 Run `sigmabranch <stage> --help` for a stage's options.
-"""
+""".format(boards=", ".join(BOARDS))
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -114,12 +117,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from hls.build import build, vivado_step
-    report = build(args.export, args.board, args.out, target_cycles=args.target_cycles, folding_config=args.folding,
-                   hdl=not args.no_hdl)
+    from hls.build import build
+    build(args.export, args.board, args.out, target_cycles=args.target_cycles, folding_config=args.folding,
+          hdl=not args.no_hdl)
     print((args.out / "placement.md").read_text())
     if args.bitstream:
-        vivado_step(args.out)
+        from hls.vivado import vivado_step
+        vivado_step(args.out, run=True)  # no vivado on PATH: VivadoMissing, a BuildError (one line, exit 2)
     return 0
 
 
@@ -254,10 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "nodes/*.hw.onnx and vivado/ (the stitched HDL, block-design Tcl, build_bitstream.sh). "
                                    "Refuses a design whose on-chip part does not fit.")
     p.add_argument("--export", required=True, type=Path, help="directory written by `sigmabranch export`")
-    p.add_argument("--board", required=True, choices=["pynq-z2", "zcu104"])
+    p.add_argument("--board", required=True, choices=list(BOARDS))
     p.add_argument("--out", required=True, type=Path, help="build directory (e.g. build/pynq-z2)")
     p.add_argument("--target-cycles", dest="target_cycles", type=int,
-                   help="SetFolding target, cycles per frame (default: the board's: pynq-z2 20000, zcu104 2000)")
+                   help="SetFolding target, cycles per frame (default: the board's: "
+                        + ", ".join(f"{b.name} {b.target_cycles}" for b in BOARDS.values()) + ")")
     p.add_argument("--folding", help="a FINN folding config JSON (ApplyConfig) instead of SetFolding")
     p.add_argument("--no-hdl", dest="no_hdl", action="store_true", help="skip the HDL and the Vivado project (estimates and weight image only)")
     p.add_argument("--bitstream", action="store_true",
@@ -313,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the first N test images through host/run.py --backend sim: the driver on the "
                         "Verilator model of the PYNQ-Z2 design behind AXI (bit-exactness vs the reference, DDR "
                         "bytes, cycles; default 2, 0 skips it); the first run builds the model, later runs "
-                        "reuse it")
+                        "reuse it. A mismatch fails the run (exit 1) after metrics.json is written")
     p.add_argument("--no-notebooks", dest="no_notebooks", action="store_true",
                    help="skip executing notebooks/ into <out>/notebooks")
     tree_flags(p)
@@ -328,9 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from model.errors import user_errors
     try:
         return args.func(args)
+    except CHECK_FAILURES as err:
+        # A failed check (the run's files are written): one line naming what differed.
+        print(f"sigmabranch {args.command}: check FAILED: {err}", file=sys.stderr)
+        return 1
     except user_errors() as err:
         # Bad input is reported as one clear line, not a traceback.
         print(f"sigmabranch {args.command}: error: {err}", file=sys.stderr)

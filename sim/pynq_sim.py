@@ -6,7 +6,7 @@ the PL through ``pynq`` alone: ``Overlay`` (IPs as attributes), an IP's ``read``
 ``start``, ``wait``, ``buffer_max_size``) and ``allocate`` (contiguous buffers with a physical
 address, ``flush``/``invalidate``). :class:`Simulation` offers exactly that against the
 Verilator model of the stitched top (``sigmabranch_tree_axi``, hls/axi_top.py), so the *same*
-driver code runs on it unchanged (``host/backends/sim.py`` :class:`SimHardware`).
+driver code runs on it unchanged (``sim/host_backend.py`` :class:`SimHardware`).
 
 Why our own and not ``cocotbpynq`` (0.2.0): it is GPL-3.0 (this project is Apache-2.0); its DMA
 streams are 32 bits only (the weight streams are 256); its channels have no ``idle``/``error``/

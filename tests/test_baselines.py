@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from baselines.compare import load_compare_config, run_compare
 from baselines.confidence import confidence_sweep, expected_cost, operating_point, route_by_confidence
-from baselines.criteria import (PruningError, agf_channel_scores, agf_sample_utilities, calibrate_agf,
-                                calibrate_hrank, fpgm_filter_scores, hrank_channel_scores, l1_filter_scores)
+from baselines.criteria import (PruningError, agf_channel_scores, calibrate_agf, calibrate_hrank,
+                                fpgm_filter_scores, hrank_channel_scores, l1_filter_scores)
 from baselines.prune import prune_model, pruned_from_checkpoint
 from model.accounting import count_params
+from model.agf import agf_sample_utilities
 from model.checkpoint import save_checkpoint
 from model.config import ConfigError, TreeConfig
 from model.convert import convert

@@ -1,4 +1,5 @@
 """The FINN+ hardware build: HW layers per node, placement, the DDR weight image, the budget."""
+import dataclasses
 import json
 import zlib
 
@@ -8,7 +9,10 @@ from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
 from hls import boards
-from hls.build import REGION_ALIGN, BuildError, build, fetch_len, tree_weight_bytes, vivado_step
+from hls.build import BuildError, build, dense_weight_bytes, tree_weight_bytes
+from hls.vivado import vivado_step
+from hls.weight_image import REGION_ALIGN, fetch_len
+from model.registry import create_model
 from quant.export import export_tree
 
 from fixtures_quant import tiny_qtree
@@ -82,6 +86,9 @@ def test_weight_image_has_one_contiguous_checked_region_per_branch(built):
     # The model-side count (`sigmabranch compare` uses it) agrees with the image byte for byte.
     assert tree_weight_bytes(qtree, 4) == ddr["tree_weight_bytes"]
     assert ddr["tree_weight_bytes"] < ddr["dense_weight_bytes"]
+    # The dense bytes come from tree.json's layer sizes (no torch in the build): the same count.
+    dense = create_model(qtree.spec["dense_model"], **qtree.spec["dense_args"])
+    assert ddr["dense_weight_bytes"] == dense_weight_bytes(dense, qtree.depth, 4)
 
 
 def test_placement_report_and_driver_metadata(built):
@@ -91,13 +98,14 @@ def test_placement_report_and_driver_metadata(built):
     assert report["total"]["DSP"] <= 220 and report["total"]["BRAM_18K"] <= 280 and not report["problems"]
     driver = json.loads((root / "pynq-z2" / "driver.json").read_text())
     assert driver["input"]["shape_nhwc"] == [1, 8, 8, 1] and driver["input"]["datatype"] == "INT8"
+    assert driver["board"] == "pynq-z2" and driver["board_facts"] == boards.get_board("pynq-z2").as_dict()
     assert (root / "pynq-z2" / "export" / "tree.json").is_file()
 
 
 def test_a_design_that_does_not_fit_is_refused_with_the_overflow(built, monkeypatch):
     root, _, _ = built
-    tiny = boards.Board("tiny", "xc7z020clg400-1", lut=100, dsp=2, bram18=4, uram=0, clk_ns=10.0,
-                        ddr_bytes_per_s=1e9, axi_port_bits=64, target_cycles=20_000)
+    tiny = dataclasses.replace(boards.get_board("pynq-z2"), name="tiny", lut=100, dsp=2, bram18=4, uram=0, clk_ns=10.0,
+                               ddr_bytes_per_s=1e9, axi_port_bits=64, target_cycles=20_000)
     monkeypatch.setitem(boards.BOARDS, "tiny", tiny)
     with pytest.raises(BuildError, match=r"DSP: \d+ > 2 \(over by \d+\); largest: .*backbone"):
         build(root / "export", "tiny", root / "tiny", hdl=False)
@@ -114,6 +122,12 @@ def test_vivado_side_is_written_and_the_bitstream_step_names_the_missing_tool(bu
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(BuildError, match="`vivado` is not on PATH.*Everything else is in"):
         vivado_step(board_dir)
+
+
+def test_an_unknown_board_is_refused_naming_the_supported_ones(built, tmp_path):
+    root, _, _ = built
+    with pytest.raises(ValueError, match="unknown board 'zc706'; supported: pynq-z2, zcu104"):
+        build(root / "export", "zc706", tmp_path / "b", hdl=False)
 
 
 def test_residual_trees_are_refused_clearly(tmp_path):

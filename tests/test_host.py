@@ -187,6 +187,30 @@ def test_a_bundle_for_another_design_is_refused(bundle, tmp_path):
         SigmaBranchOverlay(root, RefHardware(design=other))
 
 
+def test_the_ref_timing_reads_the_board_facts_and_a_bundle_without_them_is_refused(bundle, tmp_path):
+    """driver.json "board_facts" (hls/boards.py's record, written by the build) gives the ref
+    backend's DDR numbers; a bundle without them, or without one of them, is a clear BundleError."""
+    root, _, x = bundle
+    facts = json.loads((root / "driver.json").read_text())["board_facts"]
+    assert facts["name"] == "pynq-z2"
+    base = SigmaBranchOverlay(root, "ref").execute(x[:4])
+    slow = copy_bundle(root, tmp_path / "slow")
+    d = json.loads((slow / "driver.json").read_text())
+    d["board_facts"]["ddr_first_word_ns"] = 10 * facts["ddr_first_word_ns"]
+    (slow / "driver.json").write_text(json.dumps(d))
+    out = SigmaBranchOverlay(slow, "ref").execute(x[:4])
+    assert np.array_equal(out["acc"], base["acc"]) and (out["latency"] > base["latency"]).all()
+    del d["board_facts"]["ddr_first_word_ns"]
+    (slow / "driver.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match=r"slow/driver.json: \"board_facts\" of board 'pynq-z2' lacks "
+                                          r"'ddr_first_word_ns'"):
+        SigmaBranchOverlay(slow, "ref")
+    del d["board_facts"]
+    (slow / "driver.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match=r"slow/driver.json has no \"board_facts\""):
+        SigmaBranchOverlay(slow, "ref")
+
+
 def test_inputs_of_the_wrong_shape_or_dtype_are_refused(bundle):
     root, _, x = bundle
     hw = Faulty()
@@ -270,9 +294,42 @@ def test_run_py_reports_and_writes_json(bundle, tmp_path, capsys):
     assert "needs the `pynq` package" in capsys.readouterr().err
 
 
+def test_run_bundle_returns_the_report_run_py_writes(bundle, tmp_path):
+    from host.run import main, run_bundle
+    root, _, x = bundle
+    y = IntegerTree.load(root / "export").infer(x)["classes"]
+    np.savez(tmp_path / "samples.npz", x=x, y=y)
+    assert main(["--bundle", str(root), "--inputs", str(tmp_path / "samples.npz"), "--backend", "ref", "--limit", "9",
+                 "--strategy", "prefetch", "--json", str(tmp_path / "out.json"), "--no-progress"]) == 0
+    written = json.loads((tmp_path / "out.json").read_text())
+    for inputs in (tmp_path / "samples.npz", (x, y)):
+        r = run_bundle(root, inputs, backend="ref", strategy="prefetch", limit=9)
+        r = json.loads(json.dumps(r))
+        assert r.pop("wall_seconds") >= 0
+        assert r == {k: v for k, v in written.items() if k != "wall_seconds"}
+    r = run_bundle(root, (x[:3], None), backend="ref", fetch_mode="onchip", timeout_s=1.0)
+    assert r["accuracy"] is None and r["inputs"] == 3 and r["fetch_mode"] == "onchip"
+
+
+def test_a_sim_backend_that_cannot_be_imported_is_a_clear_error(bundle, tmp_path, capsys, monkeypatch):
+    """host/ imports sim.host_backend by name, only for --backend sim: where it cannot (a board, no
+    sim/ package), BackendUnavailable says so; board and ref do not need it."""
+    import sys
+
+    from host.run import main
+    root, _, x = bundle
+    monkeypatch.setitem(sys.modules, "sim.host_backend", None)   # what `import sim.host_backend` fails with
+    with pytest.raises(BackendUnavailable, match=r"the sim backend \(sim.host_backend\) cannot be imported here"):
+        SigmaBranchOverlay(root, "sim")
+    np.savez(tmp_path / "s.npz", x=x[:2])
+    assert main(["--bundle", str(root), "--inputs", str(tmp_path / "s.npz"), "--backend", "sim", "--no-progress"]) == 2
+    assert "BackendUnavailable: the sim backend (sim.host_backend) cannot be imported" in capsys.readouterr().err
+    assert len(SigmaBranchOverlay(root, "ref").execute(x[:2])["classes"]) == 2
+
+
 def test_sim_hardware_outside_a_simulation_says_how_to_run_it():
     pytest.importorskip("cocotb")
-    from host.backends.sim import SimHardware
+    from sim.host_backend import SimHardware
     with pytest.raises(BackendUnavailable, match=r"inside a cocotb test.*run_sim"):
         SimHardware()
 
@@ -474,7 +531,7 @@ def test_a_dma_error_is_reported_and_the_overlay_recovers(bundle):
 
 def test_a_simulation_that_fails_is_a_clear_driver_error(bundle, monkeypatch):
     pytest.importorskip("cocotb")
-    from host.backends.sim import SimPartsHardware
+    from sim.host_backend import SimPartsHardware
     from host.driver import DriverError
     root, _, x = bundle
 
@@ -531,7 +588,11 @@ def _images_for_leaves(root, leaves_wanted):
     pool = np.concatenate([rng.integers(lo, hi, size=(100, 1, 8, 8))
                            for lo, hi in [(-128, 128), (-20, 100), (-60, 60), (-127, 0)]])
     leaves = tree.infer(pool, quantized=True)["leaves"]
-    return pool[[int(np.flatnonzero(leaves == leaf)[0]) for leaf in leaves_wanted if (leaves == leaf).any()]]
+    missing = [leaf for leaf in leaves_wanted if not (leaves == leaf).any()]
+    if missing:
+        pytest.fail(f"no input of the random pool reaches leaf/leaves {missing} of the tiny tree (it reaches "
+                    f"{sorted(set(leaves.tolist()))}); asked for {list(leaves_wanted)}")
+    return pool[[int(np.flatnonzero(leaves == leaf)[0]) for leaf in leaves_wanted]]
 
 
 @pytest.fixture(scope="module")
@@ -549,7 +610,7 @@ def axi_bundle():
 def axi_onchip_run(axi_bundle):
     """One simulation: first an inference whose input DMA stalls half-way (50 us timeout), then three
     inputs reaching three leaves, on-chip fetch, the driver unchanged behind SimHardware."""
-    from host.backends.sim import run_sim
+    from sim.host_backend import run_sim
     root, _ = axi_bundle
     x = _images_for_leaves(root, [0, 2, 3])
     half = json.loads((root / "driver.json").read_text())["input"]["bytes"] // 2
@@ -602,7 +663,7 @@ def test_whole_design_sim_host_fetch_with_wrong_prefetches(axi_bundle):
     """Host-driven fetch over the weight DMAs the design adds (hdl.json "pynq": wdma<l> on
     256-bit streams), prefetch strategy: the first guesses are wrong and cancelled mid-way (the
     channel's stop()), the results stay those of ref and the fetchers read nothing from DDR."""
-    from host.backends.sim import run_sim
+    from sim.host_backend import run_sim
     root, desc = axi_bundle
     if not any(name.startswith("wdma") for name in desc["pynq"]["dmas"]):
         pytest.skip("the design has no weight DMAs (on-chip fetch only)")
@@ -625,8 +686,8 @@ def test_run_py_and_execute_in_simulation_take_the_whole_design_where_the_build_
     """With vivado/hdl.json, --backend sim (and execute_in_simulation) go through run_sim (here a
     stand-in returning ref's results); without it, through the part-by-part backend."""
     pytest.importorskip("cocotb")
-    import host.backends.sim as simmod
-    from host.backends.sim import SimPartsHardware, execute_in_simulation, run_sim
+    import sim.host_backend as simmod
+    from sim.host_backend import SimPartsHardware, execute_in_simulation, run_sim
     from host.run import main
     root, report, x = bundle
     with pytest.raises(BackendUnavailable, match="vivado/hdl.json not found"):

@@ -1,4 +1,5 @@
 """Quantised tree: Brevitas layers, the integer router decision, QAT and its checkpoints."""
+import decimal
 import math
 
 import brevitas.nn as qnn
@@ -40,13 +41,37 @@ def test_integer_decision_equals_the_layernorm_sign_rule(bits):
         assert 0 < exact.mean() < 1 or c != 0
 
 
+def decimal_layernorm_decision(z_row, u, c, e):
+    """``d = u . (z - mean z) / sigma + c`` with ``sigma = sqrt(var z + E / n**2)``, the LayerNorm
+    router's formula, in 60-digit decimals (division and square root, not the rule's squares).
+    Returns ``(branch, d)``."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 60
+        z = [decimal.Decimal(int(v)) for v in z_row]
+        n = len(z)
+        mean = sum(z) / n
+        centred = [v - mean for v in z]
+        sigma = (sum(v * v for v in centred) / n + decimal.Decimal(int(e)) / n ** 2).sqrt()
+        dot = sum(decimal.Decimal(int(w)) * v for w, v in zip(u, centred))
+        d = (dot / sigma if sigma else decimal.Decimal(0)) + int(c)
+        return int(d > 0), d
+
+
 def test_ties_go_to_branch_zero_and_no_overflow():
     z = np.zeros((1, 4), dtype=np.int64)          # d == 0 exactly
     assert router_decision(z, np.array([1, -1, 2, 0]), 0, 0).tolist() == [0]
-    big = np.full((1, 128), 12_000_000, dtype=np.int64)
-    big[0, 0] = -12_000_000                        # A**2 ~ 1e27: needs Python ints
-    u = np.full(128, 32767, dtype=np.int64)
-    assert router_decision(big, u, -32767, 0).tolist() == router_decision(big, u, -32767, 0).tolist()
+    # Sums at the rule's limits: A**2 reaches ~2e29 and c**2 * (V + E) ~1e27, far past int64.
+    rng = np.random.default_rng(0)
+    big = rng.integers(-12_000_000, 12_000_000, size=(64, 128))
+    u = rng.integers(-32767, 32768, size=128)
+    # c = minus a middle row's u . (z - mean) / sigma: both branches occur and that row is a near-tie
+    median = sorted(decimal_layernorm_decision(row, u, 0, 1000)[1] for row in big)[32]
+    for c in (-int(median), 32767, -32767):
+        expected = [decimal_layernorm_decision(row, u, c, 1000) for row in big]
+        assert all(abs(d) > 1e-30 for _, d in expected)  # no exact tie: the expectation is unambiguous
+        assert router_decision(big, u, c, 1000).tolist() == [branch for branch, _ in expected]
+        if c == -int(median):
+            assert 0 < sum(branch for branch, _ in expected) < 64
     assert projection_int(np.array([[1, 2]]), np.array([[3, -1]]), np.array([5])).tolist() == [[6]]
 
 
@@ -79,21 +104,56 @@ def test_quantize_tree_replaces_every_layer_with_mappable_quantizers():
     assert 0.9 <= router_agreement(qtree, x) <= 1.0
 
 
+def float64_router_margin(router, h):
+    """The float LayerNorm router of a quantised router node, from its own parameters in float64
+    (quantised projection weights, float bias, LayerNorm, router): ``d = logit1 - logit0`` per input,
+    and a bound on how far rounding ``u``, ``c`` and the bias to integers can move it."""
+    with torch.no_grad():
+        p = h.double().mean((2, 3))                          # h is on the activation grid: exact
+        weight = router.proj.quant_weight()
+        z = p @ weight.value.double().T + router.proj.bias.double()
+        sigma = torch.sqrt(z.var(1, unbiased=False) + router.norm.eps)
+        latent = (z - z.mean(1, keepdim=True)) / sigma[:, None] * router.norm.weight.double() + router.norm.bias.double()
+        logits = latent @ router.router.weight.double().T + router.router.bias.double()
+        w = (router.router.weight[1] - router.router.weight[0]).double()
+        u = w * router.norm.weight.double()
+        c = float(w @ router.norm.bias.double() + router.router.bias[1] - router.router.bias[0])
+    n = z.shape[1]
+    step = max(float(u.abs().max()), abs(c)) / (2 ** 15 - 1)  # the 16-bit grid of u and c
+    k = float(weight.scale) * float(router.input_act.act_quant.scale()) / (h.shape[2] * h.shape[3])
+    # |sum_i du_i (z_i - mean) / sigma| <= n * step / 2, plus step / 2 for c; a bias moved by up to
+    # k / 2 per component moves d by at most 2 ||u|| sqrt(n) (k / 2) / sigma. Twice that, for safety.
+    bound = 2 * ((n + 1) * step / 2 + float(u.norm()) * n ** 0.5 * k / sigma.numpy())
+    return (logits[:, 1] - logits[:, 0]).numpy(), bound
+
+
 def test_quantized_router_decision_is_the_integer_rule_on_its_integers():
     tree, x = small_edge_tree()
     qtree = quantize_tree(tree, get_preset("w8a8")).eval()
     router = qtree.routers[0][0]
     with torch.no_grad():
         h = qtree.backbone(x)
+        # Untrained, this router sends every input one way; move its boundary among the inputs
+        # (to their median logit difference) so both branches are tested.
+        router.router.bias[1] -= float(np.median(float64_router_margin(router, h)[0]))
+    decided = router.decide(h).numpy()
     ints = router.integer_params(h.shape[2] * h.shape[3])
     # The pooled sums are integers of the input activation's grid.
     pooled = router.pooled_sum_int(h)
     assert np.allclose(pooled * ints["act_scale"], h.double().sum((2, 3)).numpy(), rtol=1e-6, atol=1e-9)
-    z = projection_int(pooled, ints["weight_int"], ints["bias_int"])
-    expected = router_decision(z, ints["u_int"], ints["c_int"], ints["e_int"])
-    assert router.decide(h).numpy().tolist() == expected.tolist()
-    # ... and it is the float LayerNorm router's choice up to rounding of u, c and the bias.
-    assert (router.float_decide(h).numpy() == expected).mean() >= 0.95
+    # On those integers it is the LayerNorm sign rule, evaluated here in exact Python integers
+    # (the projection) and 60-digit decimals (division and square root), not by the rule's code.
+    z = pooled.astype(object) @ ints["weight_int"].astype(object).T + ints["bias_int"].astype(object)
+    expected = [decimal_layernorm_decision(row, ints["u_int"], ints["c_int"], ints["e_int"]) for row in z]
+    assert all(d != 0 for _, d in expected)  # no exact tie on these inputs: the expectation is unambiguous
+    assert decided.tolist() == [branch for branch, _ in expected]
+    # ... and it is the float LayerNorm router's choice (float64, from the model's own parameters)
+    # wherever rounding u, c and the bias to integers cannot have flipped it.
+    d, bound = float64_router_margin(router, h)
+    clear = np.abs(d) > bound
+    assert clear.mean() >= 0.9 and (decided[clear] == (d[clear] > 0)).all()
+    assert 0 < decided.mean() < 1  # both branches are taken: the comparison is not vacuous
+    assert (router.float_decide(h).numpy() == decided).mean() >= 0.95
 
 
 def test_bit_widths_finn_cannot_map_and_unsupported_trees_are_refused():

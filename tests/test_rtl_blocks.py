@@ -222,7 +222,8 @@ def _finn_reference(model, x):
 
 
 def _check_finn_node(model, x, **kw):
-    from sim.finn_rtllib import prepare_ip, simulate_finn_node
+    from hls.finn_rtllib import prepare_ip
+    from sim.finn_rtllib import simulate_finn_node
     model = prepare_ip(model)
     expected = _finn_reference(model, x)
     got = simulate_finn_node(model, model.graph.node[0], x, **kw)
@@ -259,10 +260,11 @@ def test_router_path_pool_mvau_decide():
     stage's words fed to the next, against host.router_rule.projection_int / router_decision."""
     pytest.importorskip("finn")
     from host.router_rule import projection_int, router_decision
+    from hls.finn_rtllib import prepare_ip
     from hls.router_params import write_router_params
     from qonnx.core.datatype import DataType
     from qonnx.custom_op.registry import getCustomOp
-    from sim.finn_rtllib import prepare_ip, simulate_finn_node
+    from sim.finn_rtllib import simulate_finn_node
     from sim.tb.axis import pack_words, unpack_words
     from sim.verilator import run_streams
 
@@ -323,7 +325,7 @@ def test_patched_rtllib_files_pass_verilator_lint():
     import subprocess
 
     pytest.importorskip("finn")
-    from sim.finn_rtllib import patch_report, patched_rtllib
+    from hls.finn_rtllib import patch_report, patched_rtllib
     from sim.verilator import setup_verilator
     root = setup_verilator()
     lib = patched_rtllib()

@@ -55,15 +55,18 @@ def _images_for_leaves(tree, leaves_wanted):
     pool = np.concatenate([rng.integers(lo, hi, size=(100, 1, 8, 8))
                            for lo, hi in [(-128, 128), (-20, 100), (-60, 60), (-127, 0)]])
     leaves = tree.infer(pool, quantized=True)["leaves"]
-    pick = [int(np.flatnonzero(leaves == leaf)[0]) for leaf in leaves_wanted if (leaves == leaf).any()]
-    return pool[pick]
+    missing = [leaf for leaf in leaves_wanted if not (leaves == leaf).any()]
+    if missing:
+        pytest.fail(f"no test image reaches leaf/leaves {missing} of the tiny tree: the test would check fewer "
+                    f"leaves than it asks for")
+    return pool[[int(np.flatnonzero(leaves == leaf)[0]) for leaf in leaves_wanted]]
 
 
 @pytest.mark.slow
 def test_axi_top_driven_like_the_host():
     from host.backends.base import layout_signature
-    from hls.axi_top import simulate
     from host.int_reference import IntegerTree
+    from sim.axi_top_sim import simulate
     build_dir, project = tiny_bundle()
     desc = project["hdl"]
     tree = IntegerTree.load(build_dir / "export")

@@ -1,7 +1,7 @@
 """The tree's hardware parts in cocotb + Verilator, bit-exact against the integer reference.
 
 A tiny W4A4 tree (tests/fixtures_quant.py) is exported and built for the ZCU104 part; each test
-stitches one part (hls/stitch.py) from the build's FINN+ HW graphs and simulates it with random
+stitches one part (hls/parts.py, hls/stitch.py) from the build's FINN+ HW graphs and simulates it with random
 valid/ready on every stream and random DDR stalls (sim/tree_nodes.py, sim/tb/test_tree_chain.py).
 Cold cache: ~2 minutes (one Verilator build per part, the two branches of a level share one).
 """
@@ -40,7 +40,7 @@ def test_backbone_bit_exact_under_backpressure(ts):
     r = ts.backbone(x, p_valid=0.5, p_ready=0.4, seed=3)
     ref = ts.tree.nodes["backbone"].run(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1).reshape(len(x), -1)
     assert np.array_equal(np.stack(r.outputs), ref)
-    top, stages, _ = ts.part_backbone()
+    stages = ts.parts.backbone().stages
     assert any(st.module == "stream_maxpool" for st in stages)      # Pool_hls replaced
     assert not any(st.module.startswith("Pool") for st in stages)
 

@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BackendUnavailable  # noqa: F401  (re-exported: hls/ and the backends import it from here)
+
 # AXI-Lite control block of the stitched design (byte offsets). Read-only unless noted.
 REGISTERS: dict[str, int] = {
     "CTRL": 0x00,             # W: bit0 start, bit1 soft reset (aborts the inference and the fetches)
@@ -70,10 +72,6 @@ REGISTERS: dict[str, int] = {
 }
 # DMA instances in the overlay: input (MM2S), output (S2MM), one weight DMA per level (MM2S).
 IPS: dict[str, Any] = {"ctrl": "sigmabranch_ctrl", "idma": "idma0", "odma": "odma0", "wdma": ["wdma0", "wdma1"]}
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend cannot run here (no ``pynq``, no Verilator or cocotb, no stitched design): says what is missing."""
 
 
 def layout_signature(driver: dict[str, Any]) -> int:

@@ -9,7 +9,9 @@ driver's own calls, so the driver's fetch strategies can be compared before the 
   level its datapath (branch + router below it, or branch + head);
 - one DDR port shared by every fetch (FIFO): a fetch of ``n`` bytes takes
   ``setup + n / bytes_per_cycle`` cycles, ``bytes_per_cycle = min(port width / 8, DDR
-  bandwidth x clock period)``;
+  bandwidth x clock period)``, ``setup`` = the DDR's first-word latency; the board's numbers
+  come from ``driver.json`` ``"board_facts"`` (``ddr_bytes_per_s``, ``axi_port_bits``,
+  ``ddr_first_word_ns``: ``hls/boards.py``'s record, written by ``sigmabranch build``);
 - a level's datapath starts once its input (the level's decision) is there *and* the host has
   committed the right weights; each MMIO access costs ``mmio_cycles``.
 
@@ -24,15 +26,29 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BundleError
 from ..int_reference import IntegerTree
 from .base import Buffer, DesignInfo, Hardware, layout_signature
 
-# Duplicated from hls/boards.py (host/ may not import hls/): DDR bandwidth one PS-PL port gives a
-# fetch, and that port's width. driver.json's own values win when present.
-BOARD_DDR = {"pynq-z2": {"ddr_bytes_per_s": 1.2e9, "axi_port_bits": 64},
-             "zcu104": {"ddr_bytes_per_s": 4.8e9, "axi_port_bits": 128}}
-FETCH_SETUP_NS = 150.0  # first-word latency of a DDR read burst through an HP port (assumption)
 MMIO_CYCLES = 25        # one AXI-Lite register access from the PS (assumption)
+# What the timing model reads from driver.json "board_facts" (hls/boards.py's record of the board).
+BOARD_FACTS = ("ddr_bytes_per_s", "axi_port_bits", "ddr_first_word_ns")
+
+
+def board_facts(driver: dict[str, Any], where: str | Path = "driver.json") -> dict[str, float]:
+    """The board numbers the timing model needs, from ``driver["board_facts"]``; a clear
+    :class:`BundleError` naming ``where`` (the driver.json) and the missing key otherwise."""
+    facts = driver.get("board_facts")
+    if not isinstance(facts, dict):
+        raise BundleError(f"{where} has no \"board_facts\" (the board's record: {', '.join(BOARD_FACTS)}, ...), "
+                          f"which the ref backend's timing model needs; rebuild the bundle with the current "
+                          f"`sigmabranch build`")
+    missing = [key for key in BOARD_FACTS if key not in facts]
+    if missing:
+        raise BundleError(f"{where}: \"board_facts\" of board {facts.get('name', driver.get('board'))!r} lacks "
+                          f"{', '.join(repr(k) for k in missing)} (the ref backend's timing model needs "
+                          f"{', '.join(BOARD_FACTS)}); rebuild the bundle with the current `sigmabranch build`")
+    return {key: float(facts[key]) for key in BOARD_FACTS}
 
 
 @dataclass
@@ -54,8 +70,7 @@ class Timing:
 
     @classmethod
     def from_bundle(cls, root: Path, driver: dict[str, Any], depth: int) -> "Timing":
-        board = {**BOARD_DDR.get(driver.get("board"), BOARD_DDR["pynq-z2"]),
-                 **{k: driver[k] for k in ("ddr_bytes_per_s", "axi_port_bits") if k in driver}}
+        board = board_facts(driver, root / "driver.json")
         clk_ns = float(driver["clk_ns"])
         bpc = min(board["axi_port_bits"] / 8, board["ddr_bytes_per_s"] * clk_ns * 1e-9)
         placement_path = root / "placement.json"
@@ -65,7 +80,7 @@ class Timing:
             backbone, levels = cycles[0] + cycles[1], cycles[2:]
         else:  # no estimate: compute takes no time, fetches still do
             backbone, levels = 0, [0] * depth
-        return cls(clk_ns=clk_ns, bytes_per_cycle=bpc, setup_cycles=int(np.ceil(FETCH_SETUP_NS / clk_ns)),
+        return cls(clk_ns=clk_ns, bytes_per_cycle=bpc, setup_cycles=int(np.ceil(board["ddr_first_word_ns"] / clk_ns)),
                    backbone_cycles=backbone, level_cycles=levels, io_bytes_per_cycle=bpc)
 
 

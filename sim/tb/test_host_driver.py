@@ -1,11 +1,11 @@
 """cocotb test: the host driver, unchanged, on the whole stitched design behind AXI.
 
 ``sim/pynq_sim.py``'s :class:`Simulation` stands in for ``pynq`` on the ports ``hdl.json``
-``"pynq"`` names; the driver (``SigmaBranchOverlay`` over ``host/backends/sim.py``'s
+``"pynq"`` names; the driver (``SigmaBranchOverlay`` over ``sim/host_backend.py``'s
 ``SimHardware``, i.e. ``BoardHardware``) runs in a thread started with ``cocotb.task.bridge``,
 each of its MMIO accesses and DMA polls a ``cocotb.task.resume`` call into the simulation.
 
-config (``host/backends/sim.py`` :func:`run_sim`): bundle, hdl (path of hdl.json), strategy,
+config (``sim/host_backend.py`` :func:`run_sim`): bundle, hdl (path of hdl.json), strategy,
 fetch_mode, timeout_s, seed, idle_cycles, sim (:class:`Simulation` keywords), fault (optional: one inference
 of ``x[0]`` first, with a DMA channel that stops moving). Inputs: ``x.npy`` in the test folder.
 Results: ``outputs.json`` (``result``: ``execute``'s dict as JSON, ``per_inference``: the DDR
@@ -70,8 +70,8 @@ def _fault_run(sim: Simulation, overlay, x: np.ndarray, fault: dict[str, Any]) -
 
 def drive(sim: Simulation, cfg: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
     """The driver as a PYNQ user runs it (in the bridge thread)."""
-    from host.backends.sim import SimHardware
     from host.driver import SigmaBranchOverlay
+    from sim.host_backend import SimHardware
     t0 = time.perf_counter()
     record: dict[str, Any] = {"per_inference": []}
     try:

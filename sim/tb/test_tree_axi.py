@@ -18,7 +18,8 @@ read, then the right one.
 
 config: frames [{"in": [hex beats], "n_out": beats}], memory {file, base}, levels, p_valid,
 p_ready, p_rvalid, p_arready, seed, max_cycles, abort_first, host_frames, regions
-(per level, per branch: [offset, bytes] in weights.bin). Results: outputs.json.
+(per level, per branch: [offset, bytes] in weights.bin), as ``sim/axi_top_sim.py`` writes it.
+Results: outputs.json.
 """
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""``sim``: the same driver code against the Verilator model of the stitched design.
+"""The host driver's ``sim`` backend: the same driver code against the Verilator model of the design.
+
+It lives in ``sim/`` (not ``host/``: it needs cocotb, Verilator and the repository's simulation
+code, none of which a PYNQ board has); ``host/`` imports it by name, ``sim.host_backend``, only
+when ``--backend sim`` is asked for (``host.backends.load_sim_backend``), and says clearly when
+it cannot (``BackendUnavailable``).
 
 Two routes, one driver:
 
@@ -14,12 +19,13 @@ Two routes, one driver:
   simulated time). ``now()`` is the simulated cycle count. The stand-in is our own rather than
   ``cocotbpynq`` for the reasons in ``sim/pynq_sim.py`` (license, 32-bit-only streams, no DMA
   status/stop/start, no physical addresses, no AXI-MM memory for the fetchers).
-- part by part (:class:`SimPartsHardware`, ``get_backend("sim")``): where a build has no
-  ``vivado/`` folder, the build's parts (backbone, router, each level's datapath) simulated one
-  after another behind the driver's interface.
+- part by part (:class:`SimPartsHardware`, ``host.backends.get_backend("sim")``): where a build
+  has no ``vivado/`` folder, the build's parts (backbone, router, each level's datapath) simulated
+  one after another behind the driver's interface.
 
-:func:`execute_in_simulation` (and ``host/run.py --backend sim``) takes the first where the bundle
-has ``vivado/hdl.json``, else the second.
+Which route a bundle takes is decided in one place, ``host.backends.execute_on_backend``
+(``host.backends.sim_route``: the first where the bundle has ``vivado/hdl.json``, else the
+second); :func:`execute_in_simulation` and ``host/run.py --backend sim`` go through it.
 """
 from __future__ import annotations
 
@@ -30,17 +36,16 @@ from typing import Any
 
 import numpy as np
 
-from .base import BackendUnavailable, Buffer, DesignInfo
-from .board import BoardHardware
-from .ref import RefHardware
+from host.backends import execute_on_backend, hdl_description
+from host.backends.base import BackendUnavailable, Buffer, DesignInfo
+from host.backends.board import BoardHardware
+from host.backends.ref import RefHardware
+from host.errors import DRIVER_ERRORS, DriverError
 
 DEFAULT_SIM_TIMEOUT_S = 2.0  # simulated seconds one driver wait may take (the driver's default)
 
-
-def hdl_description(bundle: str | Path) -> Path | None:
-    """``<bundle>/vivado/hdl.json`` if the build has the whole design behind AXI, else ``None``."""
-    path = Path(bundle) / "vivado" / "hdl.json"
-    return path if path.is_file() else None
+__all__ = ["SimHardware", "SimPartsHardware", "run_sim", "execute_in_simulation", "hdl_description",
+           "DEFAULT_SIM_TIMEOUT_S"]
 
 
 class SimHardware(BoardHardware):
@@ -63,7 +68,7 @@ class SimHardware(BoardHardware):
             simulation = pynq_sim.current()
         if simulation is None:
             raise BackendUnavailable("the sim backend's SimHardware runs inside a cocotb test against the Verilator "
-                                     "model: use host.backends.sim.run_sim(bundle, x) or execute_in_simulation(...) "
+                                     "model: use sim.host_backend.run_sim(bundle, x) or execute_in_simulation(...) "
                                      "(or `host/run.py --backend sim`), which build and start it")
         self.sim, self.idle_cycles = simulation, int(idle_cycles)
         # There is no bitstream in simulation; the overlay needs a name: the top's.
@@ -83,9 +88,6 @@ class SimHardware(BoardHardware):
         """Between two polls the PS does other things: ``idle_cycles`` fabric cycles pass (one call
         into the simulation instead of a poll every few cycles; a real MMIO read takes tens)."""
         self.sim.advance(self.idle_cycles)
-
-
-_DRIVER_ERRORS = ("DriverError", "DriverTimeout", "DecisionError", "WeightImageError", "BundleError", "InputError")
 
 
 def run_sim(bundle: str | Path, x: np.ndarray, *, strategy: str = "serial", fetch_mode: str | None = None,
@@ -108,7 +110,6 @@ def run_sim(bundle: str | Path, x: np.ndarray, *, strategy: str = "serial", fetc
     what the driver raised in the simulation, ``BackendUnavailable`` where the tools or the
     design are missing.
     """
-    from .. import driver as drv
     bundle = Path(bundle).resolve()
     hdl_path = hdl_description(bundle)
     if hdl_path is None:
@@ -139,17 +140,15 @@ def run_sim(bundle: str | Path, x: np.ndarray, *, strategy: str = "serial", fetc
     except SimToolError as err:
         raise BackendUnavailable(str(err)) from err
     except SimulationFailed as err:
-        raise drv.DriverError(f"the simulation of {desc['top']} failed: {err}") from err
+        raise DriverError(f"the simulation of {desc['top']} failed: {err}") from err
     got = json.loads((res.test_dir / "outputs.json").read_text())
     if got.get("error"):
         err = got["error"]
-        cls = getattr(drv, err["type"]) if err["type"] in _DRIVER_ERRORS else None
-        if err["type"] == "BackendUnavailable":
-            raise BackendUnavailable(err["message"])
+        cls = DRIVER_ERRORS.get(err["type"])  # the driver's own exceptions (and BackendUnavailable), by name
         if cls is not None:
             raise cls(err["message"])
-        raise drv.DriverError(f"the driver failed in the simulation of {desc['top']}: {err['type']}: "
-                              f"{err['message']}\n{err.get('traceback', '')[-3000:]}")
+        raise DriverError(f"the driver failed in the simulation of {desc['top']}: {err['type']}: "
+                          f"{err['message']}\n{err.get('traceback', '')[-3000:]}")
     out = _from_json(got["result"])
     out["sim"] = {**{k: v for k, v in got.items() if k != "result"}, "build_seconds": res.build.seconds,
                   "cached": res.build.cached, "sim_seconds": res.sim_seconds, "test_dir": str(res.test_dir)}
@@ -179,16 +178,10 @@ def execute_in_simulation(bundle: str | Path, x: np.ndarray, *, strategy: str = 
                           **options) -> dict[str, Any]:
     """The driver on the most complete simulation the bundle allows: the whole design behind
     AXI (:func:`run_sim`) where ``vivado/hdl.json`` exists, else part by part
-    (:class:`SimPartsHardware`). Returns ``execute``'s dict."""
-    from ..driver import SigmaBranchOverlay
-    if hdl_description(bundle) is not None:
-        return run_sim(bundle, x, strategy=strategy, fetch_mode=fetch_mode, timeout_s=timeout_s, **options)
-    overlay = SigmaBranchOverlay(bundle, "sim", strategy=strategy, fetch_mode=fetch_mode, timeout_s=timeout_s,
-                                 **options)
-    try:
-        return overlay.execute(x)
-    finally:
-        overlay.close()
+    (:class:`SimPartsHardware`); the choice is ``host.backends.execute_on_backend``'s. Returns
+    ``execute``'s dict (the whole design's with ``sim``)."""
+    return execute_on_backend(bundle, x, backend="sim", strategy=strategy, fetch_mode=fetch_mode,
+                              timeout_s=timeout_s, **options).out
 
 
 # ------------------------------------------------------------------------------ available now: part by part

@@ -1,0 +1,198 @@
+"""The FINN+ steps of ``sigmabranch build``, per node (FINN+ transformations; nothing here
+re-implements them). The graph rewrites of our own are qonnx ``Transformation``s, applied as
+``model = model.transform(X())``:
+
+- :class:`NhwcBoundaries`: the streamlined graph without its float tail and without the
+  NCHW<->NHWC transposes at its edges (between nodes the hardware streams NHWC integers);
+- :class:`SetLayerAttrs` with :func:`datapath_attrs`: every branch of a level gets the first
+  one's folding and the level's widest types, so one datapath computes them all;
+- :class:`SetWeightMemory`: weights on chip (``internal_decoupled``) or fetched from DDR
+  (``external_mem``).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+from qonnx.transformation.base import Transformation
+
+from .errors import BuildError
+
+HW_DOMAIN = "finn.custom_op.fpgadataflow"
+FOLDING_ATTRS = ("PE", "SIMD", "parallel_window", "ram_style", "resType", "mem_mode")
+WIDTH_ATTRS = ("weightDataType", "accDataType", "outputDataType", "inputDataType")
+
+
+# ------------------------------------------------------------------------------ node boundaries
+def _remove_node(model, node) -> None:
+    """Bypass a single-input, single-output node."""
+    graph = model.graph
+    src, dst = node.input[0], node.output[0]
+    if dst in [o.name for o in graph.output]:
+        info = next(v for v in graph.value_info if v.name == src)
+        graph.output[0].CopyFrom(info)
+        graph.value_info.remove(info)
+    elif src in [i.name for i in graph.input]:
+        info = next(v for v in graph.value_info if v.name == dst)
+        datatype = model.get_tensor_datatype(src)
+        graph.input[0].CopyFrom(info)
+        graph.value_info.remove(info)  # consumers keep reading `dst`, now the graph input
+        model.set_tensor_datatype(dst, datatype)
+    else:
+        for consumer in model.find_consumers(dst) or []:
+            for i, name in enumerate(consumer.input):
+                if name == dst:
+                    consumer.input[i] = src
+    graph.node.remove(node)
+
+
+def _perm(node):
+    from onnx import helper
+    return next(helper.get_attribute_value(a) for a in node.attribute if a.name == "perm")
+
+
+class NhwcBoundaries(Transformation):
+    """Drop the float tail and the layout transposes at a node's edges: the stream between
+    hardware nodes is NHWC integers (the host sends the image NHWC too). One pass does it all."""
+
+    def apply(self, model):
+        from quant.export import drop_float_tail
+
+        model = drop_float_tail(model)
+        first = model.graph.node[0]
+        if first.op_type == "Transpose" and list(_perm(first)) == [0, 2, 3, 1]:
+            _remove_node(model, first)
+        nodes = list(model.graph.node)
+        # ... -> Transpose(NHWC->NCHW) -> MaxPool (NCHW) at the end: pool in NHWC instead.
+        if len(nodes) >= 2 and nodes[-1].op_type == "MaxPool" and nodes[-2].op_type == "Transpose":
+            pool, transpose = nodes[-1], nodes[-2]
+            pool.op_type, pool.domain = "MaxPoolNHWC", "qonnx.custom_op.general"
+            pool.input[0] = transpose.input[0]
+            out_shape = model.get_tensor_shape(pool.output[0])
+            model.set_tensor_shape(pool.output[0], [out_shape[0], out_shape[2], out_shape[3], out_shape[1]])
+            model.graph.node.remove(transpose)
+        last = model.graph.node[-1]
+        if last.op_type == "Transpose" and list(_perm(last)) == [0, 3, 1, 2]:
+            _remove_node(model, last)
+        return model, False
+
+
+# ------------------------------------------------------------------------------ HW layers, folding
+def to_hw_layers(model, part: str, name: str):
+    """Streamlined integer graph -> FINN+ HW layers (RTL where FINN+ has them)."""
+    from finn.transformation.fpgadataflow.convert_to_hw.conv_inp_gen import InferConvInpGen
+    from finn.transformation.fpgadataflow.convert_to_hw.pool import InferPool
+    from finn.transformation.fpgadataflow.convert_to_hw.quantized_matrix_vector_activation import (
+        InferQuantizedMatrixVectorActivation)
+    from finn.transformation.fpgadataflow.convert_to_hw.thresholding import InferThresholdingLayer
+    from finn.transformation.fpgadataflow.minimize_accumulator_width import MinimizeAccumulatorWidth
+    from finn.transformation.fpgadataflow.minimize_weight_bit_width import MinimizeWeightBitWidth
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
+    from finn.transformation.streamline.absorb import AbsorbConsecutiveTransposes
+    from qonnx.custom_op.registry import getCustomOp
+
+    from quant.export import quiet_logging, tidy
+
+    with contextlib.redirect_stdout(io.StringIO()), quiet_logging():
+        model = model.transform(NhwcBoundaries())
+        for transform in (InferThresholdingLayer(), InferQuantizedMatrixVectorActivation(), InferPool(),
+                          InferConvInpGen(), RemoveCNVtoFCFlatten(), AbsorbConsecutiveTransposes()):
+            model = tidy(model.transform(transform))
+        left = [f"{n.op_type} ({n.name})" for n in model.graph.node if not n.domain.startswith(HW_DOMAIN)]
+        if left:
+            raise BuildError(f"node {name}: no FINN+ hardware layer for {', '.join(left)}")
+        for node in model.graph.node:
+            getCustomOp(node).set_nodeattr("preferred_impl_style", "rtl")
+        model = tidy(model.transform(SpecializeLayers(part)))
+        model = tidy(model.transform(MinimizeWeightBitWidth()).transform(MinimizeAccumulatorWidth()))
+    return model
+
+
+def fold(model, target_cycles: int | None, folding_config: str | Path | None = None):
+    """FINN+'s folding: a folding config (``ApplyConfig``) if given, else ``SetFolding``."""
+    from finn.transformation.fpgadataflow.set_folding import SetFolding
+    from finn.transformation.general import ApplyConfig
+
+    from quant.export import quiet_logging, tidy
+
+    with contextlib.redirect_stdout(io.StringIO()), quiet_logging():
+        if folding_config is not None:
+            return tidy(model.transform(ApplyConfig(str(folding_config))))
+        return tidy(model.transform(SetFolding(target_cycles_per_frame=target_cycles)))
+
+
+# ------------------------------------------------------------------------------ one datapath per level
+def _widest(types):
+    from qonnx.core.datatype import DataType
+    if len(set(types)) == 1:
+        return types[0]
+    signed = any(t.signed() for t in types)
+    bits = max(t.bitwidth() + (1 if signed and not t.signed() else 0) for t in types)
+    return DataType[f"{'INT' if signed else 'UINT'}{bits}"]
+
+
+def datapath_attrs(models: list, names: list[str]) -> list[dict[str, Any]]:
+    """Per layer position of a level's branches: the first branch's folding and the level's
+    widest weight/accumulator/stream types (what :class:`SetLayerAttrs` gives every branch)."""
+    from qonnx.core.datatype import DataType
+    from qonnx.custom_op.registry import getCustomOp
+
+    for i, name in enumerate(names[1:], start=1):
+        if [n.op_type for n in models[i].graph.node] != [n.op_type for n in models[0].graph.node]:
+            raise BuildError(f"node {name}: its layers differ from {names[0]}'s, so they cannot share a datapath")
+    attrs = []
+    for insts in zip(*[[getCustomOp(n) for n in m.graph.node] for m in models]):
+        types = insts[0].get_nodeattr_types()
+        shared = {a: insts[0].get_nodeattr(a) for a in FOLDING_ATTRS if a in types}
+        shared.update({a: _widest([DataType[inst.get_nodeattr(a)] for inst in insts]).name
+                       for a in WIDTH_ATTRS if a in types})
+        attrs.append(shared)
+    return attrs
+
+
+class SetLayerAttrs(Transformation):
+    """Set node attributes by layer position (``attrs[i]`` for the i-th node); an attribute that
+    already has the value is left as it is."""
+
+    def __init__(self, attrs: list[dict[str, Any]]):
+        super().__init__()
+        self.attrs = attrs
+
+    def apply(self, model):
+        from qonnx.custom_op.registry import getCustomOp
+        for node, attrs in zip(model.graph.node, self.attrs, strict=True):
+            inst = getCustomOp(node)
+            for attr, value in attrs.items():
+                if inst.get_nodeattr(attr) != value:
+                    inst.set_nodeattr(attr, value)
+        return model, False
+
+
+# ------------------------------------------------------------------------------ memory placement
+class SetWeightMemory(Transformation):
+    """On chip: ``internal_decoupled`` (memstream in BRAM/URAM). From DDR: ``external_mem``, the
+    ``fetch_weights`` reader with an index port (``mlo_max_iter``) and a ``base_address`` port
+    (``address_offset``) that the router's decision drives."""
+
+    def __init__(self, external: bool):
+        super().__init__()
+        self.external = external
+
+    def apply(self, model):
+        from onnx import helper
+        from qonnx.custom_op.registry import getCustomOp
+        for node in model.graph.node:
+            if not node.op_type.startswith("MVAU"):
+                continue
+            inst = getCustomOp(node)
+            if self.external:
+                inst.set_nodeattr("mem_mode", "external_mem")
+                inst.set_nodeattr("mlo_max_iter", 1)
+                if not any(a.name == "address_offset" for a in node.attribute):
+                    node.attribute.append(helper.make_attribute("address_offset", 0))
+            else:
+                inst.set_nodeattr("mem_mode", "internal_decoupled")
+        return model, False

@@ -1,0 +1,147 @@
+"""Memory placement and the placement report (the co-design of ../shared/notes/hardware-targets.md).
+
+- **On chip**: the backbone and the root router; their MVAUs keep weights in BRAM/URAM
+  (``mem_mode="internal_decoupled"``).
+- **One datapath per tree level** (:func:`level_datapaths`), shared by all branches of the level:
+  the level's branch, the router of the next level that sits below it, and (last level) its leaf
+  head. Their MVAUs use ``mem_mode="external_mem"``: FINN+'s ``fetch_weights`` reads one weight
+  set from DDR into a local buffer once per inference, and the MVU reuses it for every output
+  pixel. All branches of a level have the same shapes; their widths are unified (the widest
+  weight/accumulator type of the level) so one datapath serves them all. Thresholds are small
+  (channels x steps): each ``Thresholding_rtl`` of a shared datapath keeps every branch's set on
+  chip and the router's decision selects one (FINN+'s multi-set thresholding,
+  ``hls.stitch.multiset_thresholds``).
+
+The report (``placement.json`` / ``placement.md``) is FINN+'s estimate per layer, summed per
+on-chip part, against the board's budget (:func:`check_budget`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .boards import Board
+from .weight_image import fetch_len
+
+RESOURCES = ("BRAM_18K", "URAM", "LUT", "DSP")
+# HLS-only FINN+ nodes the stitched design replaces by the blocks of hls/rtl/ (the report shows
+# FINN+'s estimate of the HLS node as a stand-in)
+OWN_RTL = {"Pool_hls": "stream_maxpool.sv", "GlobalAccPool_hls": "global_sum_pool.sv"}
+ONCHIP_NODES = ("backbone", "router_0_0")
+
+
+@dataclass
+class LevelDatapath:
+    """What one level's shared datapath computes for each branch: the branch, then the router
+    below it (or, at the last level, the leaf head)."""
+    level: int
+    branches: list[list[str]] = field(default_factory=list)  # per branch: node names in datapath order
+
+
+def level_datapaths(manifest: dict[str, Any]) -> list[LevelDatapath]:
+    depth = int(manifest["depth"])
+    paths = []
+    for level in range(depth):
+        path = LevelDatapath(level)
+        for branch in range(2 ** (level + 1)):
+            below = f"router_{level + 1}_{branch}" if level + 1 < depth else f"head_{branch}"
+            path.branches.append([f"branch_{level}_{branch}", below])
+        paths.append(path)
+    return paths
+
+
+def node_resources(model, part: str, streamed: bool, sets: int = 1) -> list[dict[str, Any]]:
+    """FINN+'s estimate per layer. A streamed MVAU's weights live in DDR, but its
+    ``fetch_weights`` buffer holds one weight set on chip: estimated as FINN+ would estimate the
+    same weights stored on chip (``internal_decoupled``). A shared datapath's thresholds hold
+    ``sets`` sets (one per branch)."""
+    from qonnx.custom_op.registry import getCustomOp
+    rows = []
+    for node in model.graph.node:
+        inst = getCustomOp(node)
+        if streamed and node.op_type.startswith("MVAU"):
+            inst.set_nodeattr("mem_mode", "internal_decoupled")
+            estimate = inst.node_res_estimation(part)
+            inst.set_nodeattr("mem_mode", "external_mem")
+        elif sets > 1 and node.op_type.startswith("Thresholding"):
+            inst.set_nodeattr("mlo_max_iter", sets)
+            estimate = inst.node_res_estimation(part)
+            inst.set_nodeattr("mlo_max_iter", 0)
+        else:
+            estimate = inst.node_res_estimation(part)
+        row = {"layer": node.name, "op": node.op_type, "BRAM_18K": int(estimate.get("BRAM_18K", 0)),
+               "URAM": int(estimate.get("URAM", 0)), "LUT": int(estimate.get("LUT", 0)),
+               "DSP": int(estimate.get("DSP", 0)), "cycles": int(inst.get_exp_cycles())}
+        if node.op_type in OWN_RTL:
+            row["implemented_by"] = f"hls/rtl/{OWN_RTL[node.op_type]} (estimate: FINN+'s {node.op_type})"
+        rows.append(row)
+    return rows
+
+
+def resource_sum(rows: list[dict[str, Any]]) -> dict[str, int]:
+    return {key: sum(r[key] for r in rows) for key in RESOURCES}
+
+
+def _mvau_shapes(hw: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
+    from qonnx.custom_op.registry import getCustomOp
+    rows = []
+    for n in names:
+        for node in hw[n].graph.node:
+            if node.op_type.startswith("MVAU"):
+                inst = getCustomOp(node)
+                rows.append({"MH": inst.get_nodeattr("MH"), "MW": inst.get_nodeattr("MW"),
+                             "bits": inst.get_input_datatype(1).bitwidth()})
+    return rows
+
+
+def onchip_parts(hw: dict[str, Any], paths: list[LevelDatapath], weights: dict[str, Any],
+                 part: str) -> list[dict[str, Any]]:
+    """One row per on-chip part (backbone, root router, each level's shared datapath): FINN+'s
+    estimate per layer and summed, the weight bytes it holds on chip, its DDR bytes per inference."""
+    onchip = []
+    for label, names, streamed in [("backbone", ["backbone"], False), ("root router", ["router_0_0"], False)] + [
+            (f"level {p.level} datapath (x1, serves {len(p.branches)} branches)", p.branches[0], True) for p in paths]:
+        level = next((p for p in paths if p.branches[0] == names), None)
+        sets = len(level.branches) if level else 1
+        rows = [row for n in names for row in node_resources(hw[n], part, streamed, sets)]
+        region_bytes = weights["levels"][level.level]["regions"][0]["bytes"] if level else 0
+        onchip.append({"part": label, "nodes": names, "streamed": streamed, "resources": resource_sum(rows),
+                       "layers": rows,
+                       "onchip_weight_bytes": region_bytes if streamed else sum(
+                           fetch_len(r["MH"] * r["MW"], int(r["bits"])) for r in _mvau_shapes(hw, names)),
+                       "ddr_bytes_per_inference": region_bytes})
+    return onchip
+
+
+def check_budget(onchip: list[dict[str, Any]], board: Board) -> list[str]:
+    """What exceeds the board: one line per resource, by how much, and the largest users."""
+    budget = board.budget()
+    problems = []
+    for key in RESOURCES:
+        used = sum(entry["resources"][key] for entry in onchip)
+        if used > budget[key]:
+            top = sorted(onchip, key=lambda e: -e["resources"][key])[:3]
+            problems.append(f"{key}: {used} > {budget[key]} (over by {used - budget[key]}); largest: "
+                            + ", ".join(f"{e['part']} {e['resources'][key]}" for e in top))
+    return problems
+
+
+def placement_table(report: dict[str, Any]) -> str:
+    board = report["board"]
+    lines = [f"# Placement: {board['name']} ({board['part']}, {1000 / board['clk_ns']:.0f} MHz)", "",
+             "| on-chip part | nodes | BRAM18 | URAM | LUT | DSP | on-chip weight bytes | DDR bytes / inference |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for e in report["onchip"]:
+        r = e["resources"]
+        lines.append(f"| {e['part']} | {', '.join(e['nodes'])} | {r['BRAM_18K']} | {r['URAM']} | {r['LUT']} | "
+                     f"{r['DSP']} | {e['onchip_weight_bytes']} | {e['ddr_bytes_per_inference']} |")
+    t, b = report["total"], report["budget"]
+    lines.append(f"| **total** | | **{t['BRAM_18K']}** / {b['BRAM_18K']} | **{t['URAM']}** / {b['URAM']} | "
+                 f"**{t['LUT']}** / {b['LUT']} | **{t['DSP']}** / {b['DSP']} | | |")
+    d = report["ddr"]
+    lines += ["", f"DDR bytes per inference: tree {d['tree_weight_bytes']} weights + {d['input_bytes']} input + "
+              f"{d['output_bytes']} output; dense with the same placement {d['dense_weight_bytes']} weights "
+              f"(ratio {d['tree_vs_dense']:.3f}).", "",
+              "Estimates are FINN+'s (LUT/BRAM/DSP per layer); a streamed level's fetch buffer is counted as one "
+              "branch's weights on chip; HLS-only layers stand in for the hls/rtl/ blocks that replace them."]
+    return "\n".join(lines) + "\n"
