@@ -22,12 +22,17 @@ from .train import fit, write_json
 from .tree import SigmaBranchTree
 
 
+def leaf_cross_entropy(leaf_logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """(B, L) cross-entropy of every leaf's logits ``(B, L, C)`` against ``target`` (B,)."""
+    b, leaves, classes = leaf_logits.shape
+    return F.cross_entropy(leaf_logits.reshape(b * leaves, classes).float(), target.repeat_interleave(leaves),
+                           reduction="none", label_smoothing=label_smoothing).view(b, leaves)
+
+
 def sigma_branch_loss(leaf_logits: torch.Tensor, leaf_log_probs: torch.Tensor, target: torch.Tensor,
                       resp_lambda: float = 0.3, resp_tau: float = 1.0, label_smoothing: float = 0.0) -> torch.Tensor:
     """Eq. 8 for a batch: ``leaf_logits`` (B, L, C), ``leaf_log_probs`` (B, L), ``target`` (B,)."""
-    b, leaves, classes = leaf_logits.shape
-    leaf_ce = F.cross_entropy(leaf_logits.reshape(b * leaves, classes).float(), target.repeat_interleave(leaves),
-                              reduction="none", label_smoothing=label_smoothing).view(b, leaves)
+    leaf_ce = leaf_cross_entropy(leaf_logits, target, label_smoothing)
     specialist = (leaf_log_probs.exp() * leaf_ce).sum(1).mean()
     if resp_lambda == 0:
         return specialist

@@ -134,17 +134,24 @@ class SigmaBranchTree(nn.Module):
         return 2 ** self.depth
 
     # ------------------------------------------------------------------ soft routing (training)
-    def forward_soft(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_soft(self, x: torch.Tensor, latents: list[torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every leaf: ``(leaf_logits (B, L, C), leaf_log_probs (B, L))``, leaves in branch order.
 
         The leaf probability is the product of the per-level router probabilities on its path.
+        ``latents``, if given, receives every router's latent (before dropout), level by level
+        (what QAT's routing distillation matches).
         """
         feats: list[Features] = [self.backbone(x)]
         log_probs = [torch.zeros(batch_size(feats[0]), device=x.device)]
         for level in range(self.depth):
             next_feats, next_log_probs = [], []
             for node, (h, lp) in enumerate(zip(feats, log_probs)):
-                route = F.log_softmax(self.routers[level][node](h).float(), dim=1)
+                router = self.routers[level][node]
+                latent = router.norm(router.proj(pool_features(h)))
+                if latents is not None:
+                    latents.append(latent)
+                route = F.log_softmax(router.router(router.drop(latent)).float(), dim=1)
                 for child in (0, 1):
                     next_feats.append(self.specialisers[level][2 * node + child](h))
                     next_log_probs.append(lp + route[:, child])
@@ -181,15 +188,15 @@ class SigmaBranchTree(nn.Module):
         self.last_leaves = leaves
         return out, leaves
 
-    def forward(self, x: torch.Tensor, mode: str | None = None):
+    def forward(self, x: torch.Tensor, mode: str | None = None, latents: list[torch.Tensor] | None = None):
         """Training: soft routing (weighted leaf logits). Eval: hard top-1 single path.
 
         ``mode`` picks explicitly (and passes through a DistributedDataParallel wrapper):
         ``"leaves"`` -> :meth:`forward_soft`, ``"soft"`` -> :meth:`soft_logits`,
-        ``"hard"`` -> :meth:`forward_hard`.
+        ``"hard"`` -> :meth:`forward_hard`; ``latents`` goes to :meth:`forward_soft`.
         """
         if mode == "leaves":
-            return self.forward_soft(x)
+            return self.forward_soft(x, latents)
         if mode == "hard":
             return self.forward_hard(x)
         if mode == "soft" or (mode is None and self.training):

@@ -1,4 +1,5 @@
 """Quantised tree: Brevitas layers, the integer router decision, QAT and its checkpoints."""
+import copy
 import decimal
 import math
 
@@ -14,7 +15,8 @@ from model.convert import convert, save_tree
 from model.registry import create_model
 from model.tree_layout import build_tree, default_spec
 from quant.presets import get_preset
-from quant.qat import active_weight_bytes, qtree_from_checkpoint, run_quantize
+from quant.qat import (active_weight_bytes, freeze_routers, qtree_from_checkpoint, routing_distillation_loss,
+                       run_quantize)
 from quant.qtree import QuantizationError, quantize_tree, router_agreement
 
 
@@ -174,6 +176,35 @@ def test_active_weight_bytes_counts_path_weights_at_the_bit_width():
     assert active_weight_bytes(quantize_tree(tree, get_preset("w4a4")), 4) == math.ceil(n / 2)
 
 
+def test_routing_distillation_targets_the_float_trees_routing_and_leaves_routers_alone():
+    teacher, _ = small_edge_tree()
+    student = copy.deepcopy(teacher).eval()
+    cfg = config_from_dict({"quant": {"route_distill": 2.0}})
+    loss_fn = routing_distillation_loss(teacher, cfg)
+    torch.manual_seed(1)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 4, (16,))
+    # the student is the teacher: no latent mismatch, so the loss is the specialist loss under the
+    # teacher's routing plus 2 x the cross-entropy of the teacher's own hard leaf
+    with torch.no_grad():
+        leaf_logits, log_probs = teacher(x, mode="leaves")
+        leaf_ce = torch.stack([torch.nn.functional.cross_entropy(leaf_logits[:, k], y, reduction="none")
+                               for k in range(leaf_logits.shape[1])], 1)
+        expected = (log_probs.exp() * leaf_ce).sum(1).mean() - 2.0 * log_probs.max(1).values.mean()
+    assert torch.allclose(loss_fn(student, x, y), expected, rtol=1e-5)
+    # a trained quantised student: its features move, its routers do not
+    qtree = quantize_tree(teacher, get_preset("w4a4")).train()
+    freeze_routers(qtree)
+    routers_before = copy.deepcopy(qtree.routers.state_dict())
+    backbone_before = copy.deepcopy(qtree.backbone.state_dict())
+    optimiser = torch.optim.Adam([p for p in qtree.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        optimiser.zero_grad()
+        loss_fn(qtree, x, y).backward()
+        optimiser.step()
+    assert all(torch.equal(v, qtree.routers.state_dict()[k]) for k, v in routers_before.items())
+    assert any(not torch.equal(v, qtree.backbone.state_dict()[k]) for k, v in backbone_before.items())
+
+
 @pytest.mark.slow
 def test_qat_runs_and_its_checkpoint_rebuilds(tmp_path):
     tree, _ = small_edge_tree()
@@ -185,6 +216,7 @@ def test_qat_runs_and_its_checkpoint_rebuilds(tmp_path):
                             "quant": {"bits": "w4a4", "calibration_batches": 2}, "optim": {"name": "adam", "lr": 1e-3}})
     metrics = run_quantize(tmp_path / "tree.pt", cfg, tmp_path / "q", device="cpu")
     assert metrics["bits"] == "w4a4" and 0 <= metrics["router_agreement"] <= 1
+    assert 0 <= metrics["leaf_agreement"] <= 100 and metrics["route_distill"] == 1.0
     assert metrics["active_weight_bytes"] == active_weight_bytes(tree, 4)
     qtree, _ = qtree_from_checkpoint(tmp_path / "q" / "checkpoint.pt")
     x = torch.randn(5, 1, 8, 8)
