@@ -33,7 +33,7 @@ run: install
 	$(VENV)/bin/sigmabranch demo --out runs/demo
 
 test: install
-	$(PY) -m pytest -q -n 2 --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=40
 
 clean:
 	rm -rf runs build .pytest_cache

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from host.int_reference import IntegerTree
+from hls.filelock import file_lock
 from hls.finn_rtllib import ensure_finn_settings, fetcher_sources, memstream_sources, node_sources
 from hls.router_params import write_router_params
 from hls.stitch import RTL_DIR, StitchError, host_feed_wrapper, module_header, router_select_text
@@ -375,14 +376,15 @@ class TreeParts:
             return self._models[(node, prefix)]
         d = self.work / prefix / node
         saved = d / "prepared.onnx"
-        if saved.exists():
-            model = ModelWrapper(str(saved))
-        else:
-            if d.exists():
-                shutil.rmtree(d)
-            model = prepare_node(ModelWrapper(str(self.build_dir / "nodes" / f"{node}.hw.onnx")), self.part,
-                                 self.clk_ns, prefix, d)
-            model.save(str(saved))
+        with file_lock(self.work / prefix / f".{node}.lock"):  # the work folder may be shared (content-keyed)
+            if saved.exists():
+                model = ModelWrapper(str(saved))
+            else:
+                if d.exists():
+                    shutil.rmtree(d)
+                model = prepare_node(ModelWrapper(str(self.build_dir / "nodes" / f"{node}.hw.onnx")), self.part,
+                                     self.clk_ns, prefix, d)
+                model.save(str(saved))
         self._models[(node, prefix)] = model
         return model
 

@@ -58,12 +58,16 @@ class ChainResult:
 class TreeSim:
     """Stitched tops of one ``sigmabranch build`` output (:class:`hls.parts.TreeParts`), simulated
     part by part. ``work_dir``: where the nodes are prepared and the tops written (default: under
-    the sim cache, keyed by the build's path and contents)."""
+    the sim cache, keyed by the build's contents)."""
 
     def __init__(self, build_dir: str | Path, work_dir: str | Path | None = None):
         build_dir = Path(build_dir)
-        key = hashlib.sha256(str(build_dir.resolve()).encode() + (build_dir / "weights.json").read_bytes()
-                             + (build_dir / "export" / "tree.json").read_bytes()).hexdigest()[:12]
+        # Keyed by what the parts are made of, not by where the build lies: a copy of a build (a
+        # test's own, the host driver's sim backend) reuses the prepared nodes and Verilator models.
+        digest = hashlib.sha256((build_dir / "weights.json").read_bytes() + (build_dir / "export" / "tree.json").read_bytes())
+        for node in sorted((build_dir / "nodes").glob("*.hw.onnx")):
+            digest.update(node.name.encode() + node.read_bytes())
+        key = digest.hexdigest()[:12]
         self.parts = TreeParts(build_dir, Path(work_dir) if work_dir else cache_root() / "tree-hdl" / key)
         self.build_dir, self.work = self.parts.build_dir, self.parts.work
         self.driver, self.weights, self.tree, self.manifest = (self.parts.driver, self.parts.weights,

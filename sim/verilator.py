@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from hls.filelock import file_lock
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RTL_DIR = REPO_ROOT / "hls" / "rtl"
 
@@ -192,6 +194,12 @@ def build(sources: Sequence[str | os.PathLike], toplevel: str, parameters: Mappi
     key = build_hash(sources, toplevel, parameters, args + [f"opt={opt}"] + ([] if mode == "all" else [f"public={mode}"]),
                      includes, defines)
     bdir = (cache or cache_root()) / f"{toplevel}-{key}"
+    with file_lock(bdir.parent / f".{toplevel}-{key}.lock"):  # a second process waits, then reuses it
+        return _build_locked(bdir, toplevel, key, runner_mod, sources, parameters, args, includes, defines, opt, mode)
+
+
+def _build_locked(bdir: Path, toplevel: str, key: str, runner_mod, sources, parameters, args, includes, defines,
+                  opt: str, mode: str) -> BuildResult:
     stamp = bdir / ".built"
     if stamp.exists() and (bdir / toplevel).exists():
         return BuildResult(bdir, True, 0.0)

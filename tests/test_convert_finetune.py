@@ -156,25 +156,32 @@ def test_balance_score_matches_the_papers_examples():
     assert balance_score([0.2, 0.0, 52.9, 46.9]) == pytest.approx(0.504, abs=0.01)
 
 
-@pytest.mark.slow
-def test_quick_demo_writes_the_metrics(tmp_path):
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The main job end to end, once for both demo tests (the notebooks run in tests/test_notebooks.py)."""
     from sigmabranch.pipeline import run_demo
-    metrics = run_demo(tmp_path, quick=True, device="cpu", notebooks=False)  # notebooks: tests/test_notebooks.py
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(out, device="cpu", notebooks=False)
+
+
+@pytest.mark.slow
+def test_demo_writes_the_metrics(demo):
+    tmp_path, metrics = demo
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["dense"]["top1"] == metrics["dense"]["top1"] > 50
     for key in ("top1_hard", "total_params", "active_params", "leaf_usage", "balance"):
         assert key in written["tree"]
     assert written["tree"]["active_params"] < 0.5 * written["dense"]["params"]
     assert sum(written["tree"]["leaf_usage"]) == pytest.approx(100)
+    assert 0 <= written["quant"]["leaf_agreement"] <= 100
     for png in ("leaf_heatmap.png", "partition.png", "dense/train_curve.png", "finetune/train_curve.png"):
         assert (tmp_path / png).stat().st_size > 1000
 
 
 @pytest.mark.slow
-def test_full_demo_meets_the_method_bars(tmp_path):
-    """The main job end to end (about a minute): the bars of the method issue on digits."""
-    from sigmabranch.pipeline import run_demo
-    m = run_demo(tmp_path, device="cpu", notebooks=False)  # the notebooks run in tests/test_notebooks.py
+def test_full_demo_meets_the_method_bars(demo):
+    """The bars of the method issue on digits, on the main job's own run."""
+    tmp_path, m = demo
     dense, tree, quant = m["dense"], m["tree"], m["quant"]
     assert dense["top1"] >= 97.0
     assert tree["top1_hard"] >= dense["top1"] - 1.0            # within 1 pp of dense

@@ -249,7 +249,7 @@ def test_a_wait_that_never_completes_times_out_and_the_overlay_stays_usable(bund
     t0 = time.monotonic()
     with pytest.raises(DriverTimeout, match=f"{what} did not complete within 0.2 s .*stays usable"):
         ov.execute(x[:1])
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 10.0  # bounded: the wait gives up (50x slack for a loaded machine), not a speed check
     hw.fault = None
     out = ov.execute(x[:4])
     ref = IntegerTree.load(root / "export").infer(x[:4])
@@ -349,6 +349,7 @@ def zcu104_bundle(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_zcu104")  # reuses test_tree_sim/test_tree_axi's Verilator models
 def test_sim_and_ref_give_the_same_predictions_with_the_same_driver_code(zcu104_bundle, tmp_path, capsys, monkeypatch):
     """The driver, unchanged, on the Verilator model (part by part, random back-pressure and DDR
     stalls): same classes, paths and accumulators as ref; the fetchers read exactly the path's
@@ -510,7 +511,7 @@ def test_board_backend_times_out_on_a_design_that_never_asserts_valid(bundle):
     t0 = time.monotonic()
     with pytest.raises(DriverTimeout, match="router decision of level 0 did not complete within 0.2 s"):
         ov.execute(x[:1])
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 10.0  # bounded: the wait gives up (50x slack for a loaded machine), not a speed check
     fake.hang_decisions = False
     assert np.array_equal(ov.execute(x[:3])["classes"], IntegerTree.load(root / "export").infer(x[:3])["classes"])
 
@@ -621,6 +622,7 @@ def axi_onchip_run(axi_bundle):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_zcu104")  # reuses test_tree_sim/test_tree_axi's Verilator models
 def test_whole_design_sim_gives_the_ref_results_with_the_same_driver_code(axi_onchip_run):
     """BoardHardware through sim/pynq_sim.py on the Verilator model of sigmabranch_tree_axi: same
     classes, paths and accumulators as ref; the driver's bytes (the control block's counters) and
@@ -644,6 +646,7 @@ def test_whole_design_sim_gives_the_ref_results_with_the_same_driver_code(axi_on
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_zcu104")  # reuses test_tree_sim/test_tree_axi's Verilator models
 def test_whole_design_sim_a_stalled_dma_times_out_and_the_overlay_stays_usable(axi_onchip_run):
     """The input DMA stops after half the image: the driver's bounded wait raises DriverTimeout
     (the simulation goes on), resets the design and the DMAs; the next inferences are right
@@ -659,6 +662,7 @@ def test_whole_design_sim_a_stalled_dma_times_out_and_the_overlay_stays_usable(a
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_zcu104")  # reuses test_tree_sim/test_tree_axi's Verilator models
 def test_whole_design_sim_host_fetch_with_wrong_prefetches(axi_bundle):
     """Host-driven fetch over the weight DMAs the design adds (hdl.json "pynq": wdma<l> on
     256-bit streams), prefetch strategy: the first guesses are wrong and cancelled mid-way (the

@@ -131,3 +131,19 @@ def test_ddp_on_two_processes_matches_one_process(tmp_path, kind):
         torch.testing.assert_close(ddp["grads"][name], p.grad, rtol=1e-5, atol=1e-6, msg=name)
     assert ddp["metrics"]["top1"] == single["top1"] and ddp["metrics"]["top5"] == single["top5"]
     assert ddp["metrics"]["loss"] == pytest.approx(single["loss"], rel=1e-6)
+
+
+def test_resumable_continues_only_a_checkpoint_of_the_same_settings(tmp_path):
+    from model.checkpoint import save_checkpoint
+    from model.config import config_from_dict
+    from model.train import resumable
+
+    cfg = config_from_dict({"epochs": 3, "optim": {"lr": 0.05}})
+    path = tmp_path / "checkpoint.pt"
+    assert resumable(path, cfg) is None  # nothing to continue
+    older = cfg.to_dict()
+    del older["quant"]["route_distill"]  # written before that field existed: its default applies
+    save_checkpoint(path, kind="dense", config=older)
+    assert resumable(path, cfg) == path
+    with pytest.raises(ValueError, match=r"checkpoint.pt was written with other settings \(differing: optim\)"):
+        resumable(path, config_from_dict({"epochs": 3, "optim": {"lr": 0.1}}))

