@@ -41,6 +41,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from model.config import ConfigError, TrainConfig, apply_overrides, build_section, load_config
+from model.train import resumable
 
 from .criteria import CRITERIA, check_criterion
 from .prune import check_ratio
@@ -321,14 +322,30 @@ def verdict(rows: list[dict[str, Any]], methods: list[str], tolerance_pp: float,
 
 
 # ---------------------------------------------------------------------------- the run
+def run_tree_stage(dense_checkpoint: Path, cfg: TrainConfig, folder: Path, device: str = "auto") -> dict[str, Any]:
+    """Conversion (``folder/convert``, kept if there), soft-routing fine-tuning (``folder/finetune``,
+    continued from its checkpoint) and hard-routed evaluation (``folder/leaf_heatmap.png``)."""
+    from model.convert import run_convert
+    from model.finetune import run_finetune
+    from model.tree_report import evaluate_tree_checkpoint
+
+    tree_pt = folder / "convert" / "tree.pt"
+    conversion = (json.loads((folder / "convert" / "conversion.json").read_text()) if tree_pt.is_file()
+                  else run_convert(dense_checkpoint, cfg, folder / "convert"))
+    finetune = run_finetune(tree_pt, cfg, folder / "finetune", device=device,
+                            resume=resumable(folder / "finetune" / "checkpoint.pt", cfg))
+    result = evaluate_tree_checkpoint(folder / "finetune" / "checkpoint.pt", cfg, device=device, out_dir=folder)
+    result.pop("class_leaf_counts")
+    return {**result, "conversion_nodes": conversion["nodes"], "epochs": cfg.epochs,
+            "train_seconds": finetune["train_seconds"]}
+
+
 def run_compare(config: str | Path, out: str | Path = "runs/compare", overrides: list[str] | None = None,
                 device: str = "auto", progress: bool = True) -> dict[str, Any]:
     from model.accounting import count_params
     from model.checkpoint import model_from_checkpoint
-    from model.convert import run_convert, tree_from_checkpoint
+    from model.convert import tree_from_checkpoint
     from model.dense import train_dense
-    from model.finetune import run_finetune
-    from model.tree_report import evaluate_tree_checkpoint
 
     from .confidence import default_thresholds, run_routing
     from .prune import pruned_from_checkpoint, run_prune
@@ -355,7 +372,9 @@ def run_compare(config: str | Path, out: str | Path = "runs/compare", overrides:
         return metrics
 
     dense_settings = dense_cfg.to_dict()
-    dense = timed("dense", out / "dense", dense_settings, lambda: train_dense(dense_cfg, out / "dense", device=device))
+    # Long runs continue from their checkpoints (bench/cifar10.py trains into the same folders).
+    dense = timed("dense", out / "dense", dense_settings, lambda: train_dense(
+        dense_cfg, out / "dense", device=device, resume=resumable(out / "dense" / "checkpoint.pt", dense_cfg)))
     dense_ckpt = out / "dense" / "checkpoint.pt"
     dense_model, _ = model_from_checkpoint(dense_ckpt)
     dense_backbone = _backbone_params(dense_model, depth)
@@ -369,11 +388,7 @@ def run_compare(config: str | Path, out: str | Path = "runs/compare", overrides:
         folder = out / f"tree_{score}"
 
         def run_tree(tcfg=tcfg, folder=folder) -> dict[str, Any]:
-            conversion = run_convert(dense_ckpt, tcfg, folder / "convert")
-            run_finetune(folder / "convert" / "tree.pt", tcfg, folder / "finetune", device=device)
-            result = evaluate_tree_checkpoint(folder / "finetune" / "checkpoint.pt", tcfg, device=device, out_dir=folder)
-            result.pop("class_leaf_counts")
-            return {**result, "conversion_nodes": conversion["nodes"]}
+            return run_tree_stage(dense_ckpt, tcfg, folder, device=device)
 
         tree = timed(f"tree_{score}", folder, {"dense": dense_settings, "tree": tcfg.to_dict()}, run_tree)
         tree_model, _ = tree_from_checkpoint(folder / "finetune" / "checkpoint.pt")

@@ -24,7 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_state_dict_checked, save_checkpoint
-from .config import OptimConfig, TrainConfig
+from .config import OptimConfig, TrainConfig, config_from_dict
 from .distributed import all_reduce_sum, init_distributed, is_distributed, is_main_process, local_device
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -204,6 +204,22 @@ def fit(model: nn.Module, cfg: TrainConfig, train_set: Dataset, test_set: Datase
     return FitResult(model=model, history=history,
                      final={k[5:]: v for k, v in final.items() if k.startswith("test_")},
                      checkpoint=ckpt_path if is_main_process() else None)
+
+
+def resumable(checkpoint: str | Path, cfg: TrainConfig) -> Path | None:
+    """``checkpoint`` if it exists and was written by a run of exactly ``cfg`` (so ``fit`` may
+    continue it), else None; a checkpoint of other settings is an error, never silently reused."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        return None
+    # through the config schema, so fields added since the checkpoint was written take their defaults
+    saved = config_from_dict(load_checkpoint(path).get("config") or {}, where=str(path)).to_dict()
+    wanted = cfg.to_dict()
+    if saved != wanted:
+        differ = sorted(k for k in wanted if saved.get(k) != wanted.get(k))
+        raise ValueError(f"{path} was written with other settings (differing: {', '.join(differ)}); "
+                         "move it away to start over")
+    return path
 
 
 def write_json(path: str | Path, values: dict[str, Any]) -> None:

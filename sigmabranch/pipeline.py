@@ -99,8 +99,8 @@ def run_demo(out: str | Path = "runs/demo", config: str | Path | None = None, tr
     with stages("quantize"):
         quant = run_quantize(out / "finetune" / "checkpoint.pt", quant_cfg, out / "quant", device=device)
     quant = {"top1_hard": quant["top1"], "top1_soft": quant["top1_soft"], "bits": quant["bits"],
-             "router_agreement": quant["router_agreement"], "active_weight_bytes": quant["active_weight_bytes"],
-             "balance": quant["balance"]}
+             "router_agreement": quant["router_agreement"], "leaf_agreement": quant["leaf_agreement"],
+             "active_weight_bytes": quant["active_weight_bytes"], "balance": quant["balance"]}
 
     from quant.check import run_check
     from quant.export import run_export

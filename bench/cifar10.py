@@ -1,0 +1,115 @@
+"""CIFAR-10 runs of the method (a task that does not saturate), resumable, for 2 CPU cores.
+
+    .venv/bin/python bench/cifar10.py --model resnet20 [--stages dense,tree,quant] [--work runs/cifar10]
+
+Stages, each in ``<work>/<model>/`` and each continued from its checkpoint when interrupted
+(``--resume`` semantics of the CLI; a checkpoint of other settings is refused):
+
+- ``dense``: the dense model (``configs/<model>_cifar10.yaml``);
+- ``tree``: conversion (depth 2, 4 leaves), soft-routing fine-tuning, hard-routed evaluation
+  (``configs/<model>_tree_cifar10.yaml``), the leaf heat map, in ``tree_activation/``;
+- ``quant``: W4A4 QAT keeping the float routing (``configs/<model>_quant_cifar10.yaml``), with
+  Top-1, leaf agreement with the float tree and balance.
+
+What each finished stage reports is collected in ``bench/results/cifar10_<model>.json`` and
+``.md`` (training budget included: epochs and seconds per stage). The baselines run with
+``sigmabranch compare --config configs/compare_<model>_cifar10.yaml --out <work>/<model>``,
+which reuses this dense model (same folder, same settings).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from model.config import load_config  # noqa: E402
+from model.train import resumable, write_json  # noqa: E402
+
+STAGES = ("dense", "tree", "quant")
+
+
+def run_stage(name: str, folder: Path, run) -> dict:
+    """``folder/metrics.json`` if the stage finished before, else run it (it resumes itself)."""
+    done = folder / "metrics.json"
+    if done.is_file():
+        print(f"[cifar10] {name}: done before ({done})", flush=True)
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    metrics = run()
+    print(f"[cifar10] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "cifar10")
+    p.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    args = p.parse_args(argv)
+    stages = args.stages.split(",")
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        p.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+
+    from baselines.compare import run_tree_stage
+    from model.dense import train_dense
+    from quant.qat import run_quantize
+
+    work = args.work / args.model
+    configs = {s: load_config(REPO / "configs" / f"{args.model}{'' if s == 'dense' else '_' + s}_cifar10.yaml")
+               for s in stages}
+    report: dict = {"model": args.model, "dataset": "cifar10"}
+    results = args.results / f"cifar10_{args.model}.json"
+    if results.is_file():
+        report.update(json.loads(results.read_text()))
+    if "dense" in stages:
+        cfg = configs["dense"]
+        report["dense"] = run_stage("dense", work / "dense", lambda: train_dense(
+            cfg, work / "dense", resume=resumable(work / "dense" / "checkpoint.pt", cfg)))
+    tree_dir = work / "tree_activation"  # sigmabranch compare's layout, so compare reuses it
+    if "tree" in stages:
+        cfg = configs["tree"]
+
+        def tree() -> dict:
+            result = run_tree_stage(work / "dense" / "checkpoint.pt", cfg, tree_dir)
+            write_json(tree_dir / "metrics.json", result)
+            return result
+        report["tree"] = run_stage("tree", tree_dir, tree)
+    if "quant" in stages:
+        cfg = configs["quant"]
+        report["quant"] = run_stage("quant", work / "quant", lambda: run_quantize(
+            tree_dir / "finetune" / "checkpoint.pt", cfg, work / "quant",
+            resume=resumable(work / "quant" / "checkpoint.pt", cfg)))
+    write_json(results, report)
+    results.with_suffix(".md").write_text(table(report))
+    print(results.with_suffix(".md").read_text())
+    return 0
+
+
+def table(report: dict) -> str:
+    """The report as a markdown table: Top-1, active params, leaf balance, budget."""
+    rows = ["| model | Top-1 (%) | active params | balance | leaf agreement (%) | epochs | train s |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    dense = report.get("dense")
+    if dense:
+        rows.append(f"| dense {report['model']} | {dense['top1']:.2f} | {dense['params']:,} | - | - | "
+                    f"{dense['epochs']} | {dense['train_seconds']:.0f} |")
+    tree = report.get("tree")
+    if tree:
+        rows.append(f"| tree (depth 2, hard) | {tree['top1_hard']:.2f} | {tree['active_params']:,} | "
+                    f"{tree['balance']:.3f} | - | {tree['epochs']} | {tree['train_seconds']:.0f} |")
+    quant = report.get("quant")
+    if quant:
+        rows.append(f"| tree {quant['bits']} | {quant['top1']:.2f} | - | {quant['balance']:.3f} | "
+                    f"{quant['leaf_agreement']:.1f} | {quant['epochs']} | {quant['train_seconds']:.0f} |")
+    return f"# CIFAR-10, {report['model']} (2 CPU cores)\n\n" + "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
