@@ -21,6 +21,10 @@ tools:
 	  elif command -v sudo >/dev/null 2>&1; then sudo sh -c '$(APT_TCL)'; \
 	  else echo "tclsh is missing: install Tcl (e.g. apt-get install tcl as root), then re-run make" >&2; exit 1; fi; }
 	@command -v tclsh >/dev/null 2>&1 || { echo "tclsh is still missing after installing tcl" >&2; exit 1; }
+	@# Optional: ccache lets every Verilator build reuse the compiled simulator runtime (sim/verilator.py).
+	@command -v ccache >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || apt-get install -y -qq ccache >/dev/null 2>&1 \
+	  || { apt-get update -qq && apt-get install -y -qq ccache; } >/dev/null 2>&1 \
+	  || echo "ccache not installed (optional): Verilator builds take longer" >&2
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

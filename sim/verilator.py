@@ -219,7 +219,10 @@ def _build_locked(bdir: Path, toplevel: str, key: str, runner_mod, sources, para
     # make treats variable definitions in MAKEFLAGS like command-line ones (override verilated.mk)
     fast, _, slow = opt.partition(",")           # "-O2,-O0": the model's eval code at -O2, its constructors at -O0
     slow = slow or fast
-    os.environ["MAKEFLAGS"] = f"OPT_FAST={fast} OPT_SLOW={slow} OPT_GLOBAL={fast}"
+    # ccache, where installed (make install does): every model recompiles Verilator's and cocotb's
+    # runtime (verilated*.cpp, verilator.cpp), the same sources each time
+    objcache = " OBJCACHE=ccache" if shutil.which("ccache") else ""
+    os.environ["MAKEFLAGS"] = f"OPT_FAST={fast} OPT_SLOW={slow} OPT_GLOBAL={fast}{objcache}"
     try:
         runner.build(sources=[str(Path(s).resolve()) for s in sources], hdl_toplevel=toplevel,
                      parameters=parameters, build_args=args, includes=[str(Path(i).resolve()) for i in includes],
