@@ -1,10 +1,11 @@
 """``sigmabranch quantize``: quantisation-aware fine-tuning of a fine-tuned tree.
 
 The deployed tree should be the specialised tree that was fine-tuned, so by default QAT keeps
-its routing: the float tree (frozen, eval mode) is the teacher, its hard leaf the routers' target
-(cross-entropy on the quantised tree's leaf log-probabilities, weight ``quant.route_distill``) and
-its routing weights the specialist loss's, so each leaf keeps training on the inputs it was
-specialised for. ``quant.route_distill: 0`` re-learns the routing with the float fine-tuning's own
+its routing: the float tree (eval mode) is the teacher, its hard leaf the routers' target
+(cross-entropy on the quantised tree's leaf log-probabilities), every router latent is matched to
+the teacher's (both weighted by ``quant.route_distill``), its routing weights the specialist
+loss's, so each leaf keeps training on the inputs it was specialised for, and the quantised
+tree's routers stay frozen (:func:`freeze_routers`). ``quant.route_distill: 0`` re-learns the routing with the float fine-tuning's own
 objective (specialist + responsibility loss). Evaluation uses hard routing with the integer
 router decision; ``leaf_agreement`` is how often the quantised tree's leaf is the float tree's.
 Writes ``checkpoint.pt`` (kind ``qtree``), ``metrics.json`` and ``train_curve.png``.
