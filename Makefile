@@ -37,7 +37,7 @@ run: install
 	$(VENV)/bin/sigmabranch demo --out runs/demo
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=40
+	$(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=40
 
 clean:
 	rm -rf runs build .pytest_cache

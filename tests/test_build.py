@@ -3,7 +3,6 @@ import dataclasses
 import json
 import zlib
 
-import numpy as np
 import pytest
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
@@ -13,17 +12,21 @@ from hls.build import BuildError, build, dense_weight_bytes, tree_weight_bytes
 from hls.vivado import vivado_step
 from hls.weight_image import REGION_ALIGN, fetch_len
 from model.registry import create_model
-from quant.export import export_tree
 
 from fixtures_quant import tiny_qtree
 
+# Its module fixture is costly: the module runs on one xdist worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("build")
+
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, shared_builds):
+    """The tiny tree's pynq-z2 build (shared, tests/fixtures_build.py), then its HDL and Vivado side
+    here, as `build` does after the placement."""
     qtree, _ = tiny_qtree()
-    root = tmp_path_factory.mktemp("build")
-    export_tree(qtree, (1, 8, 8), root / "export", progress=False)
-    report = build(root / "export", "pynq-z2", root / "pynq-z2")
+    root = shared_builds.copy(tmp_path_factory.mktemp("build"), "pynq-z2")
+    vivado_step(root / "pynq-z2", run=False)
+    report = json.loads((root / "pynq-z2" / "placement.json").read_text())
     return root, report, qtree
 
 
@@ -130,9 +133,8 @@ def test_an_unknown_board_is_refused_naming_the_supported_ones(built, tmp_path):
         build(root / "export", "zc706", tmp_path / "b", hdl=False)
 
 
-def test_residual_trees_are_refused_clearly(tmp_path):
-    qtree, _ = tiny_qtree(model="resnet8")
-    export_tree(qtree, (1, 8, 8), tmp_path / "export", progress=False)
+def test_residual_trees_are_refused_clearly(tmp_path, shared_builds):
+    shared_builds.copy(tmp_path, model="resnet8")
     with pytest.raises(BuildError, match="residual additions"):
         build(tmp_path / "export", "zcu104", tmp_path / "b", hdl=False)
 

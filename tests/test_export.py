@@ -13,17 +13,17 @@ from model.convert import convert
 from model.registry import create_model
 from quant.check import ExportMismatch, check_export
 from quant.export import check_bits, export_tree
-from quant.presets import get_preset
 from quant.qtree import QuantizationError
 
 from fixtures_quant import WIDTHS, tiny_qtree
 
+
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, shared_builds):
+    """The tiny tree's export (made once per session by export_tree, tests/fixtures_build.py), a copy."""
     qtree, x = tiny_qtree()
-    out = tmp_path_factory.mktemp("export")
-    manifest = export_tree(qtree, (1, 8, 8), out, progress=False)
-    return qtree, x, out, manifest
+    out = shared_builds.copy(tmp_path_factory.mktemp("export")) / "export"
+    return qtree, x, out, shared_builds.returned_manifest()
 
 
 def test_every_node_is_exported_with_its_topology(exported):
@@ -173,11 +173,12 @@ def test_w2a2_tree_exports_exactly(tmp_path):
 
 
 @pytest.mark.slow
-def test_resnet_tree_with_residual_adds_exports_exactly(tmp_path):
+def test_resnet_tree_with_residual_adds_exports_exactly(tmp_path, shared_builds):
     qtree, x = tiny_qtree(model="resnet8")
-    manifest = export_tree(qtree, (1, 8, 8), tmp_path, progress=False)
+    export = shared_builds.copy(tmp_path, model="resnet8") / "export"   # export_tree(qtree, ...), made once
+    manifest = json.loads((export / "tree.json").read_text())
     # Residual blocks stay integer: a fork, a shared-scale requantisation of each input, an Add.
     ops = [op["op"] for op in manifest["nodes"]["backbone"]["program"]]
     assert "Add" in ops and ops.count("MultiThreshold") >= 3
-    report = check_export(tmp_path, qtree, x[:32], finn_inputs=2)
+    report = check_export(export, qtree, x[:32], finn_inputs=2)
     assert report["same_leaf"] == 1.0 and report["same_class"] == 1.0

