@@ -362,6 +362,9 @@ def run_compare(config: str | Path, out: str | Path = "runs/compare", overrides:
     seconds: dict[str, float] = {}
     reused: list[str] = []
     depth = tree_cfg.tree.depth
+    if not isinstance(depth, int):  # the dense accounting below cuts the dense model at the tree's levels
+        raise ConfigError(f"{config}: compare needs a fixed tree.depth, got {depth!r}; `sigmabranch convert` "
+                          "with tree.depth: auto records the depth it chooses in conversion.json")
 
     def timed(name: str, folder: Path, settings: dict[str, Any], run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         t0 = time.perf_counter()

@@ -55,7 +55,10 @@ class TreeConfig:
     The paper's copy lost the values of tau and N; the defaults here are our choices.
     """
 
-    depth: int = 2
+    depth: int | str = 2  # or "auto": the deepest tree up to max_depth whose every split is clustered
+    max_depth: int = 3  # depth: auto tries 1..max_depth (model/convert.py choose_depth)
+    auto_min_gap: float = 0.05  # depth: auto: a split's silhouette must beat its structureless reference by this ...
+    auto_min_cluster: float = 0.1  # ... and its smaller cluster this fraction of the node's samples
     alpha: float = 0.5  # fraction of each specialiser's channels shared by both branches
     width_factors: list[float] | None = None  # per level; None = the architecture's default
     proj_dim: int = 128

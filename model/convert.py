@@ -30,6 +30,7 @@ and the recovery is recorded in ``conversion.json``; if even that cannot split t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,37 @@ def principal_split(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None
         return None
     centroids = np.stack([x[assign == c].mean(0) for c in (0, 1)])
     return centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12), assign
+
+
+def cosine_silhouette(latents: np.ndarray, assign: np.ndarray) -> float:
+    """Mean silhouette of a two-cluster partition under cosine distance (``1 - cos``), exact in
+    O(n d): on unit rows, the mean distance to a cluster is ``1 - x . (its mean)``, the point itself
+    left out of its own. A point alone in its cluster scores 0 (the usual convention)."""
+    x = latents / np.linalg.norm(latents, axis=1, keepdims=True).clip(1e-12)
+    sizes = np.bincount(assign, minlength=2)
+    sums = np.stack([x[assign == c].sum(0) for c in (0, 1)])
+    own, other = sizes[assign], sizes[1 - assign]
+    a = 1 - ((x * sums[assign]).sum(1) - 1) / np.maximum(own - 1, 1)
+    b = 1 - (x * sums[1 - assign]).sum(1) / np.maximum(other, 1)
+    s = np.where(own > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
+    return float(s.mean())
+
+
+def null_silhouette(latents: np.ndarray, iters: int, seed: int, draws: int = 3) -> float:
+    """The silhouette k-means reaches on a structureless reference of the same shape: as many
+    samples of one Gaussian with the latents' (unit rows') mean and covariance, averaged over
+    ``draws``. k-means splits even a single anisotropic blob with a silhouette of ~0.1-0.2, so a
+    split is judged against this reference (the gap statistic's idea), not against zero."""
+    x = latents / np.linalg.norm(latents, axis=1, keepdims=True).clip(1e-12)
+    mean = x.mean(0)
+    _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
+    scale = sv / np.sqrt(max(len(x) - 1, 1))
+    rng = np.random.default_rng(seed)
+    scores = []
+    for draw in range(draws):
+        reference = mean + (rng.standard_normal((len(x), len(sv))) * scale) @ vt
+        scores.append(cosine_silhouette(reference, spherical_kmeans(reference, iters, seed + draw)[1]))
+    return float(np.mean(scores))
 
 
 def select_channels(mean0: torch.Tensor, mean1: torch.Tensor, width: int, alpha: float,
@@ -188,7 +220,12 @@ def recalibrate_batchnorm(modules: list[nn.Module], run_batch, loader: DataLoade
 
 def convert(dense: nn.Module, dense_name: str, dense_args: dict[str, Any], train_set: Dataset, cfg: TreeConfig,
             seed: int = 0, batch_size: int = 256) -> tuple[SigmaBranchTree, dict[str, Any]]:
-    """Phases 0-5. Returns the initialised tree and a report (per node: samples, clusters, channels)."""
+    """Phases 0-5. Returns the initialised tree and a report (per node: samples, clusters, channels).
+    ``cfg.depth == "auto"``: the depth :func:`choose_depth` picks (its reasons in ``report["depth_auto"]``)."""
+    if cfg.depth == "auto":
+        return choose_depth(dense, dense_name, dense_args, train_set, cfg, seed, batch_size)
+    if not isinstance(cfg.depth, int) or cfg.depth < 1:
+        raise ConversionError(f"tree.depth must be a positive integer or 'auto', got {cfg.depth!r}")
     if cfg.init not in ("activation", "random"):
         raise ConversionError(f"tree.init must be 'activation' or 'random', got {cfg.init!r}")
     if cfg.channel_score not in ("activation", "agf"):
@@ -256,6 +293,8 @@ def convert(dense: nn.Module, dense_name: str, dense_args: dict[str, Any], train
                                "score": "mean AGF utility" if cfg.channel_score == "agf" else "mean activation"})
             report["nodes"].append({"level": level + 1, "node": node, "samples": len(rows),
                                     "cluster_sizes": np.bincount(assign, minlength=2).tolist(),
+                                    "silhouette": cosine_silhouette(z, assign),
+                                    "silhouette_null": null_silhouette(z, cfg.kmeans_iters, seed + 7919 * level + node),
                                     "shared_channels": len(shared), "branch_channels": widths[level],
                                     "recovery": recovery})
         ratio = widths[level] / split.dense_widths[level]
@@ -282,6 +321,51 @@ def convert(dense: nn.Module, dense_name: str, dense_args: dict[str, Any], train
         tree.eval()
         recalibrate_batchnorm(list(tree.heads), tree.forward_hard, loader)
     report["partitions"] = partitions
+    return tree, report
+
+
+def split_is_clustered(node: dict[str, Any], cfg: TreeConfig) -> bool:
+    """A node's k-means split counts as structure in its data: its silhouette exceeds the
+    structureless reference's (:func:`null_silhouette`) by ``tree.auto_min_gap`` and the smaller
+    cluster holds at least ``tree.auto_min_cluster`` of the node's samples."""
+    return (node["silhouette"] - node["silhouette_null"] >= cfg.auto_min_gap
+            and min(node["cluster_sizes"]) >= cfg.auto_min_cluster * node["samples"])
+
+
+def choose_depth(dense: nn.Module, dense_name: str, dense_args: dict[str, Any], train_set: Dataset, cfg: TreeConfig,
+                 seed: int = 0, batch_size: int = 256) -> tuple[SigmaBranchTree, dict[str, Any]]:
+    """``tree.depth: auto`` (the paper's future work: a data-sized tree). Converts at depths 1 to
+    ``tree.max_depth`` (each depth cuts the dense model elsewhere) and keeps the deepest whose every
+    node split is clustered (:func:`split_is_clustered`): a level is added only while every branch's
+    inputs still fall into two groups. Depth 1 if even the root's split is not; the conversion of
+    the chosen depth is returned, every candidate's per-node silhouettes in ``report["depth_auto"]``."""
+    if not isinstance(cfg.max_depth, int) or cfg.max_depth < 1:
+        raise ConversionError(f"tree.max_depth must be a positive integer, got {cfg.max_depth!r}")
+    candidates, chosen = [], None
+    for depth in range(1, cfg.max_depth + 1):
+        try:
+            tree, report = convert(dense, dense_name, dense_args, train_set, dataclasses.replace(cfg, depth=depth),
+                                   seed, batch_size)
+        except ConversionError as err:  # e.g. a node with too few samples: not deeper than this
+            candidates.append({"depth": depth, "clustered": False, "error": str(err)})
+            break
+        nodes = report["nodes"]
+        clustered = all(split_is_clustered(n, cfg) for n in nodes)
+        candidates.append({"depth": depth, "clustered": clustered,
+                           "min_gap": min(n["silhouette"] - n["silhouette_null"] for n in nodes),
+                           "min_cluster_fraction": min(min(n["cluster_sizes"]) / n["samples"] for n in nodes),
+                           "silhouettes": [round(n["silhouette"], 4) for n in nodes],
+                           "null_silhouettes": [round(n["silhouette_null"], 4) for n in nodes]})
+        if clustered or chosen is None:
+            chosen = (tree, report)
+        if not clustered:
+            break
+    tree, report = chosen
+    report["depth_auto"] = {"chosen": tree.spec["depth"], "max_depth": cfg.max_depth,
+                            "criterion": f"every node's k-means split: cosine silhouette >= a one-Gaussian "
+                                         f"reference's + {cfg.auto_min_gap:g}, smaller cluster >= "
+                                         f"{cfg.auto_min_cluster:g} of the node's samples",
+                            "candidates": candidates}
     return tree, report
 
 

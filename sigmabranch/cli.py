@@ -39,11 +39,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: auto)")
 
 
+def _depth(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of levels or 'auto', got {text!r}") from None
+
+
 def tree_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=["activation", "random"], help="channel partition (random = ablation)")
     p.add_argument("--lambda", dest="resp_lambda", type=float, help="responsibility-loss weight (0 = ablation)")
     p.add_argument("--alpha", type=float, help="shared-channel fraction of each specialiser")
-    p.add_argument("--depth", type=int, help="tree levels (leaves = 2**depth)")
+    p.add_argument("--depth", type=_depth, help="tree levels (leaves = 2**depth), or auto: the deepest tree up to "
+                   "tree.max_depth whose every router split is clustered (silhouette), recorded in conversion.json")
     p.add_argument("--max-samples", dest="max_samples", type=int, help="training samples used for k-means")
     p.add_argument("--channel-score", dest="channel_score", choices=["activation", "agf"],
                    help="Phase 2 channel score: mean activation (paper) or AGF utility |a * dL/da|")

@@ -10,7 +10,8 @@ from torch.utils.data import TensorDataset
 
 from model.checkpoint import CheckpointError
 from model.config import TreeConfig
-from model.convert import ConversionError, convert, save_tree, select_channels, spherical_kmeans, tree_from_checkpoint
+from model.convert import (ConversionError, convert, cosine_silhouette, save_tree, select_channels, spherical_kmeans,
+                           tree_from_checkpoint)
 from model.finetune import balance_score, sigma_branch_loss
 from model.registry import create_model
 
@@ -112,6 +113,46 @@ def test_identical_inputs_cannot_be_split():
         converted(n=16, data=TensorDataset(x, torch.zeros(16, dtype=torch.long)))
 
 
+def test_cosine_silhouette_is_scikit_learns():
+    from sklearn.metrics import silhouette_score
+    rng = np.random.default_rng(0)
+    for n, d in ((40, 5), (200, 32)):
+        z = rng.normal(size=(n, d)) + rng.normal(size=d)
+        assign = (z[:, 0] > np.median(z[:, 0])).astype(np.int64)
+        assert cosine_silhouette(z, assign) == pytest.approx(silhouette_score(z, assign, metric="cosine"), abs=1e-9)
+    assign[1:] = 0                                        # a point alone in its cluster scores 0
+    assign[0] = 1
+    assert cosine_silhouette(z, assign) == pytest.approx(silhouette_score(z, assign, metric="cosine"), abs=1e-9)
+
+
+def test_auto_depth_stops_where_the_splits_lose_their_clusters():
+    """Two input families: the root's split has clusters, the next level's splits (one family each)
+    do not beat a one-Gaussian reference, so depth: auto keeps one level; the candidates are recorded."""
+    _, tree, report = converted(depth="auto")
+    auto = report["depth_auto"]
+    assert tree.spec["depth"] == auto["chosen"] == 1 and report["nodes"][0]["cluster_sizes"] == [48, 48]
+    first, second = auto["candidates"]
+    assert first["clustered"] and first["min_gap"] > 0.15 and not second["clustered"]
+    assert len(second["silhouettes"]) == len(second["null_silhouettes"]) == 3
+    assert "one-Gaussian reference" in auto["criterion"] and auto["max_depth"] == 3
+
+
+@pytest.mark.parametrize("gap, chosen, tried", [(-2.0, 3, 3), (2.0, 1, 1)])
+def test_auto_depth_follows_its_thresholds(gap, chosen, tried):
+    torch.manual_seed(0)
+    dense = create_model("edge_cnn", num_classes=4).eval()
+    cfg = TreeConfig(depth="auto", max_samples=96, auto_min_gap=gap)
+    tree, report = convert(dense, "edge_cnn", {"num_classes": 4}, clustered_digits_like(96), cfg)
+    assert tree.spec["depth"] == report["depth_auto"]["chosen"] == chosen
+    assert len(report["depth_auto"]["candidates"]) == tried and len(tree.heads) == 2 ** chosen
+
+
+@pytest.mark.parametrize("depth", ["deep", 0])
+def test_a_bad_depth_is_a_clear_error(depth):
+    with pytest.raises(ConversionError, match="tree.depth must be a positive integer or 'auto'"):
+        converted(depth=depth)
+
+
 def test_tree_checkpoint_roundtrip_and_wrong_kind(tmp_path):
     _, tree, _ = converted()
     path = save_tree(tmp_path / "tree.pt", tree)
@@ -165,6 +206,7 @@ def demo(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("demo")  # one worker makes the module's demo fixture (the Makefile's --dist loadgroup)
 def test_demo_writes_the_metrics(demo):
     tmp_path, metrics = demo
     written = json.loads((tmp_path / "metrics.json").read_text())
@@ -179,6 +221,7 @@ def test_demo_writes_the_metrics(demo):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("demo")
 def test_full_demo_meets_the_method_bars(demo):
     """The bars of the method issue on digits, on the main job's own run."""
     tmp_path, m = demo
