@@ -222,7 +222,9 @@ def _build_locked(bdir: Path, toplevel: str, key: str, runner_mod, sources, para
     # ccache, where installed (make install does): every model recompiles Verilator's and cocotb's
     # runtime (verilated*.cpp, verilator.cpp), the same sources each time
     objcache = " OBJCACHE=ccache" if shutil.which("ccache") else ""
-    os.environ["MAKEFLAGS"] = f"OPT_FAST={fast} OPT_SLOW={slow} OPT_GLOBAL={fast}{objcache}"
+    # The PyPI wheel's verilated.mk was configured with an empty CFG_CXXFLAGS_PCH_I (GCC's
+    # "-include"), so a model split into several files passes its precompiled header as an input file.
+    os.environ["MAKEFLAGS"] = f"OPT_FAST={fast} OPT_SLOW={slow} OPT_GLOBAL={fast} CFG_CXXFLAGS_PCH_I=-include{objcache}"
     try:
         runner.build(sources=[str(Path(s).resolve()) for s in sources], hdl_toplevel=toplevel,
                      parameters=parameters, build_args=args, includes=[str(Path(i).resolve()) for i in includes],
