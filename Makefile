@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Install torch first and pinned: a plain resolve pulls a multi-GB CUDA build.
-PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+# Install torch first and pinned: a plain resolve pulls a multi-GB CUDA build. --no-compile: pip
+# would byte-compile all ~15,000 modules (about a minute here); Python compiles the few it imports.
+PIP := $(PY) -m pip install --disable-pip-version-check --no-compile -q -c constraints.txt
 
 .PHONY: install tools run test clean
 
