@@ -9,7 +9,11 @@ Stages, each in ``<work>/<model>/`` and each continued from its checkpoint when 
 - ``tree``: conversion (depth 2, 4 leaves), soft-routing fine-tuning, hard-routed evaluation
   (``configs/<model>_tree_cifar10.yaml``), the leaf heat map, in ``tree_activation/``;
 - ``quant``: W4A4 QAT keeping the float routing (``configs/<model>_quant_cifar10.yaml``), with
-  Top-1, leaf agreement with the float tree and balance.
+  Top-1, leaf agreement with the float tree and balance;
+- ``depths``: the tree config's conversion at depths 1, 2, 3 and at ``tree.depth: auto``
+  (``depth_<d>/``, ``depth_auto/``): per depth the active parameters, every node's silhouette
+  against its one-Gaussian reference (model/convert.py ``choose_depth``), the hard-routed Top-1
+  before fine-tuning, and the depth ``auto`` chooses.
 
 What each finished stage reports is collected in ``bench/results/cifar10_<model>.json`` and
 ``.md`` (training budget included: epochs and seconds per stage). The baselines run with
@@ -30,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from model.config import load_config  # noqa: E402
 from model.train import resumable, write_json  # noqa: E402
 
-STAGES = ("dense", "tree", "quant")
+STAGES = ("dense", "tree", "quant", "depths")
 
 
 def run_stage(name: str, folder: Path, run) -> dict:
@@ -62,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     from quant.qat import run_quantize
 
     work = args.work / args.model
-    configs = {s: load_config(REPO / "configs" / f"{args.model}{'' if s == 'dense' else '_' + s}_cifar10.yaml")
-               for s in stages}
+    config_of = {"dense": "", "tree": "_tree", "quant": "_quant", "depths": "_tree"}
+    configs = {s: load_config(REPO / "configs" / f"{args.model}{config_of[s]}_cifar10.yaml") for s in stages}
     report: dict = {"model": args.model, "dataset": "cifar10"}
     results = args.results / f"cifar10_{args.model}.json"
     if results.is_file():
@@ -86,10 +90,40 @@ def main(argv: list[str] | None = None) -> int:
         report["quant"] = run_stage("quant", work / "quant", lambda: run_quantize(
             tree_dir / "finetune" / "checkpoint.pt", cfg, work / "quant",
             resume=resumable(work / "quant" / "checkpoint.pt", cfg)))
+    if "depths" in stages:
+        report["depths"] = run_stage("depths", work / "depths", lambda: depths(
+            work / "dense" / "checkpoint.pt", configs["depths"], work / "depths"))
+    if results.is_file():  # another run of this script may have added stages meanwhile
+        report = {**json.loads(results.read_text()), **{k: v for k, v in report.items() if k in stages}}
     write_json(results, report)
     results.with_suffix(".md").write_text(table(report))
     print(results.with_suffix(".md").read_text())
     return 0
+
+
+def depths(dense_checkpoint: Path, cfg, folder: Path) -> dict:
+    """Conversions at depths 1-3 and ``auto`` (no fine-tuning): active params, split quality, Top-1."""
+    from model.config import apply_overrides
+    from model.convert import run_convert
+    from model.tree_report import evaluate_tree_checkpoint
+
+    rows = {}
+    for depth in ("1", "2", "3", "auto"):
+        dcfg = apply_overrides(cfg, [f"tree.depth={depth}"])
+        out = folder / f"depth_{depth}"
+        conversion = run_convert(dense_checkpoint, dcfg, out)
+        evaluated = evaluate_tree_checkpoint(out / "tree.pt", dcfg, out_dir=out)
+        nodes = conversion["nodes"]
+        rows[depth] = {"depth": len(conversion["widths"]),
+                       "active_params": conversion["active_params"], "total_params": conversion["total_params"],
+                       "top1_hard_before_finetune": evaluated["top1_hard"], "balance": evaluated["balance"],
+                       "min_silhouette_gap": min(n["silhouette"] - n["silhouette_null"] for n in nodes),
+                       "silhouettes": [round(n["silhouette"], 4) for n in nodes],
+                       "null_silhouettes": [round(n["silhouette_null"], 4) for n in nodes]}
+        if depth == "auto":
+            rows[depth]["depth_auto"] = conversion["depth_auto"]
+    write_json(folder / "metrics.json", rows)
+    return rows
 
 
 def table(report: dict) -> str:
@@ -108,7 +142,15 @@ def table(report: dict) -> str:
     if quant:
         rows.append(f"| tree {quant['bits']} | {quant['top1']:.2f} | - | {quant['balance']:.3f} | "
                     f"{quant['leaf_agreement']:.1f} | {quant['epochs']} | {quant['train_seconds']:.0f} |")
-    return f"# CIFAR-10, {report['model']} (2 CPU cores)\n\n" + "\n".join(rows) + "\n"
+    text = f"# CIFAR-10, {report['model']} (2 CPU cores)\n\n" + "\n".join(rows) + "\n"
+    if report.get("depths"):
+        text += ("\n## Tree depth (conversion only, before fine-tuning)\n\n"
+                 "| tree.depth | depth | active params | Top-1 hard (%) | balance | min silhouette gap |\n"
+                 "|---|---:|---:|---:|---:|---:|\n")
+        for name, row in report["depths"].items():
+            text += (f"| {name} | {row['depth']} | {row['active_params']:,} | {row['top1_hard_before_finetune']:.2f} | "
+                     f"{row['balance']:.3f} | {row['min_silhouette_gap']:+.3f} |\n")
+    return text
 
 
 if __name__ == "__main__":
