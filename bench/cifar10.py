@@ -70,8 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     configs = {s: load_config(REPO / "configs" / f"{args.model}{config_of[s]}_cifar10.yaml") for s in stages}
     report: dict = {"model": args.model, "dataset": "cifar10"}
     results = args.results / f"cifar10_{args.model}.json"
-    if results.is_file():
-        report.update(json.loads(results.read_text()))
     if "dense" in stages:
         cfg = configs["dense"]
         report["dense"] = run_stage("dense", work / "dense", lambda: train_dense(
@@ -93,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if "depths" in stages:
         report["depths"] = run_stage("depths", work / "depths", lambda: depths(
             work / "dense" / "checkpoint.pt", configs["depths"], work / "depths"))
-    if results.is_file():  # another run of this script may have added stages meanwhile
-        report = {**json.loads(results.read_text()), **{k: v for k, v in report.items() if k in stages}}
+    if results.is_file():  # earlier runs' stages, and those another run may have added meanwhile
+        report = {**json.loads(results.read_text()), **report}
     write_json(results, report)
     results.with_suffix(".md").write_text(table(report))
     print(results.with_suffix(".md").read_text())
