@@ -357,8 +357,8 @@ def write_axi_top(build_dir: str | Path, out_dir: str | Path, work_dir: str | Pa
     info = write_tree_top(gen / f"{CORE}.sv", CORE, tree, host_fetch=True)
     core_file = gen / f"{CORE}.sv"
     core_file.write_text(expose_levels(core_file.read_text(), depth))
-    srcs, incs, _ = stage_files(stages)
-    srcs = [RTL_FORK] + srcs + [RTL_DIR / "weight_stream_split.sv", RTL_DIR / "tree_ctrl.sv", core_file]
+    srcs, incs, _ = stage_files(stages, also=(RTL_FORK,))
+    srcs += [RTL_DIR / "weight_stream_split.sv", RTL_DIR / "tree_ctrl.sv", core_file]
     data = []
     for st in stages:                              # every stage's files (names repeat: memblock.dat)
         data += [Path(f) for f in st.data_files if Path(f) not in data]

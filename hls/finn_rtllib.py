@@ -205,7 +205,12 @@ def fetcher_sources() -> list[Path]:
     lib = patched_rtllib()
     return [lib / "fetch_weights" / "fetch_weights.sv", lib / "fetch_weights" / "local_weight_buffer.sv",
             lib / "dwc" / "hdl" / "vpc.sv", lib / "cdma" / "cdma_u" / "cdma_u_rd.sv",
-            lib / "cdma" / "cdma_u" / "axi_dma_rd_u.sv", lib / "fifo" / "hdl" / "fifo.sv", lib / "skid" / "skid.sv"]
+            lib / "cdma" / "cdma_u" / "axi_dma_rd_u.sv", fifo_source(), lib / "skid" / "skid.sv"]
+
+
+def fifo_source() -> Path:
+    """FINN+'s ``fifo`` (the stitched design's feature-map and residual-path FIFOs)."""
+    return patched_rtllib() / "fifo" / "hdl" / "fifo.sv"
 
 
 def memstream_sources() -> list[Path]:

@@ -35,11 +35,14 @@ def _remove_node(model, node) -> None:
         graph.output[0].CopyFrom(info)
         graph.value_info.remove(info)
     elif src in [i.name for i in graph.input]:
-        info = next(v for v in graph.value_info if v.name == dst)
-        datatype = model.get_tensor_datatype(src)
-        graph.input[0].CopyFrom(info)
-        graph.value_info.remove(info)  # consumers keep reading `dst`, now the graph input
-        model.set_tensor_datatype(dst, datatype)
+        # the graph input takes the transposed shape; its readers (several at a fork) read it
+        model.set_tensor_shape(src, model.get_tensor_shape(dst))
+        model.set_tensor_layout(src, model.get_tensor_layout(dst) or ["N", "H", "W", "C"])
+        for consumer in model.find_consumers(dst) or []:
+            for i, name in enumerate(consumer.input):
+                if name == dst:
+                    consumer.input[i] = src
+        graph.value_info.remove(next(v for v in graph.value_info if v.name == dst))
     else:
         for consumer in model.find_consumers(dst) or []:
             for i, name in enumerate(consumer.input):
@@ -61,9 +64,11 @@ class NhwcBoundaries(Transformation):
         from quant.export import drop_float_tail
 
         model = drop_float_tail(model)
-        first = model.graph.node[0]
-        if first.op_type == "Transpose" and list(_perm(first)) == [0, 2, 3, 1]:
-            _remove_node(model, first)
+        # A residual node forks at its input: each reader has its own transpose (FINN+'s fork passes).
+        graph_in = model.graph.input[0].name
+        for node in [n for n in model.graph.node if n.input and n.input[0] == graph_in]:
+            if node.op_type == "Transpose" and list(_perm(node)) == [0, 2, 3, 1]:
+                _remove_node(model, node)
         nodes = list(model.graph.node)
         # ... -> Transpose(NHWC->NCHW) -> MaxPool (NCHW) at the end: pool in NHWC instead.
         if len(nodes) >= 2 and nodes[-1].op_type == "MaxPool" and nodes[-2].op_type == "Transpose":
@@ -91,16 +96,35 @@ def to_hw_layers(model, part: str, name: str):
     from finn.transformation.fpgadataflow.minimize_weight_bit_width import MinimizeWeightBitWidth
     from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
     from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
-    from finn.transformation.streamline.absorb import AbsorbConsecutiveTransposes
+    from finn.transformation.fpgadataflow.convert_to_hw.duplicate_streams import InferDuplicateStreamsLayer
+    from finn.transformation.fpgadataflow.convert_to_hw.elementwise_binary_operation import (
+        InferElementwiseBinaryOperation)
+    from finn.transformation.streamline.absorb import AbsorbConsecutiveTransposes, AbsorbTransposeIntoMultiThreshold
+    from finn.transformation.streamline.reorder import MoveTransposePastFork, MoveTransposePastJoinAdd
     from qonnx.custom_op.registry import getCustomOp
 
-    from quant.export import quiet_logging, tidy
+    from quant.export import has_fork, quiet_logging, tidy
 
     with contextlib.redirect_stdout(io.StringIO()), quiet_logging():
         model = model.transform(NhwcBoundaries())
+        residual = has_fork(model)
+        if residual:
+            # A residual block's add runs in NCHW after export: move the layout transposes past
+            # the fork and the add and into the thresholds (FINN+'s ResNet-50 recipe), so the
+            # whole block streams NHWC.
+            for transform in (MoveTransposePastFork(), AbsorbConsecutiveTransposes(), AbsorbTransposeIntoMultiThreshold(),
+                              MoveTransposePastJoinAdd(), AbsorbTransposeIntoMultiThreshold(),
+                              AbsorbConsecutiveTransposes()):
+                model = tidy(model.transform(transform))
+            model = model.transform(NhwcBoundaries())   # the output transpose has reached the end
         for transform in (InferThresholdingLayer(), InferQuantizedMatrixVectorActivation(), InferPool(),
                           InferConvInpGen(), RemoveCNVtoFCFlatten(), AbsorbConsecutiveTransposes()):
             model = tidy(model.transform(transform))
+        if residual:
+            # the fork (DuplicateStreams) and the add (ElementwiseAdd): HLS in FINN+ on these parts,
+            # stitched as hls/rtl/stream_fork.sv and hls/rtl/stream_add.sv (hls.parts)
+            for transform in (InferDuplicateStreamsLayer(), InferElementwiseBinaryOperation()):
+                model = tidy(model.transform(transform))
         left = [f"{n.op_type} ({n.name})" for n in model.graph.node if not n.domain.startswith(HW_DOMAIN)]
         if left:
             raise BuildError(f"node {name}: no FINN+ hardware layer for {', '.join(left)}")

@@ -45,9 +45,10 @@ import numpy as np
 
 from host.int_reference import IntegerTree
 from hls.filelock import file_lock
-from hls.finn_rtllib import ensure_finn_settings, fetcher_sources, memstream_sources, node_sources
+from hls.finn_rtllib import ensure_finn_settings, fetcher_sources, fifo_source, memstream_sources, node_sources
+from hls.residual import path_fifo_depths, stream_order
 from hls.router_params import write_router_params
-from hls.stitch import RTL_DIR, StitchError, host_feed_wrapper, module_header, router_select_text
+from hls.stitch import RTL_DIR, StitchError, flat_stages, host_feed_wrapper, module_header, router_select_text
 
 
 def _rup8(n: int) -> int:
@@ -103,11 +104,24 @@ class Stage:
     # element geometry of the output stream (for unpacking): (element bits, elements per word, signed)
     out_elem: tuple[int, int, bool] = (0, 0, False)
     in_elem: tuple[int, int, bool] = (0, 0, False)
+    residual: Residual | None = None  # a residual block: this stage is its adder, the paths inside
 
     @property
     def fetches(self) -> bool:
         """Whether the stage's weights come from DDR (one fetcher on the shared read port)."""
         return self.weights is not None and self.weights.kind == "fetch"
+
+
+@dataclass
+class Residual:
+    """A residual block inside a node: the stream forks (``stream_fork``) into two paths that
+    ``stream_add`` (the :class:`Stage` holding this) joins. Each path ends in a FIFO sized by
+    :func:`path_fifo_depths`, so neither path's backlog can stall the fork (no deadlock) and the
+    slower path never waits on the faster one."""
+    paths: tuple[list[Stage], list[Stage]]   # the add's first (in0_V) and second (in1_V) operand
+    fifo_depths: tuple[int, int]             # words buffered at each path's end
+    fork_w: int                              # stream width at the fork
+    occupancy: tuple[int, int]               # the words each FIFO must hold (depths = these + slack)
 
 
 @dataclass
@@ -142,7 +156,8 @@ class TreePart:
 
     @property
     def stages(self) -> list[Stage]:
-        return self.backbone + self.root_router + [st for lv in self.levels for st in lv.branch + lv.below]
+        """Every stage of the tree, residual paths included."""
+        return flat_stages(self.backbone + self.root_router + [st for lv in self.levels for st in lv.branch + lv.below])
 
 
 # --------------------------------------------------------------------------------- stages of one node
@@ -280,12 +295,44 @@ def router_select_stage(model, decisions: list[dict[str, Any]], name: str, gen_d
                  select=RouterSelect(sw), out_elem=(16, 1, False), in_elem=(zdt.bitwidth(), pe, zdt.signed()))
 
 
-def node_stages(model, prefix: str) -> list[Stage]:
-    """The layers of one prepared node as stages (HLS-only layers replaced, see the module doc)."""
-    nodes = list(model.graph.node)
+def _add_stage(model, add, name: str) -> Stage:
+    """``stream_add`` for FINN+'s ``ElementwiseAdd`` of two streams (its PE, operand and output types)."""
+    from qonnx.custom_op.registry import getCustomOp
+    inst = getCustomOp(add)
+    if inst.get_nodeattr("lhs_style") != "input" or inst.get_nodeattr("rhs_style") != "input":
+        raise StitchError(f"{add.name}: an add of a constant is not a residual join (stream_add adds two streams)")
+    a, b, o = (inst.get_input_datatype(0), inst.get_input_datatype(1), inst.get_output_datatype())
+    if not (a.is_integer() and b.is_integer() and o.is_integer()):
+        raise StitchError(f"{add.name}: stream_add adds integers ({a.name} + {b.name} -> {o.name})")
+    pe = inst.get_nodeattr("PE")
+    params = dict(PE=pe, A_W=a.bitwidth(), B_W=b.bitwidth(), A_SIGNED=int(a.signed()), B_SIGNED=int(b.signed()),
+                  OUT_W=o.bitwidth())
+    return Stage(name, "stream_add", _rup8(pe * a.bitwidth()), _rup8(pe * o.bitwidth()), upper=False, params=params,
+                 sources=[RTL_DIR / "stream_add.sv"], out_elem=(o.bitwidth(), pe, o.signed()),
+                 in_elem=(a.bitwidth(), pe, a.signed()))
+
+
+def _stages_of(model, nodes: list, prefix: str, made: list[Stage]) -> list[Stage]:
+    """Stages of nodes in stream order (``made``: every stage so far, for unique names)."""
+    from qonnx.custom_op.registry import getCustomOp
     stages, i = [], 0
     while i < len(nodes):
         n = nodes[i]
+        if isinstance(n, tuple):                     # a residual block: fork, two paths, add
+            fork, path0, path1, add = n
+            paths = (_stages_of(model, path0, prefix, made), _stages_of(model, path1, prefix, made))
+            depths, occupancy = path_fifo_depths(model, fork, (path0, path1), add)
+            st = _add_stage(model, add, add.name)
+            st.sources = [RTL_DIR / "stream_add.sv", RTL_DIR / "stream_fork.sv", fifo_source()]
+            fork_w = _rup8(getCustomOp(fork).get_instream_width(0))
+            st.residual = Residual(paths, depths, fork_w, occupancy)
+            st.in_w = fork_w
+            idt = getCustomOp(fork).get_input_datatype(0)
+            st.in_elem = (idt.bitwidth(), int(getCustomOp(fork).get_folded_input_shape(0)[-1]), idt.signed())
+            stages.append(st)
+            made.append(st)
+            i += 1
+            continue
         if n.op_type.startswith("ConvolutionInputGenerator") and i + 1 < len(nodes):
             j = i + 1
             while j < len(nodes) and nodes[j].op_type.startswith("StreamingDataWidthConverter"):
@@ -293,24 +340,33 @@ def node_stages(model, prefix: str) -> list[Stage]:
             if j < len(nodes) and nodes[j].op_type == "Pool_hls":
                 if j != i + 1:
                     raise StitchError(f"{nodes[j].name}: a width converter between the window generator and the pool")
-                stages.append(_maxpool_stage(model, n, nodes[j], f"{prefix}_maxpool_{len(stages)}"))
+                stages.append(_maxpool_stage(model, n, nodes[j], f"{prefix}_maxpool_{len(made)}"))
+                made.append(stages[-1])
                 i = j + 1
                 continue
         if n.op_type == "GlobalAccPool_hls":
-            stages.append(_sumpool_stage(model, n, f"{prefix}_sumpool_{len(stages)}"))
+            stages.append(_sumpool_stage(model, n, f"{prefix}_sumpool_{len(made)}"))
         elif n.op_type.endswith("_hls"):
             raise StitchError(f"{n.name}: HLS-only layer {n.op_type} has no RTL replacement here")
         else:
             stages.append(_finn_stage(model, n))
+        made.append(stages[-1])
         i += 1
     return stages
+
+
+def node_stages(model, prefix: str) -> list[Stage]:
+    """The layers of one prepared node as stages (HLS-only layers replaced, see the module doc);
+    a residual block is one stage (its adder) holding the two paths (:class:`Residual`)."""
+    nodes = stream_order(model)
+    return _stages_of(model, nodes, prefix, [])
 
 
 def annotate_fetchers(stages: list[Stage], layers: list[dict[str, Any]],
                       original_names: dict[str, tuple[str, str]]) -> None:
     """Give each fetcher stage its layer offset and bytes inside the branch region (``weights.json``
     ``layers``; ``original_names``: stage name -> (tree node, layer name in the build))."""
-    for st in stages:
+    for st in flat_stages(stages):
         if not st.fetches:
             continue
         orig = original_names.get(st.name)
@@ -351,6 +407,21 @@ def multiset_thresholds(per_branch: list[Stage], gen_dir: Path) -> Stage:
         files.append(out)
     return dataclasses.replace(st, data_files=files, params={"SETS": n, "THRESHOLDS_PATH": f'"./{st.name}_ms_"'},
                                conns={**st.conns, "in1_V_TDATA": "8'({sel})", "in1_V_TVALID": "1'b1"})
+
+
+def shared_datapath(per_branch: list[list[Stage]], gen_dir: Path) -> list[Stage]:
+    """One level's datapath from the same stages prepared for each branch: branch 0's stages,
+    every thresholding (residual paths included) holding all branches' sets."""
+    out = []
+    for same in zip(*per_branch):
+        st = same[0]
+        if st.residual:
+            paths = tuple(shared_datapath([b.residual.paths[p] for b in same], gen_dir) for p in (0, 1))
+            st = dataclasses.replace(st, residual=dataclasses.replace(st.residual, paths=paths))
+        elif "Thresholding" in st.module:
+            st = multiset_thresholds(list(same), gen_dir)
+        out.append(st)
+    return out
 
 
 # --------------------------------------------------------------------------------- parts of one build
@@ -458,8 +529,7 @@ class TreeParts:
             nb = 2 ** (L + 1)
             per_branch = [self.stages(IntegerTree.branch_name(L, b), f"l{L}b", self.region(L, b)["layers"])[1]
                           for b in range(nb)]
-            bstages = [multiset_thresholds([pb[i] for pb in per_branch], self.work / f"l{L}b" / "sets")
-                       if "Thresholding" in st.module else st for i, st in enumerate(per_branch[0])]
+            bstages = shared_datapath(per_branch, self.work / f"l{L}b" / "sets")
             below0 = self._below(L, 0)
             nmodel, nstages = self.stages(below0, f"l{L}n", self.region(L, 0)["layers"])
             if any("Thresholding" in st.module for st in nstages):

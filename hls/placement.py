@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .boards import Board
+from .residual import residual_fifos
 from .weight_image import fetch_len
 
 RESOURCES = ("BRAM_18K", "URAM", "LUT", "DSP")
 # HLS-only FINN+ nodes the stitched design replaces by the blocks of hls/rtl/ (the report shows
 # FINN+'s estimate of the HLS node as a stand-in)
-OWN_RTL = {"Pool_hls": "stream_maxpool.sv", "GlobalAccPool_hls": "global_sum_pool.sv"}
+OWN_RTL = {"Pool_hls": "stream_maxpool.sv", "GlobalAccPool_hls": "global_sum_pool.sv",
+           "DuplicateStreams_hls": "stream_fork.sv", "ElementwiseAdd_hls": "stream_add.sv"}
 ONCHIP_NODES = ("backbone", "router_0_0")
 
 
@@ -104,12 +106,15 @@ def onchip_parts(hw: dict[str, Any], paths: list[LevelDatapath], weights: dict[s
         level = next((p for p in paths if p.branches[0] == names), None)
         sets = len(level.branches) if level else 1
         rows = [row for n in names for row in node_resources(hw[n], part, streamed, sets)]
+        fifos = [{"node": n, **f} for n in names for f in residual_fifos(hw[n], part)]
+        rows += [{"layer": f"{f['add']} FIFO {f['path']}", "op": "fifo.sv (residual path)", "cycles": 0,
+                  **{k: f[k] for k in RESOURCES}} for f in fifos]
         region_bytes = weights["levels"][level.level]["regions"][0]["bytes"] if level else 0
         onchip.append({"part": label, "nodes": names, "streamed": streamed, "resources": resource_sum(rows),
                        "layers": rows,
                        "onchip_weight_bytes": region_bytes if streamed else sum(
                            fetch_len(r["MH"] * r["MW"], int(r["bits"])) for r in _mvau_shapes(hw, names)),
-                       "ddr_bytes_per_inference": region_bytes})
+                       "ddr_bytes_per_inference": region_bytes, "residual_fifos": fifos})
     return onchip
 
 
@@ -138,6 +143,14 @@ def placement_table(report: dict[str, Any]) -> str:
     t, b = report["total"], report["budget"]
     lines.append(f"| **total** | | **{t['BRAM_18K']}** / {b['BRAM_18K']} | **{t['URAM']}** / {b['URAM']} | "
                  f"**{t['LUT']}** / {b['LUT']} | **{t['DSP']}** / {b['DSP']} | | |")
+    fifos = [(e["part"], f) for e in report["onchip"] for f in e.get("residual_fifos", [])]
+    if fifos:
+        lines += ["", "Residual-path FIFOs (hls/residual.py: depth = the backlog the other path's window "
+                  "generators cause, plus one pixel; FINN+'s fifo.sv estimate, included above):", "",
+                  "| part | node | add | path | layers | depth (words) | width (bits) | backlog (words) | BRAM18 | LUT |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {part} | {f['node']} | {f['add']} | {f['path']} | {f['layers']} | {f['depth']} | {f['width']} | "
+                  f"{f['backlog_words']} | {f['BRAM_18K']} | {f['LUT']} |" for part, f in fifos]
     d = report["ddr"]
     lines += ["", f"DDR bytes per inference: tree {d['tree_weight_bytes']} weights + {d['input_bytes']} input + "
               f"{d['output_bytes']} output; dense with the same placement {d['dense_weight_bytes']} weights "

@@ -30,15 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import BuildError
+
 if TYPE_CHECKING:   # hls.parts builds on this module; the text only reads the stages
     from hls.parts import Stage, TreePart
 
 RTL_DIR = Path(__file__).resolve().parent / "rtl"
-RTL_FORK = RTL_DIR / "stream_fork.sv"    # write_tree_top's forks; not a stage's source
+RTL_FORK = RTL_DIR / "stream_fork.sv"    # write_tree_top's forks (and residual blocks')
 ADDR_W, DATA_W, IDX_W = 64, 256, 16
 
 
-class StitchError(ValueError):
+class StitchError(BuildError):
     """A graph this module cannot stitch (names the layer and the reason)."""
 
 
@@ -105,14 +107,28 @@ def router_select_text(name: str, n: int, in_w: int, sel_w: int) -> str:
             "\tassign out0_V_tdata = od[sel];\nendmodule\n")
 
 
-def stage_files(stages: list[Stage]) -> tuple[list[Path], list[Path], list[Path]]:
-    """(sources without duplicates in a valid order, include dirs, data files)."""
+def flat_stages(stages: list[Stage]) -> list[Stage]:
+    """Every stage, a residual block's paths included, in the order :func:`chain_body` instances
+    them (fetchers take their arbiter ports in this order)."""
+    out = []
+    for st in stages:
+        if st.residual:
+            for path in st.residual.paths:
+                out += flat_stages(path)
+        out.append(st)
+    return out
+
+
+def stage_files(stages: list[Stage], also: tuple[Path, ...] = ()) -> tuple[list[Path], list[Path], list[Path]]:
+    """(sources without duplicates in a valid order, include dirs, data files); ``also``: the
+    top's own blocks (a whole tree's forks), listed once even where a stage brings them too."""
+    stages = flat_stages(stages)
     seen, srcs = set(), []
     # packages first (mvu_pkg), then the rest
     # (mvu_vvu_axi.sv's output-queue fix is one of hls.finn_rtllib.PATCHES, like the Verilator fixes)
     allsrc = [Path(s) for st in stages for s in st.sources]
     allsrc.sort(key=lambda p: 0 if p.name.endswith("_pkg.sv") else 1)
-    for s in allsrc + [RTL_DIR / "axi_read_arbiter.sv"]:
+    for s in allsrc + [RTL_DIR / "axi_read_arbiter.sv", *also]:
         key = str(Path(s).resolve())
         if key not in seen:
             seen.add(key)
@@ -206,6 +222,31 @@ def _stage_instance(st: Stage, k: str, src: str, dst: str, lines: list[str], ctx
     lines.append(f"\t{st.module}{_param_list(st.params)} {st.name} (\n" + ",\n".join(body) + "\n\t);")
 
 
+def _residual_instance(st: Stage, k: str, src: str, dst: str, lines: list[str], ctx: ChainContext) -> None:
+    """A residual block reading ``src``, writing ``dst``: ``stream_fork`` -> two paths, each
+    ending in its FIFO (``Residual.fifo_depths``) -> ``stream_add`` (path 0 its first operand)."""
+    r = st.residual
+    ends = []
+    for p, path in enumerate(r.paths):
+        head, tail, queued = f"{k}_p{p}", f"{k}_p{p}_end", f"{k}_q{p}"
+        lines.append(_wire(head, r.fork_w))
+        width = path[-1].out_w if path else r.fork_w
+        if path:
+            lines.append(_wire(tail, width))
+            chain_body(path, head, tail, f"{k}p{p}", lines, ctx)
+        else:
+            tail = head
+        lines.append(_wire(queued, width))
+        lines += _fifo(f"{st.name}_q{p}", width, r.fifo_depths[p], tail, queued)
+        ends.append(queued)
+    lines += _fork(f"{st.name}_fork", r.fork_w, src, f"{k}_p0", f"{k}_p1")
+    conns = {"ap_clk": "ap_clk", "ap_rst_n": "ap_rst_n"}
+    for port, stream in (("in0_V", ends[0]), ("in1_V", ends[1]), ("out0_V", dst)):
+        conns.update({f"{port}_{sig}": f"{stream}_{sig}" for sig in ("tdata", "tvalid", "tready")})
+    body = [f"\t\t.{p}({s})" for p, s in conns.items()]
+    lines.append(f"\t{st.module}{_param_list(st.params)} {st.name} (\n" + ",\n".join(body) + "\n\t);")
+
+
 def chain_body(stages: list[Stage], src: str, dst: str, tag: str, lines: list[str], ctx: ChainContext) -> None:
     """Wires and instances of a chain reading stream ``src`` and ending in stream ``dst``."""
     prev = src
@@ -213,7 +254,8 @@ def chain_body(stages: list[Stage], src: str, dst: str, tag: str, lines: list[st
         out = dst if k == len(stages) - 1 else f"{tag}_s{k}"
         if out != dst:
             lines.append(f"\twire [{st.out_w - 1}:0] {out}_tdata; wire {out}_tvalid, {out}_tready;")
-        _stage_instance(st, f"{tag}_{k}", prev, out, lines, ctx)
+        instance = _residual_instance if st.residual else _stage_instance
+        instance(st, f"{tag}_{k}", prev, out, lines, ctx)
         prev = out
 
 
@@ -267,7 +309,7 @@ def write_chain_top(path: Path, name: str, stages: list[Stage], taps: tuple[int,
     ``in_idx0_V``, ``fetch_done`` and ``axi_mm_*``; with a router-select stage ``branch_sel``.
     ``taps``: stage indices whose output stream is mirrored (read-only) on ``tap<k>_tdata/tvalid/
     tready`` for the testbench to observe. Returns the top's description."""
-    n_fetch = sum(1 for st in stages if st.fetches)
+    n_fetch = sum(1 for st in flat_stages(stages) if st.fetches)
     sel_w = max([st.select.sel_w for st in stages if st.select] + [0])
     ports = ["\tinput ap_clk", "\tinput ap_rst_n",
              f"\tinput [{stages[0].in_w - 1}:0] in0_V_tdata", "\tinput in0_V_tvalid", "\toutput in0_V_tready",
@@ -391,7 +433,7 @@ def write_tree_top(path: Path, name: str, tree: TreePart, host_fetch: bool = Fal
             # speculative prefetch put into their buffers are not taken by an MVAU before the
             # decision says whether they are the right ones (gating the feature map would not do:
             # FMPadding emits border pixels without input, and an MVAU takes weights with them).
-            n_level_fetch = sum(1 for st in lv.branch + lv.below if st.fetches)
+            n_level_fetch = sum(1 for st in flat_stages(lv.branch + lv.below) if st.fetches)
             # The gate opens two cycles after the decision and stays shut while the split flushes a
             # wrong guess (its flush rises the cycle after the decision), so not one word of a wrong
             # region reaches an MVAU.
@@ -437,7 +479,7 @@ def write_tree_top(path: Path, name: str, tree: TreePart, host_fetch: bool = Fal
         if hi > lo:
             body += _idx_broadcast(lo, hi, f"idxv_{L}", f"idxr_{L}", f"idx{L}")
             if host_fetch:
-                body += _split_block(L, [st for st in lv.branch + lv.below if st.fetches])
+                body += _split_block(L, [st for st in flat_stages(lv.branch + lv.below) if st.fetches])
         else:
             body.append(f"\tassign idxr_{L} = 1'b1;")
             if host_fetch:                             # a level without fetchers takes no weight stream

@@ -86,13 +86,13 @@ class TreeSim:
         tree = self.parts.whole_tree()
         top = self.work / "tops" / "tree_top.sv"
         info = write_tree_top(top, "tree_top", tree)
-        srcs, incs, data = stage_files(tree.stages)
+        srcs, incs, data = stage_files(tree.stages, also=(RTL_FORK,))
         in_bits, in_pe, _ = info["in_elem"]
         n_out = self.manifest["num_classes"] // info["out_elem"][1]
         frames = [{"in": [hex(w) for w in pack_words(x, in_bits, in_pe)], "n_out": n_out, "idx": False} for x in x_int]
         cfg = {"frames": frames, "p_valid": p_valid, "p_ready": p_ready, "p_rvalid": p_rvalid, "p_arready": p_arready,
                "seed": seed, "max_cycles": max_cycles, "taps": [], "memory": self._memory()}
-        res, got = self._run([RTL_FORK] + srcs + [top], "tree_top", incs, data, cfg, info)
+        res, got = self._run(srcs + [top], "tree_top", incs, data, cfg, info)
         res.info["leaves"] = [g["leaf"] for g in got]
         return res
 

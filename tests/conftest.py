@@ -23,7 +23,7 @@ def _xdist_group_is_broken():
 # The xdist groups, longest first (measured on 2 cores: the demo ~300 s, the parts' and the AXI
 # top's Verilator models ~280 s and ~230 s, the build's HDL ~50 s): the Makefile turns off xdist's
 # own ordering (by test count), so these start first and the short tests fill in around them.
-LONGEST_FIRST = ("demo", "tiny_parts", "tiny_axi", "build")
+LONGEST_FIRST = ("demo", "tiny_parts", "tiny_axi", "tiny_resnet", "build")
 
 
 def _group_rank(item) -> int:

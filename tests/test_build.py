@@ -133,10 +133,18 @@ def test_an_unknown_board_is_refused_naming_the_supported_ones(built, tmp_path):
         build(root / "export", "zc706", tmp_path / "b", hdl=False)
 
 
-def test_residual_trees_are_refused_clearly(tmp_path, shared_builds):
-    shared_builds.copy(tmp_path, model="resnet8")
-    with pytest.raises(BuildError, match="residual additions"):
-        build(tmp_path / "export", "zcu104", tmp_path / "b", hdl=False)
+def test_a_fork_without_its_add_is_refused_naming_the_fork(tmp_path, shared_builds):
+    """Residual trees build (tests/test_residual_hw.py); what cannot be stitched is named: here the
+    backbone's ElementwiseAdd removed, so its DuplicateStreams' two paths never join."""
+    from hls.residual import stream_order
+    root = shared_builds.copy(tmp_path, "zcu104", model="resnet8")
+    model = ModelWrapper(str(root / "zcu104" / "nodes" / "backbone.hw.onnx"))
+    add = next(n for n in model.graph.node if n.op_type.startswith("ElementwiseAdd"))
+    for consumer in model.find_consumers(add.output[0]):
+        consumer.input[0] = add.input[0]
+    model.graph.node.remove(add)
+    with pytest.raises(BuildError, match=r"DuplicateStreams_hls_0: its two streams are not joined by one ElementwiseAdd"):
+        stream_order(model)
 
 
 def test_shared_datapath_thresholds_hold_one_set_per_branch(built, tmp_path):
