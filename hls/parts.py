@@ -304,6 +304,9 @@ def _add_stage(model, add, name: str) -> Stage:
     a, b, o = (inst.get_input_datatype(0), inst.get_input_datatype(1), inst.get_output_datatype())
     if not (a.is_integer() and b.is_integer() and o.is_integer()):
         raise StitchError(f"{add.name}: stream_add adds integers ({a.name} + {b.name} -> {o.name})")
+    if not (o.allowed(a.min() + b.min()) and o.allowed(a.max() + b.max())):
+        # FINN+ types INT<n> + UINT<n> one bit short; the hardware would wrap where the reference does not
+        raise StitchError(f"{add.name}: {a.name} + {b.name} does not fit FINN+'s output type {o.name}")
     pe = inst.get_nodeattr("PE")
     params = dict(PE=pe, A_W=a.bitwidth(), B_W=b.bitwidth(), A_SIGNED=int(a.signed()), B_SIGNED=int(b.signed()),
                   OUT_W=o.bitwidth())
