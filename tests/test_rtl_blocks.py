@@ -82,6 +82,53 @@ def test_stream_maxpool(p):
                parameters=p, config={**p, "frames": 3})
 
 
+STREAM_ADD = [
+    dict(PE=1, A_W=4, B_W=4, A_SIGNED=0, B_SIGNED=0),              # UINT4 + UINT4 -> UINT5 (the ResNet join)
+    dict(PE=4, A_W=8, B_W=5, A_SIGNED=1, B_SIGNED=1),              # INT8 + INT5 -> INT9, widths differ
+    dict(PE=3, A_W=8, B_W=5, A_SIGNED=1, B_SIGNED=0, OUT_W=9),     # INT8 + UINT5 -> FINN+'s INT9 (default 10);
+                                                                   # padded in1 and out0 words
+    pytest.param(dict(PE=2, A_W=3, B_W=6, A_SIGNED=1, B_SIGNED=0), marks=pytest.mark.slow),  # INT3 + UINT6 -> INT8
+]
+
+
+@pytest.mark.parametrize("p", STREAM_ADD, ids=lambda p: "PE{PE}_A{A_W}s{A_SIGNED}_B{B_W}s{B_SIGNED}".format(**p)
+                         + (f"_O{p['OUT_W']}" if "OUT_W" in p else ""))
+def test_stream_add(p):
+    res = run_cocotb(rtl("stream_add.sv"), "stream_add", "sim.tb.test_stream_add", parameters=p,
+                     build_args=["-Wall"], config={**p, "frames": 4, "words": 16, "seed": p["PE"]})
+    assert res.n_tests == 3     # full_throughput, random_backpressure, gaps_on_one_input
+
+
+def test_stream_add_out_w_vs_finn():
+    """stream_add's default OUT_W holds every sum; FINN+'s ElementwiseAdd output type (what the stitch
+    passes as OUT_W) does too, except INT<n> + UINT<n> (signed operand first), one bit short."""
+    pytest.importorskip("finn")
+    from onnx import helper
+    from qonnx.custom_op.registry import getCustomOp
+    from sim.tb.test_stream_add import default_out_w
+    add = getCustomOp(helper.make_node("ElementwiseAdd", ["a", "b"], ["o"], domain="finn.custom_op.fpgadataflow",
+                                       lhs_dtype="UINT2", rhs_dtype="UINT2", out_dtype="INT32"))
+
+    def rng_(w, s):
+        return (-(1 << (w - 1)), (1 << (w - 1)) - 1) if s else (0, (1 << w) - 1)
+
+    short = set()
+    for aw, bw, a_s, b_s in np.ndindex(9, 9, 2, 2):
+        if aw < 2 or bw < 2:
+            continue
+        (alo, ahi), (blo, bhi) = rng_(aw, a_s), rng_(bw, b_s)
+        signed = bool(a_s or b_s)
+        exact = next(w for w in range(1, 20) if rng_(w, signed)[0] <= alo + blo and ahi + bhi <= rng_(w, signed)[1])
+        assert default_out_w(aw, bw, a_s, b_s) >= exact
+        add.set_nodeattr("lhs_dtype", f"{'INT' if a_s else 'UINT'}{aw}")
+        add.set_nodeattr("rhs_dtype", f"{'INT' if b_s else 'UINT'}{bw}")
+        finn = add._derive_out_dtype(None)
+        assert finn.signed() == signed and finn.bitwidth() <= default_out_w(aw, bw, a_s, b_s)
+        if finn.bitwidth() < exact:
+            short.add((aw, bw, a_s, b_s, exact - finn.bitwidth()))
+    assert short <= {(n, n, 1, 0, 1) for n in range(2, 9)}, sorted(short)
+
+
 def _beat_ranges(ranges):
     """BEAT_LO / BEAT_HI of weight_stream_split: fetcher k's 32-bit field at [32*k +: 32], sized literals."""
     def pack(vals):
