@@ -111,12 +111,17 @@ def to_hw_layers(model, part: str, name: str):
         if residual:
             # A residual block's add runs in NCHW after export: move the layout transposes past
             # the fork and the add and into the thresholds (FINN+'s ResNet-50 recipe), so the
-            # whole block streams NHWC.
-            for transform in (MoveTransposePastFork(), AbsorbConsecutiveTransposes(), AbsorbTransposeIntoMultiThreshold(),
-                              MoveTransposePastJoinAdd(), AbsorbTransposeIntoMultiThreshold(),
-                              AbsorbConsecutiveTransposes()):
-                model = tidy(model.transform(transform))
-            model = model.transform(NhwcBoundaries())   # the output transpose has reached the end
+            # whole block streams NHWC. Each round moves them one block on: repeat until none moves.
+            def transposes(m):
+                return sum(n.op_type == "Transpose" for n in m.graph.node)
+            before = None
+            while before != transposes(model):
+                before = transposes(model)
+                for transform in (MoveTransposePastFork(), AbsorbConsecutiveTransposes(),
+                                  AbsorbTransposeIntoMultiThreshold(), MoveTransposePastJoinAdd(),
+                                  AbsorbTransposeIntoMultiThreshold(), AbsorbConsecutiveTransposes()):
+                    model = tidy(model.transform(transform))
+                model = model.transform(NhwcBoundaries())   # the output transpose, once it reached the end
         for transform in (InferThresholdingLayer(), InferQuantizedMatrixVectorActivation(), InferPool(),
                           InferConvInpGen(), RemoveCNVtoFCFlatten(), AbsorbConsecutiveTransposes()):
             model = tidy(model.transform(transform))
