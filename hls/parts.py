@@ -121,7 +121,7 @@ class Residual:
     paths: tuple[list[Stage], list[Stage]]   # the add's first (in0_V) and second (in1_V) operand
     fifo_depths: tuple[int, int]             # words buffered at each path's end
     fork_w: int                              # stream width at the fork
-    occupancy: tuple[int, int]               # the words each FIFO must hold (depths = these + slack)
+    backlog: tuple[int, int]                 # the words each FIFO must hold (depths: these + one pixel)
 
 
 @dataclass
@@ -324,11 +324,11 @@ def _stages_of(model, nodes: list, prefix: str, made: list[Stage]) -> list[Stage
         if isinstance(n, tuple):                     # a residual block: fork, two paths, add
             fork, path0, path1, add = n
             paths = (_stages_of(model, path0, prefix, made), _stages_of(model, path1, prefix, made))
-            depths, occupancy = path_fifo_depths(model, fork, (path0, path1), add)
+            depths, backlog = path_fifo_depths(model, fork, (path0, path1), add)
             st = _add_stage(model, add, add.name)
             st.sources = [RTL_DIR / "stream_add.sv", RTL_DIR / "stream_fork.sv", fifo_source()]
             fork_w = _rup8(getCustomOp(fork).get_instream_width(0))
-            st.residual = Residual(paths, depths, fork_w, occupancy)
+            st.residual = Residual(paths, depths, fork_w, backlog)
             st.in_w = fork_w
             idt = getCustomOp(fork).get_input_datatype(0)
             st.in_elem = (idt.bitwidth(), int(getCustomOp(fork).get_folded_input_shape(0)[-1]), idt.signed())

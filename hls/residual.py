@@ -103,8 +103,8 @@ def _path_need(path: list, n_pixels: int) -> np.ndarray:
 
 
 def path_fifo_depths(model, fork, paths: tuple[list, list], add) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Depths (words) of the FIFOs at the ends of a residual block's two paths, and the occupancy
-    backlog they cover, from the layers' geometry (FINN's ``set_fifo_depths`` measures this in simulation;
+    """Depths (words) of the FIFOs at the ends of a residual block's two paths, and the backlogs
+    (words) they cover, from the layers' geometry (FINN's ``set_fifo_depths`` measures this in simulation;
     here it is computed): when the add waits for output pixel ``j`` of path Y, the fork has sent
     ``need_Y[j]`` pixels, from which path X has made ``produced_X(need_Y[j])`` pixels; ``j`` of
     them are consumed, the rest wait in X's FIFO. The depth is the largest such backlog plus one
@@ -116,15 +116,15 @@ def path_fifo_depths(model, fork, paths: tuple[list, list], add) -> tuple[tuple[
     needs = [_path_need(p, n_out) for p in paths]
     if any(len(nd) != n_out or nd[-1] > n_in for nd in needs):
         raise StitchError(f"{add.name}: its two paths do not produce {n_out} pixels from the fork's {n_in}")
-    depths, occupancy = [], []
+    depths, backlogs = [], []
     for x, y in ((0, 1), (1, 0)):
         produced = np.searchsorted(needs[x], needs[y], side="right")     # X's pixels made by then
         backlog = int(np.max(produced - np.arange(n_out)))
         src = paths[x][-1] if paths[x] else fork     # its words per pixel reach the add's input x
         words = _folded(getCustomOp(src).get_folded_output_shape(0))[1]
-        occupancy.append(backlog * words)
+        backlogs.append(backlog * words)
         depths.append(max(2, (backlog + 1) * words))
-    return (depths[0], depths[1]), (occupancy[0], occupancy[1])
+    return (depths[0], depths[1]), (backlogs[0], backlogs[1])
 
 
 def residual_fifos(model, part: str) -> list[dict[str, Any]]:
