@@ -36,7 +36,8 @@ from .boards import get_board
 from .driver_meta import write_bundle
 from .errors import BuildError
 from .finn_steps import SetLayerAttrs, SetWeightMemory, datapath_attrs, fold, to_hw_layers
-from .placement import ONCHIP_NODES, check_budget, level_datapaths, onchip_parts, placement_table, resource_sum
+from .placement import (ONCHIP_NODES, WEIGHT_BUFFERS, check_budget, level_datapaths, onchip_parts, placement_table,
+                        resource_sum)
 from .vivado import vivado_step
 from .weight_image import dense_streamed_bytes, dense_weight_bytes, tree_weight_bytes, write_weight_image
 
@@ -45,14 +46,32 @@ __all__ = ["BuildError", "build", "dense_weight_bytes", "tree_weight_bytes", "vi
 
 
 def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_cycles: int | None = None,
-          folding_config: str | Path | None = None, hdl: bool = True) -> dict[str, Any]:
+          folding_config: str | Path | None = None, hdl: bool = True, weight_ram: str | None = None,
+          weight_buffer: str = "branch") -> dict[str, Any]:
     """The whole build up to the vendor step; returns the placement report. ``target_cycles``
-    (cycles per frame for ``SetFolding``) defaults to the board's."""
+    (cycles per frame for ``SetFolding``) defaults to the board's.
+
+    Memory options for trees whose weights outgrow the board (bench/resnet50_zcu104.py):
+
+    - ``weight_ram``: FINN+'s ``ram_style`` for the on-chip MVAU weights (backbone, root router);
+      None keeps ``auto`` (BRAM/LUTRAM), ``"ultra"`` puts them in URAM (a board with URAM only).
+      UltraScale+ URAM starts empty, so FINN+ makes those weights runtime-writeable (AXI-Lite);
+      the stitched design has no loader for them yet, so ``hdl`` is refused.
+    - ``weight_buffer``: ``"branch"`` (FINN+'s fetch buffers hold the level's branch for the whole
+      inference) or ``"none"`` (no level weights on chip: every layer's set is re-read from DDR
+      for each pixel; see :mod:`hls.placement`). ``"none"`` is a placement only: ``hdl`` is refused.
+    """
     from qonnx.core.modelwrapper import ModelWrapper
     from tqdm.auto import tqdm
 
     board = get_board(board_name)
     target_cycles = target_cycles or board.target_cycles
+    if weight_buffer not in WEIGHT_BUFFERS:
+        raise ValueError(f"weight_buffer must be one of {', '.join(WEIGHT_BUFFERS)}, not {weight_buffer!r}")
+    if weight_ram not in (None, "auto", "block", "distributed", "ultra"):
+        raise ValueError(f"weight_ram must be auto, block, distributed or ultra, not {weight_ram!r}")
+    if weight_ram == "ultra" and not board.uram:
+        raise BuildError(f"{board.name} ({board.part}) has no URAM: weight_ram='ultra' cannot be placed")
     export_dir, out = Path(export_dir), Path(out_dir)
     manifest = read_manifest(export_dir)
     dense_bytes = dense_streamed_bytes(manifest)  # before the slow part: an old export is refused at once
@@ -62,7 +81,8 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     for name in tqdm(list(manifest["nodes"]), desc=f"FINN+ HW layers ({board.name})", unit="node"):
         hw[name] = to_hw_layers(ModelWrapper(str(export_dir / manifest["nodes"][name]["finn_onnx"])), board.part, name)
     for name in ONCHIP_NODES:
-        hw[name] = fold(hw[name], target_cycles, folding_config).transform(SetWeightMemory(external=False))
+        hw[name] = fold(hw[name], target_cycles, folding_config).transform(SetWeightMemory(external=False,
+                                                                                             ram_style=weight_ram))
     for path in paths:
         for position in range(len(path.branches[0])):
             names = [branch[position] for branch in path.branches]
@@ -79,13 +99,15 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     weights = write_weight_image(hw, paths, out, scratch)
     shutil.rmtree(scratch)
 
-    onchip = onchip_parts(hw, paths, weights, board.part)
+    onchip = onchip_parts(hw, paths, weights, board.part, weight_buffer)
     tree_bytes = sum(level["regions"][0]["bytes"] for level in weights["levels"])
     head = manifest["nodes"]["head_0"]
     report = {"board": board.as_dict(), "target_cycles": target_cycles, "folding_config": folding_config and str(folding_config),
+              "weight_ram": weight_ram, "weight_buffer": weight_buffer,
               "onchip": onchip, "total": resource_sum([e["resources"] for e in onchip]), "budget": board.budget(),
               "ddr": {"tree_weight_bytes": tree_bytes, "dense_weight_bytes": dense_bytes,
                       "tree_vs_dense": tree_bytes / dense_bytes,
+                      "tree_streamed_bytes": sum(e["ddr_bytes_per_inference"] for e in onchip),  # as placed
                       "input_bytes": int(np.prod(manifest["nodes"]["backbone"]["input_shape"])),  # INT8 image
                       "output_bytes": 4 * int(np.prod(head["output_shape"]))},  # INT32 accumulators
               "weights": {k: weights[k] for k in ("file", "bytes", "crc32")}}
@@ -93,6 +115,13 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     write_bundle(export_dir, out, manifest, report, weights, board)
     (out / "placement.json").write_text(json.dumps(report, indent=1))
     (out / "placement.md").write_text(placement_table(report))
+    unbuilt = [why for why in (weight_buffer == "none" and "weight_buffer='none' (FINN+'s fetch_weights keeps its "
+                               "local buffer when TH=1; no per-pixel re-read for this part)",
+                               weight_ram == "ultra" and "weight_ram='ultra' (the URAM weights are runtime-writeable: "
+                               "the stitched design has no AXI-Lite loader for them)") if why]
+    if hdl and unbuilt and not report["problems"]:
+        raise BuildError("the placement fits, but its HDL is not generated for " + " and ".join(unbuilt)
+                         + f" (report: {out / 'placement.md'}); build with hdl=False (--no-hdl)")
     if hdl and not report["problems"]:
         # The HDL and the Vivado side: FINN+'s PrepareIP per layer, the stitched tree behind AXI
         # (tree_ctrl, DMA streams, the weight reader), the block-design Tcl, build_bitstream.sh,

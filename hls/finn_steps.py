@@ -204,11 +204,17 @@ class SetLayerAttrs(Transformation):
 class SetWeightMemory(Transformation):
     """On chip: ``internal_decoupled`` (memstream in BRAM/URAM). From DDR: ``external_mem``, the
     ``fetch_weights`` reader with an index port (``mlo_max_iter``) and a ``base_address`` port
-    (``address_offset``) that the router's decision drives."""
+    (``address_offset``) that the router's decision drives.
 
-    def __init__(self, external: bool):
+    ``ram_style`` (on chip only; None keeps FINN+'s ``auto``) is the memstream's memory:
+    ``"ultra"`` puts the weights in URAM. UltraScale+ URAM has no initial contents, so FINN+ then
+    requires ``runtime_writeable_weights=1`` (the weights are written over AXI-Lite after
+    configuration), which is set too."""
+
+    def __init__(self, external: bool, ram_style: str | None = None):
         super().__init__()
         self.external = external
+        self.ram_style = ram_style
 
     def apply(self, model):
         from onnx import helper
@@ -224,4 +230,8 @@ class SetWeightMemory(Transformation):
                     node.attribute.append(helper.make_attribute("address_offset", 0))
             else:
                 inst.set_nodeattr("mem_mode", "internal_decoupled")
+                if self.ram_style is not None:
+                    inst.set_nodeattr("ram_style", self.ram_style)
+                    if self.ram_style == "ultra":
+                        inst.set_nodeattr("runtime_writeable_weights", 1)
         return model, False

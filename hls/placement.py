@@ -11,6 +11,13 @@
   (channels x steps): each ``Thresholding_rtl`` of a shared datapath keeps every branch's set on
   chip and the router's decision selects one (FINN+'s multi-set thresholding,
   ``hls.stitch.multiset_thresholds``).
+- **Weight buffering of the levels** (``weight_buffer``, :data:`WEIGHT_BUFFERS`): ``"branch"`` (the
+  default, above) keeps each layer's fetched set on chip for the whole inference, so a level holds
+  one whole branch; ``"none"`` keeps no copy: the fetcher re-reads each layer's set from DDR for
+  every input vector (pixel) the layer computes, so the level needs no weight memory and its DDR
+  bytes per inference are each layer's bytes times its pixel count. ``"none"`` is a placement
+  (estimate) today: FINN+'s ``fetch_weights`` re-reads per repetition only for the tiled MVU
+  (TH > 1, DSP58 parts), and instantiates its local buffer whenever TH = 1.
 
 The report (``placement.json`` / ``placement.md``) is FINN+'s estimate per layer, summed per
 on-chip part, against the board's budget (:func:`check_budget`).
@@ -30,6 +37,7 @@ RESOURCES = ("BRAM_18K", "URAM", "LUT", "DSP")
 OWN_RTL = {"Pool_hls": "stream_maxpool.sv", "GlobalAccPool_hls": "global_sum_pool.sv",
            "DuplicateStreams_hls": "stream_fork.sv", "ElementwiseAdd_hls": "stream_add.sv"}
 ONCHIP_NODES = ("backbone", "router_0_0")
+WEIGHT_BUFFERS = ("branch", "none")
 
 
 @dataclass
@@ -52,16 +60,17 @@ def level_datapaths(manifest: dict[str, Any]) -> list[LevelDatapath]:
     return paths
 
 
-def node_resources(model, part: str, streamed: bool, sets: int = 1) -> list[dict[str, Any]]:
+def node_resources(model, part: str, streamed: bool, sets: int = 1, buffered: bool = True) -> list[dict[str, Any]]:
     """FINN+'s estimate per layer. A streamed MVAU's weights live in DDR, but its
     ``fetch_weights`` buffer holds one weight set on chip: estimated as FINN+ would estimate the
-    same weights stored on chip (``internal_decoupled``). A shared datapath's thresholds hold
+    same weights stored on chip (``internal_decoupled``); without a buffer (``buffered=False``),
+    FINN+'s ``external_mem`` estimate (no weight memory). A shared datapath's thresholds hold
     ``sets`` sets (one per branch)."""
     from qonnx.custom_op.registry import getCustomOp
     rows = []
     for node in model.graph.node:
         inst = getCustomOp(node)
-        if streamed and node.op_type.startswith("MVAU"):
+        if streamed and buffered and node.op_type.startswith("MVAU"):
             inst.set_nodeattr("mem_mode", "internal_decoupled")
             estimate = inst.node_res_estimation(part)
             inst.set_nodeattr("mem_mode", "external_mem")
@@ -96,25 +105,39 @@ def _mvau_shapes(hw: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def _reps(hw: dict[str, Any], name: str, layer: str) -> int:
+    """How many input vectors (pixels) an MVAU computes per inference."""
+    import numpy as np
+    from qonnx.custom_op.registry import getCustomOp
+    node = next(n for n in hw[name].graph.node if n.name == layer)
+    return int(np.prod(getCustomOp(node).get_nodeattr("numInputVectors")))
+
+
 def onchip_parts(hw: dict[str, Any], paths: list[LevelDatapath], weights: dict[str, Any],
-                 part: str) -> list[dict[str, Any]]:
+                 part: str, weight_buffer: str = "branch") -> list[dict[str, Any]]:
     """One row per on-chip part (backbone, root router, each level's shared datapath): FINN+'s
-    estimate per layer and summed, the weight bytes it holds on chip, its DDR bytes per inference."""
+    estimate per layer and summed, the weight bytes it holds on chip, its DDR bytes per inference
+    (``weight_buffer``: see the module docstring)."""
+    if weight_buffer not in WEIGHT_BUFFERS:
+        raise ValueError(f"weight_buffer must be one of {WEIGHT_BUFFERS}, not {weight_buffer!r}")
+    buffered = weight_buffer == "branch"
     onchip = []
     for label, names, streamed in [("backbone", ["backbone"], False), ("root router", ["router_0_0"], False)] + [
             (f"level {p.level} datapath (x1, serves {len(p.branches)} branches)", p.branches[0], True) for p in paths]:
         level = next((p for p in paths if p.branches[0] == names), None)
         sets = len(level.branches) if level else 1
-        rows = [row for n in names for row in node_resources(hw[n], part, streamed, sets)]
+        rows = [row for n in names for row in node_resources(hw[n], part, streamed, sets, buffered)]
         fifos = [{"node": n, **f} for n in names for f in residual_fifos(hw[n], part)]
         rows += [{"layer": f"{f['add']} FIFO {f['path']}", "op": "fifo.sv (residual path)", "cycles": 0,
                   **{k: f[k] for k in RESOURCES}} for f in fifos]
         region_bytes = weights["levels"][level.level]["regions"][0]["bytes"] if level else 0
+        ddr_bytes = region_bytes if buffered or not level else sum(
+            layer["bytes"] * _reps(hw, layer["node"], layer["layer"]) for layer in weights["levels"][level.level]["regions"][0]["layers"])
         onchip.append({"part": label, "nodes": names, "streamed": streamed, "resources": resource_sum(rows),
                        "layers": rows,
-                       "onchip_weight_bytes": region_bytes if streamed else sum(
+                       "onchip_weight_bytes": (region_bytes if buffered else 0) if streamed else sum(
                            fetch_len(r["MH"] * r["MW"], int(r["bits"])) for r in _mvau_shapes(hw, names)),
-                       "ddr_bytes_per_inference": region_bytes, "residual_fifos": fifos})
+                       "ddr_bytes_per_inference": ddr_bytes, "residual_fifos": fifos})
     return onchip
 
 
@@ -152,9 +175,17 @@ def placement_table(report: dict[str, Any]) -> str:
         lines += [f"| {part} | {f['node']} | {f['add']} | {f['path']} | {f['layers']} | {f['depth']} | {f['width']} | "
                   f"{f['backlog_words']} | {f['BRAM_18K']} | {f['LUT']} |" for part, f in fifos]
     d = report["ddr"]
+    buffered = report.get("weight_buffer", "branch") == "branch"
     lines += ["", f"DDR bytes per inference: tree {d['tree_weight_bytes']} weights + {d['input_bytes']} input + "
               f"{d['output_bytes']} output; dense with the same placement {d['dense_weight_bytes']} weights "
-              f"(ratio {d['tree_vs_dense']:.3f}).", "",
-              "Estimates are FINN+'s (LUT/BRAM/DSP per layer); a streamed level's fetch buffer is counted as one "
-              "branch's weights on chip; HLS-only layers stand in for the hls/rtl/ blocks that replace them."]
+              f"(ratio {d['tree_vs_dense']:.3f})."]
+    if not buffered:
+        lines += ["", f"weight_buffer='none': the levels keep no weights on chip and re-read each layer's set for "
+                  f"every pixel: {d['tree_streamed_bytes']} weight bytes read per inference "
+                  f"({d['tree_streamed_bytes'] / d['tree_weight_bytes']:.1f}x the path's weights)."]
+    if report.get("weight_ram"):
+        lines += ["", f"On-chip MVAU weights (backbone, root router): ram_style={report['weight_ram']!r}."]
+    lines += ["", "Estimates are FINN+'s (LUT/BRAM/DSP per layer); "
+              + ("a streamed level's fetch buffer is counted as one branch's weights on chip; " if buffered else "")
+              + "HLS-only layers stand in for the hls/rtl/ blocks that replace them."]
     return "\n".join(lines) + "\n"

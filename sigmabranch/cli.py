@@ -129,7 +129,7 @@ def cmd_export(args) -> int:
 def cmd_build(args) -> int:
     from hls.build import build
     build(args.export, args.board, args.out, target_cycles=args.target_cycles, folding_config=args.folding,
-          hdl=not args.no_hdl)
+          hdl=not args.no_hdl, weight_ram=args.weight_ram, weight_buffer=args.weight_buffer)
     print((args.out / "placement.md").read_text())
     if args.bitstream:
         from hls.vivado import vivado_step
@@ -275,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{b.name} {b.target_cycles}" for b in BOARDS.values()) + ")")
     p.add_argument("--folding", help="a FINN folding config JSON (ApplyConfig) instead of SetFolding")
     p.add_argument("--no-hdl", dest="no_hdl", action="store_true", help="skip the HDL and the Vivado project (estimates and weight image only)")
+    p.add_argument("--weight-ram", dest="weight_ram", choices=("auto", "block", "distributed", "ultra"),
+                   help="memory of the on-chip (backbone, root router) MVAU weights; ultra = URAM (runtime-writeable "
+                        "on UltraScale+; placement only for now: needs --no-hdl)")
+    p.add_argument("--weight-buffer", dest="weight_buffer", choices=("branch", "none"), default="branch",
+                   help="branch (default): the levels' fetch buffers hold a whole branch for the inference; none: no "
+                        "level weights on chip, each layer re-read from DDR for every pixel (placement only for now: "
+                        "needs --no-hdl)")
     p.add_argument("--bitstream", action="store_true",
                    help="then run synthesis and the bitstream (needs `vivado` on PATH)")
     p.set_defaults(func=cmd_build)
