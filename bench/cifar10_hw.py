@@ -1,0 +1,179 @@
+"""The CIFAR-10 residual tree down the hardware path: export, build for each board, the host
+driver on the Verilator model of the whole design behind AXI for test images reaching every leaf.
+
+    .venv/bin/python bench/cifar10_hw.py --model resnet20            # after bench/cifar10.py's quant stage
+    .venv/bin/python bench/cifar10_hw.py --model resnet20 --per-leaf 2 --sim-board pynq-z2
+
+Reads the W4A4 tree of ``bench/cifar10.py`` (``<work>/<model>/quant/checkpoint.pt``) and writes,
+in ``<work>/<model>/hw/`` (the layout of ``sigmabranch demo``, so its functions run it):
+
+- ``export/``: QONNX per node, ``tree.json``, ``check.json`` (integer reference vs qonnx, FINN+ and
+  Brevitas on the first ``--check-inputs`` test images);
+- ``build/<board>/``: ``sigmabranch build`` for each board (placement with the residual FIFOs,
+  the DDR weight image, the HDL); a board the on-chip part does not fit is reported, not fatal;
+- ``samples.npz``: ``--per-leaf`` test images per leaf (the integer reference's leaf over the
+  first ``--search`` test images; the split is ordered by class, so the first 2,000 are
+  airplanes and automobiles), ``host_<board>.json``: the ``ref`` backend on them;
+- ``host_sim_<board>.json``: the same driver on the whole design (``--backend sim``): bit-exact
+  against ``ref``, DDR bytes served against the path's bytes, cycles per inference.
+
+Each stage is skipped when its output exists (delete it to redo). Results:
+``bench/results/cifar10_<model>_hw.json`` and ``.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+BOARDS = ("pynq-z2", "zcu104")
+
+
+def export_stage(ckpt: Path, hw: Path, check_inputs: int) -> dict:
+    from quant.check import run_check
+    from quant.export import run_export
+
+    export = hw / "export"
+    if not (export / "tree.json").is_file():
+        run_export(ckpt, export)
+    if not (export / "check.json").is_file():
+        report = run_check(ckpt, export, limit=check_inputs, finn_inputs=min(4, check_inputs))
+        (export / "check.json").write_text(json.dumps(report, indent=1))
+    return json.loads((export / "check.json").read_text())
+
+
+def build_stage(hw: Path, board: str, target_cycles: int | None) -> dict:
+    """The placement report, or the refusal (a part that does not fit is a result here)."""
+    from hls.build import BuildError, build
+
+    out = hw / "build" / board
+    if (out / "vivado").is_dir() and (out / "placement.json").is_file():
+        return {"fits": True, **json.loads((out / "placement.json").read_text())}
+    try:
+        return {"fits": True, **build(hw / "export", board, out, target_cycles=target_cycles)}
+    except BuildError as err:
+        if not (out / "placement.json").is_file():
+            raise
+        return {"fits": False, "refusal": str(err), **json.loads((out / "placement.json").read_text())}
+
+
+def pick_images(ckpt: Path, hw: Path, board: str, per_leaf: int, search: int) -> dict:
+    """``per_leaf`` test images per leaf (leaf of the integer reference), and their ``ref`` report."""
+    from host.run import run_bundle
+    from quant.check import test_split
+
+    samples = hw / "samples.npz"
+    ref_path = hw / f"host_{board}.json"
+    if samples.is_file() and ref_path.is_file():
+        return json.loads(ref_path.read_text())
+    x, y = (t.numpy() for t in test_split(ckpt, limit=search))
+    scan = run_bundle(hw / "build" / board, (x, y), backend="ref", progress=True)
+    leaves = np.array([path[-1] for path in scan["paths"]])
+    pick = [int(i) for leaf in sorted(set(leaves.tolist())) for i in np.flatnonzero(leaves == leaf)[:per_leaf]]
+    np.savez(samples, x=x[pick], y=y[pick], test_index=np.array(pick))
+    ref = run_bundle(hw / "build" / board, samples, backend="ref")
+    ref["leaf_usage_in_search"] = {int(k): int(v) for k, v in zip(*np.unique(leaves, return_counts=True))}
+    ref["searched"] = int(len(x))
+    ref_path.write_text(json.dumps(ref, indent=1))
+    return ref
+
+
+def table(report: dict) -> str:
+    lines = [f"# CIFAR-10 {report['model']} tree on the FPGA flow (W4A4)", "",
+             "| board | folding target (cycles) | fits | BRAM18 | URAM | LUT | DSP | tree DDR weight B / inference | "
+             "dense (same placement) | ratio |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for board, b in report["boards"].items():
+        t, bud, d = b["total"], b["budget"], b["ddr"]
+        lines.append(f"| {board} | {b['target_cycles']:,} | {'yes' if b['fits'] else 'no'} | {t['BRAM_18K']} / {bud['BRAM_18K']} | "
+                     f"{t['URAM']} / {bud['URAM']} | {t['LUT']} / {bud['LUT']} | {t['DSP']} / {bud['DSP']} | "
+                     f"{d['tree_weight_bytes']:,} | {d['dense_weight_bytes']:,} | {d['tree_vs_dense']:.3f} |")
+    s = report.get("simulation")
+    if s:
+        lines += ["", f"Whole design behind AXI on {s['board']} (Verilator, `host/run.py --backend sim`, the driver "
+                  f"unchanged): {s['inputs']} CIFAR-10 test images (test indices {s['test_index']}), leaves "
+                  f"{s['leaves']}; bit-exact against the integer reference: **{s['bitexact']}**; DDR weight bytes "
+                  f"served = the path's bytes: **{s['bytes_equal_path']}** ({sorted(set(s['ddr_weight_bytes_per_inference']))}); "
+                  f"{s['cycles_per_inference']:,.0f} cycles per inference ({s['latency_us']:.1f} us at the board's clock); "
+                  f"Verilator build {s['build_seconds']:.0f} s, simulation {s['sim_seconds']:.0f} s."]
+        n_leaves = report.get("leaves_total", 0)
+        unseen = [leaf for leaf in range(n_leaves) if str(leaf) not in map(str, s["leaf_usage_in_search"])]
+        if unseen:
+            lines += ["", f"Leaves {unseen} receive none of the {sum(s['leaf_usage_in_search'].values()):,} searched test "
+                      f"images (leaf usage there: {s['leaf_usage_in_search']}), so no real image reaches them in "
+                      "simulation: the W4A4 tree's routing (bench/results/cifar10_<model>.md), not the hardware."]
+        if s["mismatches"]:
+            lines += ["", "Mismatches:", *[f"- {m}" for m in s["mismatches"]]]
+    c = report.get("check")
+    if c:
+        lines += ["", f"Export check (`sigmabranch export --check`, first {c['inputs']} test images): the integer "
+                  f"reference gives the Brevitas tree's class for {100 * c['same_class']:.1f}% and its leaf for "
+                  f"{100 * c['same_leaf']:.1f}% of them; identical head accumulators "
+                  f"{100 * c['identical_accumulators']:.1f}% (largest logit difference "
+                  f"{100 * c['max_relative_logit_diff']:.2f}% of the range: Brevitas rounds float32 between layers); "
+                  f"Top-1 on these images {c['top1']:.1f}%."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "cifar10")
+    p.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--boards", default=",".join(BOARDS))
+    p.add_argument("--sim-board", default="pynq-z2", help="the board whose design is simulated (default pynq-z2)")
+    p.add_argument("--per-leaf", type=int, default=2, help="test images per leaf in the simulation (default 2)")
+    p.add_argument("--search", type=int, default=2000,
+                   help="the first N test images are searched for every leaf (default 2000)")
+    p.add_argument("--check-inputs", type=int, default=64, help="test images for the export check (default 64)")
+    p.add_argument("--target-cycles", default="pynq-z2=200000",
+                   help="SetFolding targets per board, e.g. pynq-z2=200000,zcu104=20000 (others: the board's default; "
+                        "the digits default, 20000 on PYNQ-Z2, needs 3x its DSPs for ResNet-20 at 32x32)")
+    p.add_argument("--report-only", action="store_true", help="rewrite the .md from the results .json, run nothing")
+    args = p.parse_args(argv)
+    out = args.results / f"cifar10_{args.model}_hw.json"
+    if args.report_only:
+        out.with_suffix(".md").write_text(table(json.loads(out.read_text())))
+        return 0
+
+    from sigmabranch.pipeline import run_host_sim
+
+    work = args.work / args.model
+    ckpt = work / "quant" / "checkpoint.pt"
+    if not (work / "quant" / "metrics.json").is_file():
+        p.error(f"{ckpt}: no finished W4A4 tree; run bench/cifar10.py --model {args.model} first")
+    hw = work / "hw"
+    report: dict = {"model": args.model, "checkpoint": str(ckpt), "check_inputs": args.check_inputs, "boards": {}}
+    t0 = time.perf_counter()
+    report["check"] = export_stage(ckpt, hw, args.check_inputs)
+    report["leaves_total"] = 2 ** int(json.loads((hw / "export" / "tree.json").read_text())["depth"])
+    print(f"[cifar10_hw] export + check: {time.perf_counter() - t0:.0f} s", flush=True)
+    targets = {k: int(v) for k, v in (item.split("=") for item in args.target_cycles.split(",") if item)}
+    for board in args.boards.split(","):
+        t0 = time.perf_counter()
+        b = build_stage(hw, board, targets.get(board))
+        report["boards"][board] = {k: b[k] for k in ("fits", "total", "budget", "ddr", "onchip", "problems", "target_cycles")}
+        report["boards"][board]["refusal"] = b.get("refusal")
+        print(f"[cifar10_hw] build {board}: {time.perf_counter() - t0:.0f} s, fits: {b['fits']}", flush=True)
+    if report["boards"].get(args.sim_board, {}).get("fits"):
+        ref = pick_images(ckpt, hw, args.sim_board, args.per_leaf, args.search)
+        sim = run_host_sim(hw, len(ref["paths"]), ref, board=args.sim_board)
+        sim["leaves"] = [path[-1] for path in ref["paths"]]
+        sim["test_index"] = np.load(hw / "samples.npz")["test_index"].tolist()
+        sim["leaf_usage_in_search"] = ref["leaf_usage_in_search"]
+        report["simulation"] = sim
+    out.write_text(json.dumps(report, indent=1, default=str))
+    out.with_suffix(".md").write_text(table(report))
+    print(table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
