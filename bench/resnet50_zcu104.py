@@ -51,20 +51,25 @@ BOARD = "zcu104"
 # The quantised trees: "r8" is the w4a4 preset as it is (8-bit residual additions); "r4" the same
 # with 4-bit residual additions (15 thresholds per channel instead of 255 for the add quantizers).
 RESIDUAL_BITS = {"r8": 8, "r4": 4}
-# Folding targets (cycles per frame): 2**18 (~760 frames/s at 200 MHz) is enough for the backbone's
-# DSPs, but level 0's 181 inner planes (prime) let FINN+ choose only PE/SIMD 1 or 181 there, so
-# its layers jump to 181 DSPs each; 2**21 (~95 frames/s) folds them to SIMD 4-9.
-FOLD_262K, FOLD = 262_144, 2_097_152
-# name -> (tree, keyword arguments of hls.build.build besides export/board/out); the first is the
-# board's defaults, the last the smallest combination that fits (see bench/README.md).
+# Folding targets (cycles per frame). 2**18 (~760 frames/s at 200 MHz) would do for the backbone's
+# DSPs, but FINN+'s SetFolding accepts any SIMD that meets the target before it checks the weight
+# width, and PE/SIMD must divide the channel counts: level 0's 181 inner planes (724 = 4 x 181; 181
+# is prime) leave SIMD 1 or 181, so its 1x1 convolutions 181 -> 724 take SIMD 181 = 181 DSPs each
+# (six of them) where one would do below the target. 2**22 (~48 frames/s) brings the total under
+# the ZU7EV's DSPs; with weight_buffer="none" the DDR port bounds the rate anyway (~29 frames/s:
+# the bytes read per inference at 4.8 GB/s).
+FOLD_262K, FOLD_2M, FOLD = 262_144, 2_097_152, 4_194_304
+# name -> (tree, keyword arguments of hls.build.build besides export/board/out): the board's
+# defaults, folding alone, then each memory change alone and together; `fit` is the smallest
+# combination that fits (see bench/README.md).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "default": ("r8", {}),
     "folded_262k": ("r8", {"target_cycles": FOLD_262K}),
     "folded": ("r8", {"target_cycles": FOLD}),
-    "folded_uram": ("r8", {"target_cycles": FOLD, "weight_ram": "ultra"}),
-    "r4_folded_uram": ("r4", {"target_cycles": FOLD, "weight_ram": "ultra"}),
-    "r8_nobuffer": ("r8", {"target_cycles": FOLD, "weight_ram": "ultra", "weight_buffer": "none"}),
-    "fit": ("r4", {"target_cycles": FOLD, "weight_ram": "ultra", "weight_buffer": "none"}),
+    "r4_uram_2m": ("r4", {"target_cycles": FOLD_2M, "weight_ram": "ultra"}),
+    "r8_nobuffer_uram": ("r8", {"target_cycles": FOLD, "weight_ram": "ultra", "weight_buffer": "none"}),
+    "r4_nobuffer_uram_2m": ("r4", {"target_cycles": FOLD_2M, "weight_ram": "ultra", "weight_buffer": "none"}),
+    "fit": ("r4", {"target_cycles": FOLD, "weight_buffer": "none"}),
 }
 
 
@@ -292,6 +297,16 @@ def hdl_stage(result: dict[str, Any], timings: Timings) -> dict[str, Any]:
 RES = ("BRAM_18K", "URAM", "LUT", "DSP")
 
 
+def rate(r: dict[str, Any]) -> dict[str, float]:
+    """Frames per second the placement allows: the slowest layer at the board's clock (compute), and
+    the weight bytes read per inference at the board's PS-PL port bandwidth (DDR)."""
+    board = r["board"]
+    slowest = max(row["cycles"] for e in r["onchip"] for row in e["layers"])
+    streamed = r["ddr"].get("tree_streamed_bytes", r["ddr"]["tree_weight_bytes"])
+    return {"slowest_layer_cycles": slowest, "compute_fps": 1e9 / board["clk_ns"] / slowest,
+            "ddr_weight_bytes": streamed, "ddr_fps": board["ddr_bytes_per_s"] / streamed}
+
+
 def summary(results: list[dict[str, Any]], timings: Timings, export: Path, hdl: dict | None) -> dict[str, Any]:
     manifest = json.loads((export / "tree.json").read_text())
     variants = []
@@ -307,7 +322,7 @@ def summary(results: list[dict[str, Any]], timings: Timings, export: Path, hdl: 
                        "cycles_max_layer": max((row["cycles"] for row in e["layers"]), default=0)}
                       for e in r["onchip"]],
             "residual_fifos": [{"part": e["part"], **f} for e in r["onchip"] for f in e.get("residual_fifos", [])],
-            "memory_bits": r.get("memory_bits"),
+            "memory_bits": r.get("memory_bits"), "rate": rate(r),
             "weight_ram": r.get("weight_ram"), "weight_buffer": r.get("weight_buffer", "branch")})
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
             "model": MODEL, "num_classes": NUM_CLASSES, "input": list(SHAPE), "board": BOARD,
@@ -334,16 +349,18 @@ def markdown(res: dict[str, Any]) -> str:
              "routers, BN/activation scales calibrated on random images). Numbers are FINN+'s estimates as "
              "`hls.build.build` reports them (`placement.json`).", "",
              "## Variants side by side", "",
-             "| variant | build | fits | BRAM18 | URAM | LUT | DSP | level weights read / inference (B) |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "| variant | build | fits | BRAM18 | URAM | LUT | DSP | DDR weight bytes / inference | frames/s: compute / DDR |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for v in res["variants"]:
         t, b = v["total"], v["budget"]
         cell = lambda k: f"**{t[k]}**" if t[k] > b[k] else str(t[k])
         lines.append(f"| `{v['variant']}` | {_opts(v)} | {'yes' if v['fits'] else 'no'} | {cell('BRAM_18K')} | "
                      f"{cell('URAM')} | {cell('LUT')} | {cell('DSP')} | "
-                     f"{v['ddr'].get('tree_streamed_bytes', v['ddr']['tree_weight_bytes'])} |")
+                     f"{v['rate']['ddr_weight_bytes']} | {v['rate']['compute_fps']:.0f} / {v['rate']['ddr_fps']:.0f} |")
     b = res["variants"][0]["budget"]
-    lines += [f"| ZU7EV budget | | | {b['BRAM_18K']} | {b['URAM']} | {b['LUT']} | {b['DSP']} | |", ""]
+    lines += [f"| ZU7EV budget | | | {b['BRAM_18K']} | {b['URAM']} | {b['LUT']} | {b['DSP']} | | |", "",
+              "Bold: over the budget. Frames/s: the slowest layer's cycles at 200 MHz, and the weight bytes "
+              "read per inference at the 4.8 GB/s PS-PL port (`hls/boards.py`).", ""]
     for v in res["variants"]:
         b, t = v["budget"], v["total"]
         lines += [f"## `{v['variant']}`: {'fits' if v['fits'] else 'does NOT fit'} ({_opts(v)})", "",
