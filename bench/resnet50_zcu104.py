@@ -361,6 +361,8 @@ def markdown(res: dict[str, Any]) -> str:
     lines += [f"| ZU7EV budget | | | {b['BRAM_18K']} | {b['URAM']} | {b['LUT']} | {b['DSP']} | | |", "",
               "Bold: over the budget. Frames/s: the slowest layer's cycles at 200 MHz, and the weight bytes "
               "read per inference at the 4.8 GB/s PS-PL port (`hls/boards.py`).", ""]
+    fits = [v["variant"] for v in res["variants"] if v["fits"]]
+    lines += ["Fits: " + (", ".join(f"`{n}`" for n in fits) if fits else "none of the variants") + ".", ""]
     for v in res["variants"]:
         b, t = v["budget"], v["total"]
         lines += [f"## `{v['variant']}`: {'fits' if v['fits'] else 'does NOT fit'} ({_opts(v)})", "",
@@ -410,6 +412,12 @@ def markdown(res: dict[str, Any]) -> str:
         lines += ["", f"HDL step (`vivado_step(run=False)`) on `{h.get('variant')}`: "
                   f"{'completed' if h['ok'] else 'FAILED'} in {h['seconds']} s"
                   + (f" ({h['sources']} sources, top {h['top']})" if h["ok"] else f": `{h['error']}`") + "."]
+        built = next((v for v in res["variants"] if v["variant"] == h.get("variant")), None)
+        if built and (built["weight_buffer"] == "none" or built["weight_ram"] == "ultra"):
+            lines += ["", "The HDL is generated from the same `nodes/*.hw.onnx`, which keep FINN+'s `external_mem` "
+                      "fetchers: it is the branch-buffered design (FINN+'s `fetch_weights` with its local weight "
+                      "buffers), not the placement's `weight_buffer='none'` (which `build(hdl=True)` refuses). It "
+                      "shows the HDL flow copes with a tree this size, not that the fitting design exists."]
     return "\n".join(lines) + "\n"
 
 
