@@ -86,7 +86,9 @@ class ToolMissing(RuntimeError):
 
 
 class StepTimeout(RuntimeError):
-    pass
+    def __init__(self, message: str, took: float):
+        super().__init__(message)
+        self.took = took
 
 
 # --------------------------------------------------------------------------------- tools
@@ -190,7 +192,7 @@ def run_logged(cmd: list[str], log: Path, label: str, timeout: float | None, cwd
                 timer.cancel()
     took = time.monotonic() - t0
     if killed.is_set():
-        raise StepTimeout(f"{label} stopped after {took:.0f} s (--timeout {timeout:.0f}); log: {log}")
+        raise StepTimeout(f"{label} stopped after {took:.0f} s (--timeout {timeout:.0f}); log: {log.name}", took)
     if rc != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(True)[-25:])
         raise RuntimeError(f"{label} failed (exit {rc}) after {took:.0f} s; log: {log}\n{tail}")
@@ -365,15 +367,16 @@ def best_bram18(width: int, depth: int) -> int:
     return min(-(-width // w) * -(-depth // d) * k for d, w, k in BRAM_MODES)
 
 
-def memory_shapes(netlist: Path, log: Path) -> dict[str, Any]:
+def memory_shapes(netlist: Path, log: Path | None) -> dict[str, Any]:
     """Every memory of the elaborated netlist (width, depth, ram_style) with what memory_libmap made
-    of it; the BRAM18 the block-RAM ones need at best (a yardstick for Yosys's own count)."""
-    via = dict(re.findall(r"mapping memory [^.\s]+\.(\S+) via (\S+)", log.read_text(errors="replace")))
+    of it (``log`` None: synthesis did not get there); the BRAM18 the block-RAM ones need at best
+    (a yardstick for Yosys's own count)."""
+    via = dict(re.findall(r"mapping memory [^.\s]+\.(\S+) via (\S+)", log.read_text(errors="replace"))) if log else {}
     rows = []
     for m in MEM_DECL.finditer(netlist.read_text()):
         w, d = int(m.group(2)) + 1, abs(int(m.group(5)) - int(m.group(4))) + 1
         st = re.search(r'ram_style = "(\w+)"', m.group(1))
-        target = via.get(m.group(3), "FFs/logic")
+        target = via.get(m.group(3), "FFs/logic") if log else "not mapped"
         rows.append({"memory": m.group(3), "width": w, "depth": d, "bits": w * d,
                      "ram_style": st.group(1) if st else None, "yosys": target,
                      **({"best_bram18": best_bram18(w, d)} if "BLOCKRAM" in target else {})})
@@ -445,9 +448,9 @@ def run_build(build: Path, top_kind: str, work: Path, tools: dict[str, str], tim
         "steps_s": {}, "status": "ok"}
     steps_file = wdir / "steps.json"
     if report_only:                      # the steps ran before: numbers from the files they left
-        if not steps_file.exists() or not stat_json.exists():
+        done = json.loads(steps_file.read_text()) if steps_file.exists() else None
+        if done is None or (done["status"] == "ok" and not stat_json.exists()):
             raise FileNotFoundError(f"--report-only: {steps_file} or {stat_json} is missing (run without it first)")
-        done = json.loads(steps_file.read_text())
         rec.update(steps_s=done["steps_s"], status=done["status"], date=done.get("date", rec["date"]),
                    elaborated=pre_synth_summary(pre_stat), ram_style_attributes=dict(normalize_style_attributes(netlist)),
                    netlist_bytes=netlist.stat().st_size)
@@ -476,6 +479,7 @@ def run_build(build: Path, top_kind: str, work: Path, tools: dict[str, str], tim
                                                         f"synth_xilinx {family}", timeout, wdir), 1)
         save()
     except StepTimeout as e:
+        rec["steps_s"]["elaborate" if "elaborate" not in rec["steps_s"] else "synthesize"] = round(e.took, 1)
         rec["status"] = f"timeout: {e}"
         save()
         print(f"[{board['name']}] {e}", flush=True)
@@ -488,6 +492,8 @@ def finish(rec: dict[str, Any], stat_json: Path, top: str, wdir: Path, netlist: 
            board: dict[str, Any]) -> dict[str, Any]:
     """The numbers of a finished synthesis: cells, resources, memories, FINN+'s side."""
     if not rec["status"].startswith("ok"):
+        if netlist.exists():              # what was elaborated, unmapped
+            rec["memory_shapes"] = memory_shapes(netlist, None)
         rec["finn"] = finn_side(placement)
         return rec
     cells = parse_stat_json(stat_json, top)
@@ -546,6 +552,10 @@ def markdown(recs: list[dict[str, Any]], tools: dict[str, str]) -> str:
     for r in recs:
         if r["status"] != "ok":
             lines += ["", f"**{r['top']}**: {r['status']}"]
+            if "memory_shapes" in r:
+                ms = r["memory_shapes"]
+                lines += ["", f"**{r['top']}**, elaborated design (before synth_xilinx): {ms['count']} memories, "
+                          f"{ms['bits']} bits; " + ", ".join(f"{k} {v}" for k, v in r.get("elaborated", {}).items()) + "."]
         if "yosys" in r:
             rams = ", ".join(f"{k} {v}" for k, v in r["yosys"]["other_cells"].items()) or "none"
             mem = r["memories"]["per_target"]
