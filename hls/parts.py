@@ -119,8 +119,7 @@ class Residual:
     :func:`path_fifo_depths`, so neither path's backlog can stall the fork (no deadlock) and the
     slower path never waits on the faster one."""
     paths: tuple[list[Stage], list[Stage]]   # the add's first (in0_V) and second (in1_V) operand
-    fifo_depths: tuple[int, int]             # words buffered at each path's end
-    fork_w: int                              # stream width at the fork
+    fifo_depths: tuple[int, int]             # words buffered at each path's end (the fork's width: the stage's in_w)
     backlog: tuple[int, int]                 # the words each FIFO must hold (depths: these + one pixel)
 
 
@@ -327,11 +326,11 @@ def _stages_of(model, nodes: list, prefix: str, made: list[Stage]) -> list[Stage
             depths, backlog = path_fifo_depths(model, fork, (path0, path1), add)
             st = _add_stage(model, add, add.name)
             st.sources = [RTL_DIR / "stream_add.sv", RTL_DIR / "stream_fork.sv", fifo_source()]
-            fork_w = _rup8(getCustomOp(fork).get_instream_width(0))
-            st.residual = Residual(paths, depths, fork_w, backlog)
-            st.in_w = fork_w
-            idt = getCustomOp(fork).get_input_datatype(0)
-            st.in_elem = (idt.bitwidth(), int(getCustomOp(fork).get_folded_input_shape(0)[-1]), idt.signed())
+            st.residual = Residual(paths, depths, backlog)
+            fork_inst = getCustomOp(fork)   # the block reads what the fork reads
+            idt = fork_inst.get_input_datatype(0)
+            st.in_w = _rup8(fork_inst.get_instream_width(0))
+            st.in_elem = (idt.bitwidth(), int(fork_inst.get_folded_input_shape(0)[-1]), idt.signed())
             stages.append(st)
             made.append(st)
             i += 1

@@ -229,8 +229,8 @@ def _residual_instance(st: Stage, k: str, src: str, dst: str, lines: list[str], 
     ends = []
     for p, path in enumerate(r.paths):
         head, tail, queued = f"{k}_p{p}", f"{k}_p{p}_end", f"{k}_q{p}"
-        lines.append(_wire(head, r.fork_w))
-        width = path[-1].out_w if path else r.fork_w
+        lines.append(_wire(head, st.in_w))
+        width = path[-1].out_w if path else st.in_w
         if path:
             lines.append(_wire(tail, width))
             chain_body(path, head, tail, f"{k}p{p}", lines, ctx)
@@ -239,7 +239,7 @@ def _residual_instance(st: Stage, k: str, src: str, dst: str, lines: list[str], 
         lines.append(_wire(queued, width))
         lines += _fifo(f"{st.name}_q{p}", width, r.fifo_depths[p], tail, queued)
         ends.append(queued)
-    lines += _fork(f"{st.name}_fork", r.fork_w, src, f"{k}_p0", f"{k}_p1")
+    lines += _fork(f"{st.name}_fork", st.in_w, src, f"{k}_p0", f"{k}_p1")
     conns = {"ap_clk": "ap_clk", "ap_rst_n": "ap_rst_n"}
     for port, stream in (("in0_V", ends[0]), ("in1_V", ends[1]), ("out0_V", dst)):
         conns.update({f"{port}_{sig}": f"{stream}_{sig}" for sig in ("tdata", "tvalid", "tready")})
