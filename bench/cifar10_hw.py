@@ -1,4 +1,4 @@
-"""The CIFAR-10 residual tree down the hardware path: export, build for each board, the host
+"""A CIFAR-10 tree (ResNet-20, or the 32x32 edge CNN) down the hardware path: export, build for each board, the host
 driver on the Verilator model of the whole design behind AXI for test images reaching every leaf.
 
     .venv/bin/python bench/cifar10_hw.py --model resnet20            # after bench/cifar10.py's quant stage
@@ -11,9 +11,9 @@ in ``<work>/<model>/hw/`` (the layout of ``sigmabranch demo``, so its functions 
   Brevitas on the first ``--check-inputs`` test images);
 - ``build/<board>/``: ``sigmabranch build`` for each board (placement with the residual FIFOs,
   the DDR weight image, the HDL); a board the on-chip part does not fit is reported, not fatal;
-- ``samples.npz``: ``--per-leaf`` test images per leaf (the integer reference's leaf over the
-  first ``--search`` test images; the split is ordered by class, so the first 2,000 are
-  airplanes and automobiles), ``host_<board>.json``: the ``ref`` backend on them;
+- ``samples.npz``: ``--per-leaf`` test images per leaf (the integer reference's leaf over
+  ``--search`` test images spread evenly over the split, which is ordered by class, so all ten
+  classes are searched), ``host_<board>.json``: the ``ref`` backend on them;
 - ``host_sim_<board>.json``: the same driver on the whole design (``--backend sim``): bit-exact
   against ``ref``, DDR bytes served against the path's bytes, cycles per inference.
 
@@ -73,11 +73,13 @@ def pick_images(ckpt: Path, hw: Path, board: str, per_leaf: int, search: int) ->
     ref_path = hw / f"host_{board}.json"
     if samples.is_file() and ref_path.is_file():
         return json.loads(ref_path.read_text())
-    x, y = (t.numpy() for t in test_split(ckpt, limit=search))
+    x, y = (t.numpy() for t in test_split(ckpt))
+    searched = np.unique(np.linspace(0, len(x) - 1, min(search, len(x))).astype(np.int64))
+    x, y = x[searched], y[searched]
     scan = run_bundle(hw / "build" / board, (x, y), backend="ref", progress=True)
     leaves = np.array([path[-1] for path in scan["paths"]])
     pick = [int(i) for leaf in sorted(set(leaves.tolist())) for i in np.flatnonzero(leaves == leaf)[:per_leaf]]
-    np.savez(samples, x=x[pick], y=y[pick], test_index=np.array(pick))
+    np.savez(samples, x=x[pick], y=y[pick], test_index=searched[pick])
     ref = run_bundle(hw / "build" / board, samples, backend="ref")
     ref["leaf_usage_in_search"] = {int(k): int(v) for k, v in zip(*np.unique(leaves, return_counts=True))}
     ref["searched"] = int(len(x))
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sim-board", default="pynq-z2", help="the board whose design is simulated (default pynq-z2)")
     p.add_argument("--per-leaf", type=int, default=2, help="test images per leaf in the simulation (default 2)")
     p.add_argument("--search", type=int, default=2000,
-                   help="the first N test images are searched for every leaf (default 2000)")
+                   help="N test images, spread evenly over the split, are searched for every leaf (default 2000)")
     p.add_argument("--check-inputs", type=int, default=64, help="test images for the export check (default 64)")
     p.add_argument("--target-cycles", default="pynq-z2=200000",
                    help="SetFolding targets per board, e.g. pynq-z2=200000,zcu104=20000 (others: the board's default; "

@@ -70,6 +70,7 @@ class TreeConfig:
     recalibrate_bn: bool = True  # re-estimate BN statistics of narrowed layers (not in the paper)
     resp_lambda: float = 0.3  # weight of the responsibility loss (0 = the Section V-E ablation)
     resp_tau: float = 1.0  # temperature of the soft-min responsibility target
+    balance_lambda: float = 0.0  # load-balancing term (model/finetune.py balance_loss; not in the paper)
 
 
 @dataclass

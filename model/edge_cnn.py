@@ -41,10 +41,11 @@ class EdgeCNN(PooledClassifier):
         in_chans: input channels (1 for digits).
         widths: output channels of each block.
         num_pools: how many leading blocks end in a 2x2 max-pool (8x8 input -> 2x2 after two).
+        input_size: the side of the square input the model is made for (exports and reports).
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1,
-                 widths: Sequence[int] = (32, 64, 128, 256), num_pools: int = 2):
+                 widths: Sequence[int] = (32, 64, 128, 256), num_pools: int = 2, input_size: int = 8):
         super().__init__()
         self.num_classes = num_classes
         self.stage_names = []
@@ -56,7 +57,7 @@ class EdgeCNN(PooledClassifier):
         self.num_features = prev
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(prev, num_classes)
-        self.default_input_shape = (in_chans, 8, 8)
+        self.default_input_shape = (in_chans, input_size, input_size)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.stage_names:
@@ -68,3 +69,9 @@ class EdgeCNN(PooledClassifier):
 def edge_cnn(num_classes: int = 10, in_chans: int = 1, **kwargs) -> EdgeCNN:
     """CNV-style edge model for 8x8 digits: 32-64-128-256 channels, ~1.2M params."""
     return EdgeCNN(num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model
+def edge_cnn32(num_classes: int = 10, in_chans: int = 3, **kwargs) -> EdgeCNN:
+    """The same edge model for 32x32 images (CIFAR-10): three max-pools, so its last block runs at 4x4."""
+    return EdgeCNN(num_classes=num_classes, in_chans=in_chans, num_pools=3, input_size=32, **kwargs)

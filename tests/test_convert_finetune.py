@@ -12,7 +12,7 @@ from model.checkpoint import CheckpointError
 from model.config import TreeConfig
 from model.convert import (ConversionError, convert, cosine_silhouette, save_tree, select_channels, spherical_kmeans,
                            tree_from_checkpoint)
-from model.finetune import balance_score, sigma_branch_loss
+from model.finetune import balance_loss, balance_score, sigma_branch_loss
 from model.registry import create_model
 
 
@@ -188,6 +188,25 @@ def test_loss_on_a_hand_computed_case():
     (0.3 * -(torch.softmax(-F.cross_entropy(logits[0], torch.tensor([0, 0]), reduction="none").detach() / 0.5, 0)
              * log_p[0]).sum()).backward()
     assert logits.grad is None
+
+
+def test_balance_loss_pulls_the_batch_toward_every_leaf_not_each_input_toward_uncertainty():
+    # Two inputs, each routed with certainty, to different leaves: the batch is balanced -> 0.
+    certain_split = torch.log(torch.tensor([[1.0, 1e-9], [1e-9, 1.0]]))
+    assert balance_loss(certain_split).item() == pytest.approx(0.0, abs=1e-6)
+    # The whole batch on leaf 0: log L, and the gradient moves routing mass toward leaf 1.
+    logits = torch.tensor([[4.0, -4.0], [4.0, -4.0]], requires_grad=True)
+    collapsed = balance_loss(torch.log_softmax(logits, 1))
+    assert collapsed.item() == pytest.approx(math.log(2), rel=1e-2)
+    collapsed.backward()
+    assert (logits.grad[:, 1] < 0).all() and (logits.grad[:, 0] > 0).all()
+    # In the total loss it is added with its weight, and is absent at weight 0 (the paper's loss).
+    leaf_logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    log_p = torch.log(torch.tensor([[0.9, 0.1], [0.8, 0.2]]))
+    y = torch.tensor([0, 1])
+    plain = sigma_branch_loss(leaf_logits, log_p, y)
+    assert sigma_branch_loss(leaf_logits, log_p, y, balance_lambda=0.5).item() == pytest.approx(
+        plain.item() + 0.5 * balance_loss(log_p).item(), rel=1e-6)
 
 
 def test_balance_score_matches_the_papers_examples():
