@@ -191,7 +191,8 @@ def resnet20(num_classes: int = 10, in_chans: int = 3, **kwargs) -> ResNet:
 
 
 @register_model
-def resnet8(num_classes: int = 10, in_chans: int = 1, **kwargs) -> ResNet:
-    """The smallest CIFAR-style ResNet (one basic block a stage); the small residual net for digits."""
+def resnet8(num_classes: int = 10, in_chans: int = 1, input_size: int = 8, **kwargs) -> ResNet:
+    """The smallest CIFAR-style ResNet (one basic block a stage); the small residual net for digits
+    (``input_size=32``: the same net for CIFAR-10)."""
     return _resnet(BasicBlock, [1, 1, 1], (16, 32, 64), num_classes=num_classes, in_chans=in_chans,
-                   stem="cifar", stem_width=16, input_size=8, **kwargs)
+                   stem="cifar", stem_width=16, input_size=input_size, **kwargs)
