@@ -24,6 +24,7 @@ on-chip part, against the board's budget (:func:`check_budget`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,20 +61,39 @@ def level_datapaths(manifest: dict[str, Any]) -> list[LevelDatapath]:
     return paths
 
 
+# BRAM18 aspect ratios (depth, width) of 7-series and UltraScale+ alike (RAMB18E1/E2, simple dual port)
+BRAM18_SHAPES = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))
+
+
+def bram18_for(depth: int, width: int) -> int:
+    """BRAM18s one ``depth`` x ``width`` memory needs in its cheapest aspect ratio."""
+    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in BRAM18_SHAPES)
+
+
+def fetch_buffer_bram18(inst) -> int:
+    """BRAM18s of FINN+'s ``local_weight_buffer`` behind a streamed MVAU, as its RTL instantiates
+    them (``RAM_STYLE="block"``): two banks (one is filled while the other is read), each PE
+    lanes of 2**ceil(log2(NF*SF)) words of SIMD weights. FINN+'s own estimate of the same
+    weights on chip (``internal_decoupled``) is one bank at its exact depth: 2-2.4x fewer."""
+    pe, simd = inst.get_nodeattr("PE"), inst.get_nodeattr("SIMD")
+    tiles = (inst.get_nodeattr("MH") // pe) * (inst.get_nodeattr("MW") // simd)
+    depth = 2 ** max(1, math.ceil(math.log2(max(tiles, 2))))
+    return 2 * pe * bram18_for(depth, simd * inst.get_input_datatype(1).bitwidth())
+
+
 def node_resources(model, part: str, streamed: bool, sets: int = 1, buffered: bool = True) -> list[dict[str, Any]]:
     """FINN+'s estimate per layer. A streamed MVAU's weights live in DDR, but its
-    ``fetch_weights`` buffer holds one weight set on chip: estimated as FINN+ would estimate the
-    same weights stored on chip (``internal_decoupled``); without a buffer (``buffered=False``),
-    FINN+'s ``external_mem`` estimate (no weight memory). A shared datapath's thresholds hold
-    ``sets`` sets (one per branch)."""
+    ``fetch_weights`` buffer holds one weight set on chip: FINN+'s ``external_mem`` estimate
+    (the MVU, no weight memory) plus the buffer's BRAM as the RTL instantiates it
+    (:func:`fetch_buffer_bram18`); without a buffer (``buffered=False``) the ``external_mem``
+    estimate alone. A shared datapath's thresholds hold ``sets`` sets (one per branch)."""
     from qonnx.custom_op.registry import getCustomOp
     rows = []
     for node in model.graph.node:
         inst = getCustomOp(node)
         if streamed and buffered and node.op_type.startswith("MVAU"):
-            inst.set_nodeattr("mem_mode", "internal_decoupled")
-            estimate = inst.node_res_estimation(part)
-            inst.set_nodeattr("mem_mode", "external_mem")
+            estimate = dict(inst.node_res_estimation(part))
+            estimate["BRAM_18K"] = int(estimate.get("BRAM_18K", 0)) + fetch_buffer_bram18(inst)
         elif sets > 1 and node.op_type.startswith("Thresholding"):
             inst.set_nodeattr("mlo_max_iter", sets)
             estimate = inst.node_res_estimation(part)
@@ -186,6 +206,7 @@ def placement_table(report: dict[str, Any]) -> str:
     if report.get("weight_ram"):
         lines += ["", f"On-chip MVAU weights (backbone, root router): ram_style={report['weight_ram']!r}."]
     lines += ["", "Estimates are FINN+'s (LUT/BRAM/DSP per layer); "
-              + ("a streamed level's fetch buffer is counted as one branch's weights on chip; " if buffered else "")
+              + ("a streamed level's fetch buffers are counted as FINN+'s local_weight_buffer instantiates them "
+                 "(two banks, power-of-two depth); " if buffered else "")
               + "HLS-only layers stand in for the hls/rtl/ blocks that replace them."]
     return "\n".join(lines) + "\n"
