@@ -412,3 +412,27 @@ def pointnet2_ssg_small(num_classes: int = 10, in_chans: int = 3, **kwargs) -> P
     model = PointNet2SSG(num_classes=num_classes, in_chans=in_chans, **cfg)
     model.default_input_shape = (256, in_chans)
     return model
+
+
+# --------------------------------------------------------------------------- processor export
+
+
+@torch.no_grad()
+def export_backbone(model: nn.Module, path) -> dict:
+    """Write SA1 + SA2 of ``model`` (a :class:`PointNet2SSG` or a tree's backbone) for the board's
+    numpy backbone (``host/pointnet_backbone.py``): per layer the 1x1 conv with its eval-mode BN
+    folded in, ``w`` (out, in) and ``b`` (out,), float32, and each set abstraction's sampling
+    parameters. Returns the arrays written."""
+    import numpy as np
+
+    arrays = {}
+    for name in ("sa1", "sa2"):
+        sa = getattr(model, name)
+        arrays.update({f"{name}.npoint": np.int64(sa.npoint), f"{name}.radius": np.float64(sa.radius),
+                       f"{name}.nsample": np.int64(sa.nsample)})
+        for i, (conv, bn) in enumerate(zip(sa.mlp_convs, sa.mlp_bns)):
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            arrays[f"{name}.w{i}"] = (conv.weight.flatten(1) * scale[:, None]).float().numpy()
+            arrays[f"{name}.b{i}"] = ((conv.bias - bn.running_mean) * scale + bn.bias).float().numpy()
+    np.savez(path, **arrays)
+    return arrays

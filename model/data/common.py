@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from host.pointcloud import normalize_to_unit_sphere  # noqa: F401  (one normalisation for training and board)
+
 
 class DatasetError(ValueError):
     """A dataset is missing, laid out wrongly or corrupt; the message names the file and the fault."""
@@ -173,19 +175,6 @@ def random_hflip(image: torch.Tensor) -> torch.Tensor:
 
 
 # --- point clouds -----------------------------------------------------------------------------
-
-def normalize_to_unit_sphere(points: np.ndarray) -> np.ndarray:
-    """Centre xyz on its mean and scale so the farthest point has norm 1 (PointNet++ loaders).
-
-    Columns past the third (normals) are left alone: they are directions, not positions.
-    """
-    points = np.array(points, dtype=np.float32, copy=True)
-    xyz = points[..., :3]
-    xyz -= xyz.mean(axis=-2, keepdims=True)
-    radius = np.linalg.norm(xyz, axis=-1).max(axis=-1, keepdims=True)[..., None]
-    xyz /= np.maximum(radius, 1e-12)
-    return points
-
 
 def augment_point_cloud(points: torch.Tensor) -> torch.Tensor:
     """Random rotation about the up (y) axis, scale in [0.8, 1.25], Gaussian jitter.

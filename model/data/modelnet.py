@@ -16,6 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from host.pointcloud import PointCloudError
+from host.pointcloud import read_point_file as host_read_point_file
+
 from .common import (ArrayDataset, DatasetError, DatasetSplits, augment_point_cloud, check_labels,
                      normalize_to_unit_sphere, read_lines, require_root)
 
@@ -43,29 +46,12 @@ def _read_index(index_file: Path, directory: Path, class_to_label: dict[str, int
 
 
 def read_point_file(path: Path, num_points: int, columns: int) -> np.ndarray:
-    """The first ``num_points`` rows of a ``x,y,z,nx,ny,nz`` file, keeping ``columns`` columns."""
-    rows = []
+    """The first ``num_points`` rows of a ``x,y,z,nx,ny,nz`` file, keeping ``columns`` columns
+    (``host.pointcloud``'s parser, the one the board uses, with its errors as DatasetError)."""
     try:
-        with open(path) as f:
-            for line_no, line in enumerate(f, 1):
-                if len(rows) == num_points:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    values = [float(v) for v in line.split(",")]
-                except ValueError as err:
-                    raise DatasetError(f"{str(path)!r} line {line_no}: cannot parse {line.strip()!r} "
-                                       f"as comma-separated numbers") from err
-                if len(values) != 6:
-                    raise DatasetError(f"{str(path)!r} line {line_no}: {len(values)} values, "
-                                       f"expected 6 (x,y,z,nx,ny,nz)")
-                rows.append(values[:columns])
-    except (OSError, UnicodeDecodeError) as err:
-        raise DatasetError(f"cannot read {str(path)!r}: {err}") from err
-    if len(rows) < num_points:
-        raise DatasetError(f"{str(path)!r} has {len(rows)} points, fewer than num_points={num_points}")
-    return np.asarray(rows, dtype=np.float32)
+        return host_read_point_file(path, num_points, columns)
+    except PointCloudError as err:
+        raise DatasetError(str(err)) from err
 
 
 class PointFileDataset(Dataset):
