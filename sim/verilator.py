@@ -21,7 +21,7 @@ is ``-O0`` (short testbenches: build time matters) except for toplevels in :data
 (``-O1``: the whole design behind AXI, ~35x faster a cycle). ``$SIGMABRANCH_SIM_OPT`` /
 ``$SIGMABRANCH_SIM_PUBLIC`` or the ``opt=``/``public=`` arguments override both.
 
-``config`` reaches the testbench as JSON in the environment variable ``SIGMABRANCH_TB_CONFIG``
+``config`` reaches the testbench as a JSON file named by the environment variable ``SIGMABRANCH_TB_CONFIG``
 (read it with :func:`tb_config`); each run gets its own fresh test directory (``$SIGMABRANCH_TB_DIR``)
 where a caller can leave ``.npy`` files for the testbench.
 """
@@ -299,7 +299,10 @@ def run_cocotb(sources: Sequence[str | os.PathLike], toplevel: str, test_module:
         shutil.copy(f, test_dir / Path(f).name)
     if str(REPO_ROOT) not in sys.path:  # the runner passes sys.path on as PYTHONPATH
         sys.path.insert(0, str(REPO_ROOT))
-    env = {CONFIG_ENV: json.dumps(dict(config or {})), TB_DIR_ENV: str(test_dir)}
+    # The config goes in a file: in the environment, a large frame (a ResNet-50 feature map as hex
+    # words) exceeds the kernel's 128 KiB limit on one variable and the simulator fails to start.
+    (test_dir / "tb_config.json").write_text(json.dumps(dict(config or {})))
+    env = {CONFIG_ENV: "@" + str(test_dir / "tb_config.json"), TB_DIR_ENV: str(test_dir)}
     xml = test_dir / "results.xml"
     log = test_dir / "sim.log"
     t0 = time.perf_counter()
@@ -358,7 +361,8 @@ def _tail(log: Path, n: int = 8000) -> str:
 
 def tb_config() -> dict[str, Any]:
     """Inside a cocotb test: the ``config`` mapping given to :func:`run_cocotb`."""
-    return json.loads(os.environ.get(CONFIG_ENV, "{}"))
+    value = os.environ.get(CONFIG_ENV, "{}")
+    return json.loads(Path(value[1:]).read_text() if value.startswith("@") else value)
 
 
 def tb_dir() -> Path:
