@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-cycles", default="pynq-z2=200000",
                    help="SetFolding targets per board, e.g. pynq-z2=200000,zcu104=20000 (others: the board's default; "
                         "the digits default, 20000 on PYNQ-Z2, needs 3x its DSPs for ResNet-20 at 32x32)")
+    p.add_argument("--no-sim", action="store_true",
+                   help="builds only; the simulation of the previous results .json is kept (its design unchanged)")
     p.add_argument("--report-only", action="store_true", help="rewrite the .md from the results .json, run nothing")
     args = p.parse_args(argv)
     out = args.results / f"cifar10_{args.model}_hw.json"
@@ -164,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         report["boards"][board] = {k: b[k] for k in ("fits", "total", "budget", "ddr", "onchip", "problems", "target_cycles")}
         report["boards"][board]["refusal"] = b.get("refusal")
         print(f"[cifar10_hw] build {board}: {time.perf_counter() - t0:.0f} s, fits: {b['fits']}", flush=True)
-    if report["boards"].get(args.sim_board, {}).get("fits"):
+    if args.no_sim:
+        if out.is_file() and json.loads(out.read_text()).get("simulation"):
+            report["simulation"] = json.loads(out.read_text())["simulation"]
+    elif report["boards"].get(args.sim_board, {}).get("fits"):
         ref = pick_images(ckpt, hw, args.sim_board, args.per_leaf, args.search)
         sim = run_host_sim(hw, len(ref["paths"]), ref, board=args.sim_board)
         sim["leaves"] = [path[-1] for path in ref["paths"]]

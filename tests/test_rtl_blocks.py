@@ -60,10 +60,14 @@ SUM_POOL = [
     dict(C=4, PE=1, N_PIXELS=16, IN_W=4, SIGNED=0),
     dict(C=8, PE=4, N_PIXELS=9, IN_W=5, SIGNED=1),      # N not a power of two, signed, PE > 1
     pytest.param(dict(C=6, PE=6, N_PIXELS=1, IN_W=3, SIGNED=0), marks=pytest.mark.slow),  # 1 pixel, PE = C
+    # MAX=1: PointNet's max over the points of a group (signed: the maximum of negatives is negative)
+    dict(C=8, PE=2, N_PIXELS=13, IN_W=4, SIGNED=1, MAX=1),
+    pytest.param(dict(C=4, PE=4, N_PIXELS=16, IN_W=8, SIGNED=0, MAX=1), marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.parametrize("p", SUM_POOL, ids=lambda p: "C{C}_PE{PE}_N{N_PIXELS}_W{IN_W}_S{SIGNED}".format(**p))
+@pytest.mark.parametrize("p", SUM_POOL, ids=lambda p: "C{C}_PE{PE}_N{N_PIXELS}_W{IN_W}_S{SIGNED}".format(**p)
+                         + ("_max" if p.get("MAX") else ""))
 def test_global_sum_pool(p):
     run_cocotb(rtl("global_sum_pool.sv"), "global_sum_pool", "sim.tb.test_global_sum_pool",
                parameters=p, config={**p, "frames": 4})

@@ -1,14 +1,17 @@
-// global_sum_pool: per-channel sum over all pixels of a frame (FINN GlobalAccPool, in RTL).
+// global_sum_pool: per-channel sum over all pixels of a frame (FINN GlobalAccPool, in RTL), or
+// with MAX = 1 the per-channel maximum (PointNet's max-pool over the points of a set abstraction).
 //
 // Input: one frame = N_PIXELS pixels in NHWC order, each pixel C/PE words, each word PE elements
 // of IN_W bits packed little-endian (element i at [i*IN_W +: IN_W]), channel = fold*PE + i.
 // Output: one frame = C/PE words, each PE sums of OUT_W = IN_W + clog2(N_PIXELS) bits, same packing
-// (FINN's GlobalAccPool output type). Padding bits of the output word are zero.
+// (FINN's GlobalAccPool output type); with MAX = 1, PE maxima of OUT_W = IN_W bits. Padding bits of
+// the output word are zero.
 //
 // Parameters
 //   C         channels                         PE        elements per word (C % PE == 0)
 //   N_PIXELS  pixels per frame (H*W)           IN_W      element width
-//   SIGNED    1: elements are two's complement INT<IN_W>, sums signed; 0: UINT
+//   SIGNED    1: elements are two's complement INT<IN_W>, sums (maxima) signed; 0: UINT
+//   MAX       0: sum (default); 1: maximum
 //   IN_WORD_W / OUT_WORD_W  stream word widths (default: PE*width rounded up to a multiple of 8)
 // Ports: ap_clk, ap_rst_n (active-low sync), in0_V_tdata/tvalid/tready, out0_V_tdata/tvalid/tready.
 // Protocol: AXI-stream, any valid/ready pattern. Partial sums live in a C/PE-entry memory; the
@@ -21,7 +24,8 @@ module global_sum_pool #(
   parameter int unsigned N_PIXELS   = 4,
   parameter int unsigned IN_W       = 8,
   parameter bit          SIGNED     = 0,
-  parameter int unsigned OUT_W      = IN_W + ((N_PIXELS > 1) ? $clog2(N_PIXELS) : 0),
+  parameter bit          MAX        = 0,
+  parameter int unsigned OUT_W      = IN_W + ((!MAX && N_PIXELS > 1) ? $clog2(N_PIXELS) : 0),
   parameter int unsigned IN_WORD_W  = ((PE*IN_W + 7) / 8) * 8,
   parameter int unsigned OUT_WORD_W = ((PE*OUT_W + 7) / 8) * 8
 )(
@@ -53,15 +57,18 @@ module global_sum_pool #(
   assign in0_V_tready = !last_px || !ov || out0_V_tready;
   wire take = in0_V_tvalid && in0_V_tready;
 
-  // lane-wise sum of the running partial sum and the new word
+  // lane-wise sum (or maximum) of the running partial result and the new word
   logic [PE*OUT_W-1:0] sum;
   always_comb begin
     for (int i = 0; i < PE; i++) begin
       logic [OUT_W-1:0] x, a;
+      logic             x_wins;
       if (SIGNED) x = OUT_W'($signed(in0_V_tdata[i*IN_W +: IN_W]));
       else        x = OUT_W'(in0_V_tdata[i*IN_W +: IN_W]);
-      a = first_px ? '0 : acc[fold][i*OUT_W +: OUT_W];
-      sum[i*OUT_W +: OUT_W] = a + x;
+      a = acc[fold][i*OUT_W +: OUT_W];
+      x_wins = SIGNED ? ($signed(x) > $signed(a)) : (x > a);
+      if (MAX) sum[i*OUT_W +: OUT_W] = (first_px || x_wins) ? x : a;
+      else     sum[i*OUT_W +: OUT_W] = (first_px ? '0 : a) + x;
     end
   end
 
