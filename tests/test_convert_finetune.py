@@ -194,6 +194,13 @@ def test_balance_loss_pulls_the_batch_toward_every_leaf_not_each_input_toward_un
     # Two inputs, each routed with certainty, to different leaves: the batch is balanced -> 0.
     certain_split = torch.log(torch.tensor([[1.0, 1e-9], [1e-9, 1.0]]))
     assert balance_loss(certain_split).item() == pytest.approx(0.0, abs=1e-6)
+    # Every input a coin toss balances the batch just as well, but scores log L / 2,
+    # and the gradient sharpens each input toward the leaf it already leans to.
+    logits = torch.tensor([[0.1, 0.0], [0.0, 0.1]], requires_grad=True)
+    uncertain = balance_loss(torch.log_softmax(logits, 1))
+    assert uncertain.item() == pytest.approx(0.5 * math.log(2), rel=1e-2)
+    uncertain.backward()
+    assert logits.grad[0, 0] < 0 < logits.grad[0, 1] and logits.grad[1, 1] < 0 < logits.grad[1, 0]
     # The whole batch on leaf 0: log L, and the gradient moves routing mass toward leaf 1.
     logits = torch.tensor([[4.0, -4.0], [4.0, -4.0]], requires_grad=True)
     collapsed = balance_loss(torch.log_softmax(logits, 1))
