@@ -9,6 +9,7 @@ conv (one matmul + bias + ReLU per layer), so their features equal PyTorch's to 
 
     bb = PointNetBackbone.load("backbone.npz")        # written by model.pointnet2.export_backbone
     xyz, feats = bb(points)                           # (B, N, C) -> (B, S2, 3), (B, S2, D2)
+    x = bb.fabric_input(points)                       # (B, 3 + D2, S2, 1): what the fabric quantises
 
 ``backbone.npz`` holds, per set abstraction ``sa1``/``sa2``: ``<sa>.npoint``, ``<sa>.radius``,
 ``<sa>.nsample`` and per layer ``<sa>.w<i>`` (out, in) and ``<sa>.b<i>`` (out,), float32.
@@ -97,6 +98,13 @@ class SetAbstraction:
         return new_xyz, x.max(axis=2)          # max over each group's K points
 
 
+def fabric_map(xyz: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    """SA2's centroids ``(B, S, 3)`` and features ``(B, S, D)`` -> the fabric's input map
+    ``(B, 3 + D, S, 1)``: per point its xyz then its features, channels first (as
+    ``quant.qpointnet.FabricInput`` lays out SA3's group-all input)."""
+    return np.ascontiguousarray(np.concatenate([xyz, feats], -1).transpose(0, 2, 1)[..., None])
+
+
 class PointNetBackbone:
     """SA1 + SA2 of a PointNet++ SSG: ``(B, N, C)`` float32 points (xyz first) -> the SA2 centroids
     ``(B, S2, 3)`` and features ``(B, S2, D2)``, the input of the tree's routed part."""
@@ -140,3 +148,7 @@ class PointNetBackbone:
         for sa in self.layers:
             xyz, feats = sa(xyz, feats)
         return xyz, feats
+
+    def fabric_input(self, points: np.ndarray) -> np.ndarray:
+        """``(B, N, C)`` points -> the float map the fabric's input quantizer takes (see :func:`fabric_map`)."""
+        return fabric_map(*self(points))

@@ -44,7 +44,7 @@ import torch
 
 from host.int_reference import IntegerTree
 
-from .export import drop_float_tail, tree_nodes
+from .export import drop_float_tail, fabric_inputs, tree_nodes
 
 ROUNDING_SLACK = 0.05  # in output integer units: how far a float executor's output may sit off the grid
 BOUNDARY_FLIP_FRACTION = 1e-3  # off-by-one values allowed from a float executor (boundary flips)
@@ -112,7 +112,7 @@ def check_export(export_dir: str | Path, qtree, x: torch.Tensor, finn_inputs: in
     modules = {node["name"]: node["module"] for node in tree_nodes(qtree)}
     ints: dict[str, np.ndarray] = {}
     report: dict[str, Any] = {"inputs": len(x), "nodes": {}}
-    q_in = ref.quantize_input(x.numpy())
+    q_in = ref.quantize_input(fabric_inputs(qtree, x).numpy())
     for name, node in ref.nodes.items():  # manifest order: every producer before its consumers
         src = q_in if node.info["input_node"] is None else ints[node.info["input_node"]]
         ints[name] = out = node.run(src)
@@ -124,7 +124,9 @@ def check_export(export_dir: str | Path, qtree, x: torch.Tensor, finn_inputs: in
             y = qonnx_exec.execute_onnx(model, {model.graph.input[0].name: src.astype(np.float32)})
             entry["qonnx"] = _compare(name, "qonnx's execution of the QONNX file",
                                                _integers(y[model.graph.output[0].name], node.info), out, accumulator)
-        if finn_inputs is None or finn_inputs > 0:
+        if not node.info["program"]:  # PointNet++'s fabric backbone only quantises: nothing to execute
+            entry["finn_exact_inputs"] = 0
+        elif finn_inputs is None or finn_inputs > 0:
             # One input at a time: qonnx's Im2Col (used in FINN's streamlined graphs) mixes up
             # images at batch > 1, and FINN itself always executes batch 1.
             model = drop_float_tail(ModelWrapper(str(root / node.info["finn_onnx"])))
@@ -144,7 +146,7 @@ def check_export(export_dir: str | Path, qtree, x: torch.Tensor, finn_inputs: in
 def end_to_end(ref: IntegerTree, qtree, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, Any]:
     """Hard-routed reference inference vs the Brevitas tree: class, leaf, logits (and the
     reference's Top-1 in % when ``labels`` are given)."""
-    result = ref.infer(x.numpy())
+    result = ref.infer(fabric_inputs(qtree, x).numpy())
     logits, leaves = qtree(x, mode="hard")
     logits = logits.numpy()
     same_class = float((result["classes"] == logits.argmax(1)).mean())

@@ -41,7 +41,7 @@ import torch.nn as nn
 
 from host.int_reference import FORMAT, MANIFEST, IntegerTree
 
-from .qtree import QuantizationError, QuantRouterNode, last_quant_relu
+from .qtree import QuantizationError, QuantRouterNode, last_quant_act, split_at_input_quant
 
 # The ops a node's integer program may contain; anything else left by streamlining means the
 # node is not fully integer and cannot be mapped.
@@ -69,8 +69,8 @@ def act_scale(relu: nn.Module) -> float:
     return float(relu.act_quant.scale())
 
 
-def act_datatype(relu: qnn.QuantReLU) -> str:
-    return f"UINT{int(relu.act_quant.bit_width())}"
+def act_datatype(act: qnn.QuantReLU | qnn.QuantIdentity) -> str:
+    return f"{'INT' if act.act_quant.is_signed else 'UINT'}{int(act.act_quant.bit_width())}"
 
 
 def projection_without_bias(router: QuantRouterNode) -> nn.Module:
@@ -83,15 +83,11 @@ def projection_without_bias(router: QuantRouterNode) -> nn.Module:
 
 def tree_nodes(qtree) -> Iterator[dict[str, Any]]:
     """Every node of a quantised tree with its export module and integer interface."""
-    if not isinstance(qtree.backbone[0], qnn.QuantIdentity):
-        raise QuantizationError("the tree is not quantised (its backbone has no input quantizer): "
-                                "run `sigmabranch quantize` first")
-    input_quant = qtree.backbone[0]
-    bits = int(input_quant.act_quant.bit_width())
-    backbone_out = last_quant_relu(qtree.backbone)
+    _, input_quant, fabric_backbone = split_at_input_quant(qtree.backbone)
+    backbone_out = last_quant_act(qtree.backbone)
     yield {"name": "backbone", "kind": "backbone", "input_node": None,
-           "module": IntegerInput(act_scale(input_quant), nn.Sequential(*list(qtree.backbone)[1:])),
-           "input_scale": act_scale(input_quant), "input_datatype": f"INT{bits}",
+           "module": IntegerInput(act_scale(input_quant), fabric_backbone),
+           "input_scale": act_scale(input_quant), "input_datatype": act_datatype(input_quant),
            "output_scale": act_scale(backbone_out), "output_datatype": act_datatype(backbone_out)}
     producer = {0: ("backbone", backbone_out)}  # node index of the current level -> (name, its last act)
     for level in range(qtree.depth):
@@ -105,7 +101,7 @@ def tree_nodes(qtree) -> Iterator[dict[str, Any]]:
             for child in (0, 1):
                 branch = 2 * node + child
                 module = qtree.specialisers[level][branch]
-                out_act = last_quant_relu(module)
+                out_act = last_quant_act(module)
                 name = IntegerTree.branch_name(level, branch)
                 yield {"name": name, "kind": "branch", "level": level, "index": branch, "input_node": source,
                        "module": IntegerInput(act_scale(source_act), module),
@@ -118,6 +114,27 @@ def tree_nodes(qtree) -> Iterator[dict[str, Any]]:
         yield {"name": IntegerTree.head_name(leaf), "kind": "head", "leaf": leaf, "input_node": source,
                "module": IntegerInput(act_scale(source_act), head),
                "input_scale": act_scale(source_act), "input_datatype": act_datatype(source_act)}
+
+
+@torch.no_grad()
+def fabric_inputs(qtree, x: torch.Tensor) -> torch.Tensor:
+    """The float tensor the tree's input quantizer sees: the images of a CNN tree; for PointNet++,
+    the processor's SA1 + SA2 output as the fabric's map (quant/qpointnet.py)."""
+    host, _, _ = split_at_input_quant(qtree.backbone)
+    return host.eval()(x) if len(host) else x
+
+
+def host_record(qtree, input_shape: tuple[int, ...], out: Path) -> dict[str, Any] | None:
+    """``tree.json``'s ``host``: what the processor computes before the fabric's input (PointNet++:
+    SA1 + SA2, written as ``host_backbone.npz`` for ``host/pointnet_backbone.py``), or None."""
+    host, _, _ = split_at_input_quant(qtree.backbone)
+    if not len(host):
+        return None
+    from model.pointnet2 import export_backbone
+    export_backbone(host[0], out / "host_backbone.npz")
+    return {"kind": "pointnet2_sa12", "file": "host_backbone.npz", "input_shape": list(input_shape),
+            "input_layout": "points-major (N, C), xyz first",
+            "output": "per SA2 centroid its xyz then its features, channels first: (3 + D2, S2, 1)"}
 
 
 # ------------------------------------------------------------------------------ QONNX and FINN+
@@ -334,6 +351,8 @@ def export_tree(qtree, input_shape: tuple[int, ...], out_dir: str | Path, progre
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     qtree.eval()
+    points_shape = tuple(input_shape)
+    input_shape = tuple(fabric_inputs(qtree, torch.zeros(1, *points_shape)).shape[1:])
     shapes = {}  # node name -> output shape, from a dry run of the Brevitas modules
     manifest_nodes = {}
     nodes = list(tree_nodes(qtree))
@@ -388,6 +407,9 @@ def export_tree(qtree, input_shape: tuple[int, ...], out_dir: str | Path, progre
                           "scale": manifest_nodes["backbone"]["input_scale"],
                           "quantize": "q = clip(round_half_even(float32(x) / scale)) on the host"},
                 "nodes": manifest_nodes}
+    host = host_record(qtree, points_shape, out)
+    if host is not None:
+        manifest["host"] = host
     (out / MANIFEST).write_text(readable_json(manifest))
     IntegerTree.load(out)  # the manifest must load and every program must give its declared shape
     return manifest
@@ -408,6 +430,6 @@ def run_export(checkpoint: str | Path, out_dir: str | Path, progress: bool = Tru
         raise CheckpointError(f"{checkpoint}: no input_shape recorded; re-run `sigmabranch quantize`")
     out = Path(out_dir)
     if (out / MANIFEST).exists():  # a stale node file from an earlier export must not survive
-        for stale in [*out.glob("*.onnx"), *out.glob("*.npz"), out / MANIFEST]:
+        for stale in [*out.glob("*.onnx"), *out.glob("*.npz"), out / MANIFEST]:  # host_backbone.npz too
             stale.unlink()
     return export_tree(qtree, tuple(ckpt["input_shape"]), out, progress=progress)

@@ -12,10 +12,11 @@ reference, so their decisions equal this model's on every input. The float route
 differ where rounding ``u``, ``c`` and the projection bias flips the sign of ``logit1 - logit0``:
 ``router_agreement`` measures how often it does not.
 
-Supported: trees of the edge CNN (conv/BN/ReLU/max-pool blocks) and of ResNets, whose blocks
+Supported: trees of the edge CNN (conv/BN/ReLU/max-pool blocks), of ResNets, whose blocks
 become :class:`QuantResidualBlock` (one signed quantizer shared by both inputs of the residual
-addition, so the sum is an integer sum). PointNet++ trees are refused: ball-query grouping has
-no FINN+ mapping.
+addition, so the sum is an integer sum), and of PointNet++, whose backbone stays float on the
+processor and whose routed part is quantised from the fabric's input on
+(:mod:`quant.qpointnet`).
 """
 from __future__ import annotations
 
@@ -111,11 +112,25 @@ def quantize_layers(module: nn.Module, preset: QuantPreset) -> nn.Module:
     return module
 
 
-def last_quant_relu(module: nn.Module) -> qnn.QuantReLU:
-    relus = [m for m in module.modules() if isinstance(m, qnn.QuantReLU)]
-    if not relus:
-        raise QuantizationError(f"{type(module).__name__} ends without a quantised ReLU to feed a router")
-    return relus[-1]
+def last_quant_act(module: nn.Module) -> qnn.QuantReLU | qnn.QuantIdentity:
+    """The quantizer whose integers leave ``module``: its last QuantReLU, or the input quantizer
+    of a backbone that only quantises (PointNet++'s, whose layers run on the processor)."""
+    acts = [m for m in module.modules() if isinstance(m, (qnn.QuantReLU, qnn.QuantIdentity))]
+    if not acts:
+        raise QuantizationError(f"{type(module).__name__} ends without a quantised activation to feed a router")
+    return acts[-1]
+
+
+def split_at_input_quant(backbone: nn.Sequential) -> tuple[nn.Sequential, qnn.QuantIdentity, nn.Sequential]:
+    """A quantised backbone as ``(host part, input quantizer, fabric part)``. CNN trees quantise the
+    image first (empty host part); a PointNet++ tree runs SA1 + SA2 on the processor and quantises
+    their output (empty fabric part: its routers and branches read the input stream)."""
+    layers = list(backbone) if isinstance(backbone, nn.Sequential) else []
+    first = next((i for i, m in enumerate(layers) if isinstance(m, qnn.QuantIdentity)), None)
+    if first is None:
+        raise QuantizationError("the tree is not quantised (its backbone has no input quantizer): "
+                                "run `sigmabranch quantize` first")
+    return nn.Sequential(*layers[:first]), layers[first], nn.Sequential(*layers[first + 1:])
 
 
 class QuantRouterNode(RouterNode):
@@ -150,15 +165,15 @@ class QuantRouterNode(RouterNode):
     @torch.no_grad()
     def pooled_sum_int(self, h: torch.Tensor) -> np.ndarray:
         """Integer sum over positions of the quantised input map (what the pooling block adds up)."""
-        if h.dim() != 4:
-            raise QuantizationError("integer routing needs (B, C, H, W) feature maps")
+        if h.dim() not in (2, 4):
+            raise QuantizationError(f"integer routing needs (B, C, H, W) maps or (B, C) vectors, got {tuple(h.shape)}")
         scale = float(self.input_act.act_quant.scale())
-        return torch.round(h.double().sum((2, 3)) / scale).long().numpy()
+        return torch.round((h.double().sum((2, 3)) if h.dim() == 4 else h.double()) / scale).long().numpy()
 
     def decide(self, h: torch.Tensor) -> torch.Tensor:
         if self.training:
             return super().decide(h)
-        ints = self.integer_params(h.shape[2] * h.shape[3])
+        ints = self.integer_params(h.shape[2] * h.shape[3] if h.dim() == 4 else 1)
         z_int = projection_int(self.pooled_sum_int(h), ints["weight_int"], ints["bias_int"])
         return torch.from_numpy(router_decision(z_int, ints["u_int"], ints["c_int"], ints["e_int"])).to(h.device)
 
@@ -170,16 +185,17 @@ class QuantRouterNode(RouterNode):
 def quantize_tree(tree: SigmaBranchTree, preset: QuantPreset) -> SigmaBranchTree:
     """A Brevitas copy of a float tree (weights copied; scales start from Brevitas' defaults)."""
     if str(tree.spec.get("dense_model", "")).startswith("pointnet"):
-        raise QuantizationError(f"quantisation supports CNN trees (edge_cnn, ResNet), not {tree.spec['dense_model']!r}: "
-                                "PointNet++'s ball-query grouping has no FINN+ mapping")
-    qtree = copy.deepcopy(tree)
-    quantize_layers(qtree, preset)
-    qtree.backbone = nn.Sequential(qnn.QuantIdentity(act_quant=IntInputPerTensorFloat, bit_width=preset.input_bits),
-                                   *qtree.backbone)
-    for level, nodes in enumerate(qtree.routers):
-        for node in range(len(nodes)):
-            source = qtree.backbone if level == 0 else qtree.specialisers[level - 1][node]
-            nodes[node] = QuantRouterNode(nodes[node], preset, last_quant_relu(source))
+        from .qpointnet import quantize_pointnet_tree
+        qtree = quantize_pointnet_tree(tree, preset)
+    else:
+        qtree = copy.deepcopy(tree)
+        quantize_layers(qtree, preset)
+        qtree.backbone = nn.Sequential(qnn.QuantIdentity(act_quant=IntInputPerTensorFloat, bit_width=preset.input_bits),
+                                       *qtree.backbone)
+        for level, nodes in enumerate(qtree.routers):
+            for node in range(len(nodes)):
+                source = qtree.backbone if level == 0 else qtree.specialisers[level - 1][node]
+                nodes[node] = QuantRouterNode(nodes[node], preset, last_quant_act(source))
     qtree.spec = {**tree.spec, "quant": {"name": preset.name, "weight_bits": preset.weight_bits,
                                          "act_bits": preset.act_bits, "input_bits": preset.input_bits}}
     return qtree
