@@ -87,6 +87,33 @@ def pick_images(ckpt: Path, hw: Path, board: str, per_leaf: int, search: int) ->
     return ref
 
 
+BRAM18_BITS = 18 * 1024   # with the parity bits: the most one BRAM18 can hold
+URAM_BITS = 288 * 1024
+
+
+def dense_on_chip(ckpt: Path, boards: list[str]) -> dict:
+    """Could the dense model be held on chip at all (the paper's premise: a model that cannot runs as
+    a tree)? A lower bound: its conv/linear weights at the tree's weight width, packed perfectly
+    into BRAM18 (and URAM), before any activation buffer, threshold memory or FIFO."""
+    import torch.nn as nn
+
+    from hls.boards import get_board
+    from model.checkpoint import load_checkpoint
+    from model.registry import create_model
+
+    spec = load_checkpoint(ckpt, kind="qtree")["spec"]
+    dense = create_model(spec["dense_model"], **spec["dense_args"])
+    elements = sum(m.weight.numel() for m in dense.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    bits = elements * int(spec["quant"]["weight_bits"])
+    out = {"model": spec["dense_model"], "weight_elements": elements, "weight_bits": bits, "boards": {}}
+    for name in boards:
+        board = get_board(name)
+        capacity = board.bram18 * BRAM18_BITS + board.uram * URAM_BITS
+        out["boards"][name] = {"min_bram18_equivalents": -(-bits // BRAM18_BITS), "bram18": board.bram18,
+                               "uram": board.uram, "share_of_onchip_memory": bits / capacity}
+    return out
+
+
 def table(report: dict) -> str:
     lines = [f"# CIFAR-10 {report['model']} tree on the FPGA flow (W4A4)", "",
              "| board | folding target (cycles) | fits | BRAM18 | URAM | LUT | DSP | tree DDR weight B / inference | "
@@ -113,6 +140,16 @@ def table(report: dict) -> str:
                       "simulation: the W4A4 tree's routing (bench/results/cifar10_<model>.md), not the hardware."]
         if s["mismatches"]:
             lines += ["", "Mismatches:", *[f"- {m}" for m in s["mismatches"]]]
+    d = report.get("dense_on_chip")
+    if d:
+        lines += ["", f"Dense {d['model']} on chip? Its conv/linear weights alone are {d['weight_elements']:,} x "
+                  f"{d['weight_bits'] // d['weight_elements']} bits = {d['weight_bits'] / 1e6:.2f} Mbit; packed perfectly "
+                  "(18 Kbit per BRAM18, 288 Kbit per URAM) that is at least "
+                  + "; ".join(f"{b['min_bram18_equivalents']:,} BRAM18 on {name} ({100 * b['share_of_onchip_memory']:.0f} % "
+                              f"of its {b['bram18']} BRAM18{' + ' + str(b['uram']) + ' URAM' if b['uram'] else ''})"
+                              for name, b in d["boards"].items())
+                  + ", before activation buffers, thresholds and FIFOs; the tree's whole on-chip part is in the "
+                  "table above."]
     c = report.get("check")
     if c:
         lines += ["", f"Export check (`sigmabranch export --check`, first {c['inputs']} test images): the integer "
@@ -158,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     report["check"] = export_stage(ckpt, hw, args.check_inputs)
     report["leaves_total"] = 2 ** int(json.loads((hw / "export" / "tree.json").read_text())["depth"])
+    report["dense_on_chip"] = dense_on_chip(ckpt, args.boards.split(","))
     print(f"[cifar10_hw] export + check: {time.perf_counter() - t0:.0f} s", flush=True)
     targets = {k: int(v) for k, v in (item.split("=") for item in args.target_cycles.split(",") if item)}
     for board in args.boards.split(","):
