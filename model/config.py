@@ -84,6 +84,10 @@ class QuantConfig:
     # (the float fine-tuning's responsibility loss), which moved ~70% of the demo's inputs to
     # another leaf at W4A4.
     route_distill: float = 1.0
+    # After QAT, refit each router's final linear (a logistic regression on the quantised tree's
+    # latents) to the float tree's decisions on this many training inputs (0 = off); with
+    # route_distill > 0 only. It costs nothing in hardware: the refit router folds into u and c.
+    router_refit_samples: int = 10000
 
 
 @dataclass

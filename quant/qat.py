@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
+from model.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint
 from model.config import TrainConfig
 from model.distributed import is_main_process
 from model.finetune import evaluate_tree, leaf_cross_entropy, tree_loss
@@ -85,6 +85,72 @@ def freeze_routers(tree: SigmaBranchTree) -> None:
 
 
 @torch.no_grad()
+def router_targets(qtree: SigmaBranchTree, teacher: SigmaBranchTree, dataset, samples: int, batch_size: int):
+    """Per router node (level-major): the quantised tree's latents of the inputs the float tree
+    routes through that node, and the float tree's decision there."""
+    qtree.eval(), teacher.eval()
+    depth, nodes = qtree.depth, 2 ** qtree.depth - 1
+    latents: list[list[torch.Tensor]] = [[] for _ in range(nodes)]
+    targets: list[list[torch.Tensor]] = [[] for _ in range(nodes)]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    seen = 0
+    for x, _ in loader:
+        x = x[:samples - seen]
+        leaf = teacher(x, mode="hard")[1]
+        node_latents: list[torch.Tensor] = []
+        qtree(x, mode="leaves", latents=node_latents)  # level-major, as the router nodes
+        for level in range(depth):
+            for node in range(2 ** level):
+                k = 2 ** level - 1 + node
+                mask = (leaf >> (depth - level)) == node
+                latents[k].append(node_latents[k][mask])
+                targets[k].append(((leaf[mask] >> (depth - 1 - level)) & 1).float())
+        seen += len(x)
+        if seen >= samples:
+            break
+    return [(torch.cat(z), torch.cat(t)) for z, t in zip(latents, targets)]
+
+
+def refit_routers(qtree: SigmaBranchTree, teacher: SigmaBranchTree, dataset, samples: int,
+                  batch_size: int) -> list[dict[str, float]]:
+    """Refit every router's final linear to the float tree's decisions on the quantised latents.
+
+    QAT moves the features under the frozen routers, and a decision on a small margin flips. The
+    router's final linear only matters through ``logit1 - logit0 = w.z + b`` (it folds into the
+    integer ``u`` and ``c``), so a logistic regression of the float decisions on the quantised
+    latents, started from the router's own ``w`` and ``b``, restores them where a hyperplane can;
+    it is kept only where it agrees more on these inputs. Returns per node the agreement before
+    and after."""
+    report = []
+    for k, (z, t) in enumerate(router_targets(qtree, teacher, dataset, samples, batch_size)):
+        level = (k + 1).bit_length() - 1
+        router = qtree.routers[level][k + 1 - 2 ** level].router
+        with torch.no_grad():
+            w0 = (router.weight[1] - router.weight[0]).detach().clone()
+            b0 = (router.bias[1] - router.bias[0]).detach().clone()
+        before = float(((z @ w0 + b0 > 0).float() == t).float().mean()) if len(t) else 1.0
+        if len(t) < 2 or t.min() == t.max():
+            report.append({"inputs": len(t), "agreement_before": before, "agreement_after": before})
+            continue
+        w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+        optimiser = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimiser.zero_grad()
+            loss = F.binary_cross_entropy_with_logits(z @ w + b, t)
+            loss.backward()
+            return loss
+        optimiser.step(closure)
+        with torch.no_grad():
+            after = float(((z @ w + b > 0).float() == t).float().mean())
+            if after > before:
+                router.weight[1] = router.weight[0] + w
+                router.bias[1] = router.bias[0] + b
+        report.append({"inputs": len(t), "agreement_before": before, "agreement_after": max(before, after)})
+    return report
+
+
+@torch.no_grad()
 def hard_leaves(tree: SigmaBranchTree, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     tree.eval()
     return torch.cat([tree(x[i:i + batch_size], mode="hard")[1] for i in range(0, len(x), batch_size)])
@@ -120,10 +186,22 @@ def run_quantize(tree_checkpoint: str | Path, cfg: TrainConfig, out_dir: str | P
     qtree.cpu().eval()
     x_test = torch.stack([data.test[i][0] for i in range(len(data.test))])
     float_leaves = hard_leaves(tree.cpu(), x_test)
+    refit = None
+    if cfg.quant.route_distill > 0 and cfg.quant.router_refit_samples > 0:
+        before = 100 * (hard_leaves(qtree, x_test) == float_leaves).double().mean().item()
+        refit = {"nodes": refit_routers(qtree, tree.cpu(), dataset_for(cfg, augment=False).train,
+                                        cfg.quant.router_refit_samples, cfg.eval_batch_size),
+                 "leaf_agreement_before": before}
+        if is_main_process():  # the checkpoint holds the refit routers (what export reads)
+            ckpt = load_checkpoint(Path(out_dir) / "checkpoint.pt", kind="qtree")
+            save_checkpoint(Path(out_dir) / "checkpoint.pt", **{**{k: v for k, v in ckpt.items() if k != "format"},
+                                                               "state_dict": qtree.state_dict()})
+        result.final.update(evaluate_tree(qtree, torch.utils.data.DataLoader(data.test, batch_size=cfg.eval_batch_size),
+                                          torch.device("cpu")))
     metrics = {**result.final, "bits": preset.name, "weight_bits": preset.weight_bits, "act_bits": preset.act_bits,
                "router_agreement": router_agreement(qtree, x_test),
                "leaf_agreement": 100 * (hard_leaves(qtree, x_test) == float_leaves).double().mean().item(),
-               "route_distill": cfg.quant.route_distill,
+               "route_distill": cfg.quant.route_distill, "router_refit": refit,
                "active_weight_bytes": active_weight_bytes(qtree, preset.weight_bits),
                "epochs": cfg.epochs, "train_seconds": sum(h["seconds"] for h in result.history)}
     if is_main_process():

@@ -15,8 +15,8 @@ from model.convert import convert, save_tree
 from model.registry import create_model
 from model.tree_layout import build_tree
 from quant.presets import get_preset
-from quant.qat import (active_weight_bytes, freeze_routers, qtree_from_checkpoint, routing_distillation_loss,
-                       run_quantize)
+from quant.qat import (active_weight_bytes, freeze_routers, hard_leaves, qtree_from_checkpoint, refit_routers,
+                       routing_distillation_loss, run_quantize)
 from quant.qtree import quantize_tree, router_agreement
 
 
@@ -201,6 +201,27 @@ def test_routing_distillation_targets_the_float_trees_routing_and_leaves_routers
     assert any(not torch.equal(v, qtree.backbone.state_dict()[k]) for k, v in backbone_before.items())
 
 
+def test_router_refit_restores_the_float_decisions_with_the_final_linear_only():
+    teacher, x = small_edge_tree()
+    qtree = quantize_tree(teacher, get_preset("w2a2")).train()   # coarse: many decisions flip
+    with torch.no_grad():
+        for _ in range(3):
+            qtree(x, mode="leaves")
+    qtree.eval()
+    float_leaves = hard_leaves(teacher.eval(), x)
+    before = (hard_leaves(qtree, x) == float_leaves).double().mean().item()
+    proj_before = copy.deepcopy([[r.proj.state_dict(), r.norm.state_dict()] for level in qtree.routers for r in level])
+    report = refit_routers(qtree, teacher, TensorDataset(x, torch.zeros(len(x))), samples=64, batch_size=16)
+    assert [r["inputs"] for r in report][0] == 64 and sum(r["inputs"] for r in report[1:]) == 64
+    assert all(r["agreement_after"] >= r["agreement_before"] for r in report)
+    after = (hard_leaves(qtree, x) == float_leaves).double().mean().item()
+    assert after >= before and (before < 1.0 and after > before)   # something to restore, and restored
+    # only each router's final linear moved: projections and LayerNorms are as they were
+    for (proj, norm), router in zip(proj_before, (r for level in qtree.routers for r in level)):
+        assert all(torch.equal(v, router.proj.state_dict()[k]) for k, v in proj.items())
+        assert all(torch.equal(v, router.norm.state_dict()[k]) for k, v in norm.items())
+
+
 @pytest.mark.slow
 def test_qat_runs_and_its_checkpoint_rebuilds(tmp_path):
     tree, _ = small_edge_tree()
@@ -213,6 +234,7 @@ def test_qat_runs_and_its_checkpoint_rebuilds(tmp_path):
     metrics = run_quantize(tmp_path / "tree.pt", cfg, tmp_path / "q", device="cpu")
     assert metrics["bits"] == "w4a4" and 0 <= metrics["router_agreement"] <= 1
     assert 0 <= metrics["leaf_agreement"] <= 100 and metrics["route_distill"] == 1.0
+    assert len(metrics["router_refit"]["nodes"]) == 3   # refit on by default, the checkpoint holds it
     assert metrics["active_weight_bytes"] == active_weight_bytes(tree, 4)
     qtree, _ = qtree_from_checkpoint(tmp_path / "q" / "checkpoint.pt")
     x = torch.randn(5, 1, 8, 8)
