@@ -138,8 +138,10 @@ def table(report: dict) -> str:
                     f"{tree['balance']:.3f} | - | {tree['epochs']} | {tree['train_seconds']:.0f} |")
     quant = report.get("quant")
     if quant:
+        refit = quant.get("router_refit") or {}
+        before = f" ({refit['leaf_agreement_before']:.1f} before the router refit)" if refit else ""
         rows.append(f"| tree {quant['bits']} | {quant['top1']:.2f} | - | {quant['balance']:.3f} | "
-                    f"{quant['leaf_agreement']:.1f} | {quant['epochs']} | {quant['train_seconds']:.0f} |")
+                    f"{quant['leaf_agreement']:.1f}{before} | {quant['epochs']} | {quant['train_seconds']:.0f} |")
     text = f"# CIFAR-10, {report['model']} (2 CPU cores)\n\n" + "\n".join(rows) + "\n"
     if report.get("depths"):
         text += ("\n## Tree depth (conversion only, before fine-tuning)\n\n"
