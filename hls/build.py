@@ -78,9 +78,12 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     out.mkdir(parents=True, exist_ok=True)
     paths = level_datapaths(manifest)
     hw = {}
-    for name in tqdm(list(manifest["nodes"]), desc=f"FINN+ HW layers ({board.name})", unit="node"):
+    # A backbone with an empty program (PointNet++: the processor computes it, the fabric's input
+    # is its output map) has no hardware: the input stream feeds the root router and level 0.
+    fabric = [n for n in manifest["nodes"] if n != "backbone" or manifest["nodes"][n]["program"]]
+    for name in tqdm(fabric, desc=f"FINN+ HW layers ({board.name})", unit="node"):
         hw[name] = to_hw_layers(ModelWrapper(str(export_dir / manifest["nodes"][name]["finn_onnx"])), board.part, name)
-    for name in ONCHIP_NODES:
+    for name in (n for n in ONCHIP_NODES if n in hw):
         hw[name] = fold(hw[name], target_cycles, folding_config).transform(SetWeightMemory(external=False,
                                                                                              ram_style=weight_ram))
     for path in paths:
@@ -110,7 +113,8 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
                       "tree_streamed_bytes": sum(e["ddr_bytes_per_inference"] for e in onchip),  # as placed
                       "input_bytes": int(np.prod(manifest["nodes"]["backbone"]["input_shape"])),  # INT8 image
                       "output_bytes": 4 * int(np.prod(head["output_shape"]))},  # INT32 accumulators
-              "weights": {k: weights[k] for k in ("file", "bytes", "crc32")}}
+              "weights": {k: weights[k] for k in ("file", "bytes", "crc32")},
+              "host_backbone": manifest.get("host")}   # PointNet++: SA1 + SA2 on the processor
     report["problems"] = check_budget(onchip, board)
     write_bundle(export_dir, out, manifest, report, weights, board)
     (out / "placement.json").write_text(json.dumps(report, indent=1))

@@ -30,8 +30,10 @@ def driver_json(manifest: dict[str, Any], report: dict[str, Any], weights: dict[
 
 def write_bundle(export_dir: Path, out: Path, manifest: dict[str, Any], report: dict[str, Any],
                  weights: dict[str, Any], board: Board) -> None:
-    """``<out>/export/`` (tree.json and every node's integer parameters) and ``<out>/driver.json``."""
+    """``<out>/export/`` (tree.json, every node's integer parameters, the processor's backbone if
+    any) and ``<out>/driver.json``."""
     (out / "export").mkdir(exist_ok=True)
-    for name in ["tree.json"] + [info["params_file"] for info in manifest["nodes"].values()]:
+    host = [manifest["host"]["file"]] if manifest.get("host") else []   # PointNet++: the processor's backbone
+    for name in ["tree.json"] + [info["params_file"] for info in manifest["nodes"].values()] + host:
         shutil.copy2(export_dir / name, out / "export" / name)
     (out / "driver.json").write_text(json.dumps(driver_json(manifest, report, weights, board), indent=1))

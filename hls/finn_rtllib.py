@@ -208,6 +208,12 @@ def fetcher_sources() -> list[Path]:
             lib / "cdma" / "cdma_u" / "axi_dma_rd_u.sv", fifo_source(), lib / "skid" / "skid.sv"]
 
 
+def dwc_sources() -> list[Path]:
+    """FINN+'s ``dwc_axi`` (stream width converter, any ratio) and the ``vpc`` under it."""
+    lib = patched_rtllib()
+    return [lib / "dwc" / "hdl" / "dwc_axi.sv", lib / "dwc" / "hdl" / "vpc.sv"]
+
+
 def fifo_source() -> Path:
     """FINN+'s ``fifo`` (the stitched design's feature-map and residual-path FIFOs)."""
     return patched_rtllib() / "fifo" / "hdl" / "fifo.sv"

@@ -16,6 +16,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from qonnx.transformation.base import Transformation
 
 from .errors import BuildError
@@ -69,6 +70,17 @@ class NhwcBoundaries(Transformation):
         for node in [n for n in model.graph.node if n.input and n.input[0] == graph_in]:
             if node.op_type == "Transpose" and list(_perm(node)) == [0, 2, 3, 1]:
                 _remove_node(model, node)
+        # A node reading a 1x1 map (after a global pool) flattens it first: the stream is the same
+        # C elements either way, so the node reads them as a vector.
+        first = model.graph.node[0]
+        shape = model.get_tensor_shape(graph_in)
+        if first.op_type == "Flatten" and first.input[0] == graph_in and int(np.prod(shape[2:])) == 1:
+            model.set_tensor_shape(graph_in, [shape[0], int(np.prod(shape[1:]))])
+            for consumer in model.find_consumers(first.output[0]) or []:
+                for i, name in enumerate(consumer.input):
+                    if name == first.output[0]:
+                        consumer.input[i] = graph_in
+            model.graph.node.remove(first)
         nodes = list(model.graph.node)
         # ... -> Transpose(NHWC->NCHW) -> MaxPool (NCHW) at the end: pool in NHWC instead.
         if len(nodes) >= 2 and nodes[-1].op_type == "MaxPool" and nodes[-2].op_type == "Transpose":

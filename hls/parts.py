@@ -45,7 +45,8 @@ import numpy as np
 
 from host.int_reference import IntegerTree
 from hls.filelock import file_lock
-from hls.finn_rtllib import ensure_finn_settings, fetcher_sources, fifo_source, memstream_sources, node_sources
+from hls.finn_rtllib import (dwc_sources, ensure_finn_settings, fetcher_sources, fifo_source, memstream_sources,
+                             node_sources)
 from hls.residual import path_fifo_depths, stream_order
 from hls.router_params import write_router_params
 from hls.stitch import RTL_DIR, StitchError, flat_stages, host_feed_wrapper, module_header, router_select_text
@@ -223,6 +224,8 @@ def _maxpool_stage(model, cig, pool, name: str) -> Stage:
     ifm = c.get_nodeattr("IFMDim")
     k = c.get_nodeattr("ConvKernelDim")
     stride = c.get_nodeattr("Stride")
+    if list(k) == list(ifm):
+        return _global_maxpool_stage(c, p, name)
     if ifm[0] != ifm[1] or k[0] != k[1] or list(stride) != list(k):
         raise StitchError(f"{pool.name}: only square, non-overlapping max-pooling maps to stream_maxpool "
                           f"(IFMDim {ifm}, kernel {k}, stride {stride})")
@@ -236,6 +239,42 @@ def _maxpool_stage(model, cig, pool, name: str) -> Stage:
     w = _rup8(pe_in * dt.bitwidth())
     return Stage(name, "stream_maxpool", w, w, upper=False, params=params, sources=[RTL_DIR / "stream_maxpool.sv"],
                  out_elem=(dt.bitwidth(), pe_in, dt.signed()), in_elem=(dt.bitwidth(), pe_in, dt.signed()))
+
+
+def _global_maxpool_stage(cig, pool, name: str) -> Stage:
+    """A max-pool whose window is the whole map (PointNet++'s max over the points, any H x W):
+    ``global_sum_pool`` with ``MAX=1`` (one output pixel, no window buffer)."""
+    ifm = cig.get_nodeattr("IFMDim")
+    pe_in, pe_out = cig.get_nodeattr("SIMD"), pool.get_nodeattr("PE")
+    if pe_in != pe_out:
+        raise StitchError(f"{pool.onnx_node.name}: the window generator's SIMD ({pe_in}) differs from the pool's PE "
+                          f"({pe_out}); global_sum_pool keeps one PE")
+    dt = cig.get_input_datatype(0)
+    params = dict(C=pool.get_nodeattr("Channels"), PE=pe_in, N_PIXELS=int(np.prod(ifm)), IN_W=dt.bitwidth(),
+                  SIGNED=int(dt.signed()), MAX=1)
+    w = _rup8(pe_in * dt.bitwidth())
+    return Stage(name, "global_sum_pool", w, w, upper=False, params=params, sources=[RTL_DIR / "global_sum_pool.sv"],
+                 out_elem=(dt.bitwidth(), pe_in, dt.signed()), in_elem=(dt.bitwidth(), pe_in, dt.signed()))
+
+
+def width_converter(src: tuple[int, int, bool], dst: tuple[int, int, bool], name: str) -> Stage | None:
+    """FINN+'s ``dwc_axi`` between two nodes whose streams carry the same elements in words of
+    different sizes (``src``/``dst``: (element bits, elements per word, signed)); None where they
+    already agree. Inside a node FINN+'s ``InsertDWC`` does this; between nodes nothing did."""
+    if src[:2] == dst[:2]:
+        return None
+    if src[0] != dst[0] or src[2] != dst[2]:
+        raise StitchError(f"{name}: a stream of {src[0]}-bit {'signed' if src[2] else 'unsigned'} elements feeds one "
+                          f"reading {dst[0]}-bit {'signed' if dst[2] else 'unsigned'} elements")
+    ibits, obits = src[0] * src[1], dst[0] * dst[1]
+    return Stage(name, "dwc_axi", _rup8(ibits), _rup8(obits), in_port="s_axis", out_port="m_axis", upper=False,
+                 params={"IBITS": ibits, "OBITS": obits}, sources=dwc_sources(), out_elem=dst, in_elem=src)
+
+
+def joined(src_elem: tuple[int, int, bool], stages: list[Stage], name: str) -> list[Stage]:
+    """``stages`` reading a stream of ``src_elem``: a width converter in front where they differ."""
+    dwc = width_converter(src_elem, stages[0].in_elem, name)
+    return [dwc, *stages] if dwc else stages
 
 
 def _sumpool_stage(model, node, name: str) -> Stage:
@@ -438,6 +477,8 @@ class TreeParts:
         self.tree = IntegerTree.load(self.build_dir / "export")
         self.manifest = self.tree.manifest
         self.part, self.clk_ns = self.driver["part"], float(self.driver["clk_ns"])
+        # PointNet++: the processor computes the backbone, the fabric's input is its output map
+        self.host_backbone = not self.manifest["nodes"]["backbone"]["program"]
         self._models: dict[tuple[str, str], Any] = {}
         ensure_finn_settings()
 
@@ -462,7 +503,10 @@ class TreeParts:
         return model
 
     def stages(self, node: str, prefix: str, layers: list[dict[str, Any]] | None = None):
-        """(prepared model, stages) of ``node``; its fetchers located in the region's ``layers``."""
+        """(prepared model, stages) of ``node``; its fetchers located in the region's ``layers``
+        (a backbone on the processor: no model, no stages)."""
+        if node == "backbone" and self.host_backbone:
+            return None, []
         model = self.prepared(node, prefix)
         stages = node_stages(model, prefix)
         names = {n.name: (node, n.name[len(prefix) + 1:]) for n in model.graph.node}
@@ -519,6 +563,7 @@ class TreeParts:
             out_elems = 1
         else:
             out_elems = self.n_out(below)
+        nstages = joined(bstages[-1].out_elem, nstages, f"l{level}_dwc_below")
         return Part(f"tree_l{level}", bstages + nstages, out_elems, tap=len(bstages) - 1, below=below)
 
     def whole_tree(self) -> TreePart:
@@ -526,23 +571,31 @@ class TreeParts:
         depth = self.tree.depth
         _, bb = self.stages("backbone", "bb")
         rr = self.router(0, 0).stages
+        # the stream the levels start from: the backbone's output, or the input (as the root router reads it)
+        src = bb[-1].out_elem if bb else rr[0].in_elem
+        rr = joined(src, rr, "rr_dwc")
         levels: list[LevelPart] = []
         for L in range(depth):
             nb = 2 ** (L + 1)
             per_branch = [self.stages(IntegerTree.branch_name(L, b), f"l{L}b", self.region(L, b)["layers"])[1]
                           for b in range(nb)]
-            bstages = shared_datapath(per_branch, self.work / f"l{L}b" / "sets")
+            bstages = joined(src, shared_datapath(per_branch, self.work / f"l{L}b" / "sets"), f"l{L}_dwc_in")
             below0 = self._below(L, 0)
             nmodel, nstages = self.stages(below0, f"l{L}n", self.region(L, 0)["layers"])
-            if any("Thresholding" in st.module for st in nstages):
-                raise NotImplementedError(f"{below0}: thresholds in the node below a branch are not stitched")
+            if L + 1 == depth:   # the leaf heads share the datapath too (a hidden FC layer: one threshold set each)
+                nstages = shared_datapath([nstages] + [self.stages(self._below(L, b), f"l{L}n", self.region(L, b)["layers"])[1]
+                                                       for b in range(1, nb)], self.work / f"l{L}n" / "sets")
+            elif any("Thresholding" in st.module for st in nstages):
+                raise NotImplementedError(f"{below0}: thresholds in a router are not stitched")
             if L + 1 < depth:
                 nstages.append(self._router_select(L, nmodel))
                 out_words = 1
             else:
                 out_words = self.manifest["num_classes"] // nstages[-1].out_elem[1]
+            nstages = joined(bstages[-1].out_elem, nstages, f"l{L}_dwc_below")
             in_node = "backbone" if L == 0 else IntegerTree.branch_name(L - 1, 0)
-            fmap_words = self.n_out(in_node) // (bb[-1].out_elem[1] if L == 0 else levels[-1].branch[-1].out_elem[1])
+            fmap_words = self.n_out(in_node) // src[1]
+            src = bstages[-1].out_elem
             lv = self.weights["levels"][L]
             levels.append(LevelPart(bstages, nstages, nb, lv["base"], lv["region_stride"], fmap_words, out_words))
-        return TreePart(bb, rr, levels, self.n_out("backbone") // bb[-1].out_elem[1])
+        return TreePart(bb, rr, levels, levels[0].fmap_words)

@@ -144,6 +144,8 @@ def onchip_parts(hw: dict[str, Any], paths: list[LevelDatapath], weights: dict[s
     onchip = []
     for label, names, streamed in [("backbone", ["backbone"], False), ("root router", ["router_0_0"], False)] + [
             (f"level {p.level} datapath (x1, serves {len(p.branches)} branches)", p.branches[0], True) for p in paths]:
+        if not all(n in hw for n in names):   # a backbone on the processor (PointNet++)
+            continue
         level = next((p for p in paths if p.branches[0] == names), None)
         sets = len(level.branches) if level else 1
         rows = [row for n in names for row in node_resources(hw[n], part, streamed, sets, buffered)]
@@ -199,6 +201,11 @@ def placement_table(report: dict[str, Any]) -> str:
     lines += ["", f"DDR bytes per inference: tree {d['tree_weight_bytes']} weights + {d['input_bytes']} input + "
               f"{d['output_bytes']} output; dense with the same placement {d['dense_weight_bytes']} weights "
               f"(ratio {d['tree_vs_dense']:.3f})."]
+    host = report.get("host_backbone")
+    if host:
+        lines += ["", f"The backbone runs on the processor ({host['kind']}: host/pointnet_backbone.py, numpy, from "
+                  f"`export/{host['file']}`); the fabric's input is its output map, {d['input_bytes']} INT8 bytes per "
+                  "inference, read by the root router and the level-0 datapath."]
     if not buffered:
         lines += ["", f"weight_buffer='none': the levels keep no weights on chip and re-read each layer's set for "
                   f"every pixel: {d['tree_streamed_bytes']} weight bytes read per inference "

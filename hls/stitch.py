@@ -409,11 +409,13 @@ def write_tree_top(path: Path, name: str, tree: TreePart, host_fetch: bool = Fal
     depth = len(levels)
     body: list[str] = []
     ctx = ChainContext()
-    bb_w = backbone[-1].out_w
-    body.append(_wire("bb_out", bb_w))
-    chain_body(backbone, "in0_V", "bb_out", "bb", body, ctx)
+    first = (backbone or tree.root_router)[0]  # a backbone on the processor (PointNet++): the input feeds the fork
+    bb_w = backbone[-1].out_w if backbone else first.in_w
+    if backbone:
+        body.append(_wire("bb_out", bb_w))
+        chain_body(backbone, "in0_V", "bb_out", "bb", body, ctx)
     body += [_wire("f0a", bb_w), _wire("f0b", bb_w), _wire("lv0_in", bb_w), _wire("dec0", 16)]
-    body += _fork("fork0", bb_w, "bb_out", "f0a", "f0b")
+    body += _fork("fork0", bb_w, "bb_out" if backbone else "in0_V", "f0a", "f0b")
     body += _fifo("fmap0", bb_w, max(2, tree.bb_words), "f0b", "lv0_in")
     chain_body(tree.root_router, "f0a", "dec0", "rr", body, ctx)
     ranges = []
@@ -491,7 +493,7 @@ def write_tree_top(path: Path, name: str, tree: TreePart, host_fetch: bool = Fal
     lb = max(1, (levels[-1].n_branches - 1).bit_length())
     body += [f"\tassign leaf = branch_{depth - 1};", f"\tassign leaf_valid = busy_{depth - 1};"]
     ports = ["\tinput ap_clk", "\tinput ap_rst_n",
-             f"\tinput [{backbone[0].in_w - 1}:0] in0_V_tdata", "\tinput in0_V_tvalid", "\toutput in0_V_tready",
+             f"\tinput [{first.in_w - 1}:0] in0_V_tdata", "\tinput in0_V_tvalid", "\toutput in0_V_tready",
              f"\toutput [{levels[-1].below[-1].out_w - 1}:0] out0_V_tdata", "\toutput out0_V_tvalid",
              "\tinput out0_V_tready", f"\tinput [{ADDR_W - 1}:0] weights_base",
              f"\toutput [{lb - 1}:0] leaf", "\toutput leaf_valid"] + AXI_PORTS
@@ -501,5 +503,5 @@ def write_tree_top(path: Path, name: str, tree: TreePart, host_fetch: bool = Fal
             + ",\n".join(ports) + "\n);\n" + "\n".join(body) + "\nendmodule\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    return {"module": name, "n_fetchers": n_fetch, "fetchers_per_level": ranges, "in_w": backbone[0].in_w,
-            "in_elem": backbone[0].in_elem, "out_elem": levels[-1].below[-1].out_elem}
+    return {"module": name, "n_fetchers": n_fetch, "fetchers_per_level": ranges, "in_w": first.in_w,
+            "in_elem": first.in_elem, "out_elem": levels[-1].below[-1].out_elem}

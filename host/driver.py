@@ -62,7 +62,7 @@ class Bundle:
         root = Path(root)
         driver = _read_json(root / "driver.json", "sigmabranch-driver/1")
         weights = _read_json(root / driver.get("weights", "weights.json"), "sigmabranch-weights/1")
-        manifest = read_manifest((root / driver.get("manifest", "export/tree.json")).parent)
+        manifest = read_manifest(root / Path(driver.get("manifest", "export/tree.json")).parent)
         image_path = root / weights.get("file", "weights.bin")
         if not image_path.is_file():
             raise BundleError(f"{image_path} not found (the DDR weight image of the build)")
@@ -73,6 +73,11 @@ class Bundle:
     @property
     def depth(self) -> int:
         return int(self.manifest["depth"])
+
+    @property
+    def manifest_dir(self) -> Path:
+        """The export folder of the bundle (tree.json and the files it names)."""
+        return self.root / Path(self.driver.get("manifest", "export/tree.json")).parent
 
     def region(self, level: int, branch: int) -> dict[str, Any]:
         return self.weights["levels"][level]["regions"][branch]
@@ -184,6 +189,13 @@ class SigmaBranchOverlay:
         self._head_bias = np.array([np.asarray(h.get("output_bias", 0.0), dtype=np.float64)
                                     * np.ones(self.bundle.manifest["num_classes"]) for h in heads])
         self._counts = [np.zeros(2 ** (level + 1), dtype=np.int64) for level in range(self.depth)]
+        # PointNet++: the processor runs SA1 + SA2 (numpy) and streams their output map to the fabric
+        host = self.bundle.manifest.get("host")
+        self.host_backbone = None
+        if host:
+            from .pointnet_backbone import PointNetBackbone
+            self.host_backbone = PointNetBackbone.load(self.bundle.manifest_dir / host["file"])
+        self.host_seconds = 0.0    # the processor's part of the last execute()
         self.prior = None  # optional per-level branch counts to start the prefetch predictor from
 
     # -- load-time checks
@@ -208,10 +220,29 @@ class SigmaBranchOverlay:
                                    + f" (from {self.bundle.root / self.bundle.weights.get('file', 'weights.bin')})")
 
     # -- inputs
-    def quantize(self, x: np.ndarray) -> np.ndarray:
-        """Float ``(N, C, H, W)`` or already-quantised integers -> checked int64 ``(N, C, H, W)``."""
-        inp = self.bundle.manifest["input"]
+    def fabric_input(self, x: np.ndarray) -> np.ndarray:
+        """What the fabric takes: ``x`` itself, or for a PointNet++ tree float point clouds
+        ``(N, P, C)`` (or one ``(P, C)``) through the processor's backbone (timed: ``host_seconds``)."""
         x = np.asarray(x)
+        host = self.bundle.manifest.get("host")
+        if self.host_backbone is None or x.dtype.kind != "f":
+            return x
+        expected = tuple(host["input_shape"])
+        if x.ndim == len(expected):
+            x = x[None]
+        if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+            raise InputError(f"point clouds of shape {x.shape}, expected (N, {', '.join(map(str, expected))}) "
+                             f"({host['input_layout']})")
+        t0 = time.perf_counter()
+        fabric = self.host_backbone.fabric_input(x)
+        self.host_seconds = time.perf_counter() - t0
+        return fabric
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Float ``(N, C, H, W)`` (point clouds ``(N, P, C)`` for PointNet++) or already-quantised
+        integers -> checked int64 ``(N, C, H, W)``."""
+        inp = self.bundle.manifest["input"]
+        x = self.fabric_input(x)
         expected = tuple(inp["shape"])
         if x.ndim == len(expected):
             x = x[None]
@@ -356,6 +387,7 @@ class SigmaBranchOverlay:
         ``leaves``, ``paths`` (branch per level), ``logits``, ``acc``, ``bytes`` (per inference:
         ``weights``, ``weights_by_level``, ``wasted``, ``input``, ``output``) and ``latency``
         (per inference, in ``latency_unit``)."""
+        self.host_seconds = 0.0
         q = self.quantize(x)
         prepare = getattr(self.hw, "prepare", None)
         if prepare is not None:  # a simulator may run the whole batch at once (results replayed per inference)
@@ -382,7 +414,8 @@ class SigmaBranchOverlay:
                           "input": np.array([r["input"] for r in runs], dtype=np.int64),
                           "output": np.array([r["output"] for r in runs], dtype=np.int64)},
                 "latency": np.array([r["latency"] for r in runs], dtype=np.float64),
-                "latency_unit": self.hw.clock_unit}
+                "latency_unit": self.hw.clock_unit,
+                "host_seconds_per_inference": self.host_seconds / n if n and self.host_backbone else 0.0}
 
     def path_bytes(self) -> int:
         """Weight bytes one inference moves without speculation: one region per level."""

@@ -4,7 +4,9 @@
                        [--strategy serial|prefetch] [--limit N] [--json out.json]
 
 ``samples.npz`` holds ``x`` (float ``(N, C, H, W)`` as the model takes it, quantised here; or
-integers already quantised) and optionally ``y`` (labels). numpy (and ``pynq`` on a board) only:
+integers already quantised) and optionally ``y`` (labels). A PointNet++ bundle also takes point
+clouds (``--inputs airplane_0627.txt``, a ``.npy``, or a folder of them): the processor runs
+SA1 + SA2 (``host/pointnet_backbone.py``) and streams their output map to the fabric. numpy (and ``pynq`` on a board) only:
 copy ``build/<board>/`` and ``host/`` to the board and run this there (docs/host.md).
 
 ``--backend sim`` runs the same driver in simulation (off-board, from the repository:
@@ -44,6 +46,51 @@ def load_samples(path: str | Path, limit: int | None = None) -> tuple[np.ndarray
     if limit is not None:
         x, y = x[:limit], (None if y is None else y[:limit])
     return x, y
+
+
+CLOUD_SUFFIXES = (".npy", ".txt")
+
+
+def load_point_clouds(path: str | Path, bundle: str | Path, limit: int | None = None) -> np.ndarray:
+    """Point clouds for a PointNet++ bundle, normalised as in training: one ModelNet40 ``.txt`` or
+    ``.npy`` cloud ``(P, C)``, a ``.npy`` batch ``(N, P, C)``, or a folder of such files (sorted by
+    name). ``P`` and ``C`` are the bundle's (``tree.json``'s ``host.input_shape``)."""
+    from host.int_reference import read_manifest
+    from host.pointcloud import PointCloudError, load_point_cloud, normalize_to_unit_sphere
+
+    path = Path(path)
+    host = read_manifest(Path(bundle) / "export").get("host")
+    if not host:
+        raise ValueError(f"{path}: point clouds are for a PointNet++ bundle; {bundle} takes images (a samples.npz)")
+    points, channels = (int(v) for v in host["input_shape"])
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.suffix in CLOUD_SUFFIXES)[:limit]
+        if not files:
+            raise FileNotFoundError(f"{path}: no .txt or .npy point clouds in this folder")
+        return np.stack([load_point_cloud(f, points, channels) for f in files])
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    if path.suffix == ".npy":
+        try:
+            batch = np.load(path, allow_pickle=False, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise PointCloudError(f"cannot read {str(path)!r}: {err}") from err
+        if batch.ndim == 3:
+            if batch.shape[1] < points or batch.shape[2] < channels:
+                raise PointCloudError(f"{str(path)!r}: shape {batch.shape}, expected (N, P >= {points}, C >= {channels})")
+            batch = np.asarray(batch[:limit, :points, :channels], dtype=np.float32)
+            if not np.isfinite(batch).all():
+                raise PointCloudError(f"{str(path)!r}: NaN or infinite coordinates")
+            return normalize_to_unit_sphere(batch)
+    return load_point_cloud(path, points, channels)[None]
+
+
+def load_inputs(path: str | Path, bundle: str | Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A ``samples.npz`` (``x``, optionally ``y``), or point clouds (:func:`load_point_clouds`)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix in CLOUD_SUFFIXES:
+        return load_point_clouds(path, bundle, limit), None
+    return load_samples(path, limit)
 
 
 class _Progress:
@@ -120,6 +167,8 @@ def summarize(out: dict[str, Any], y: np.ndarray | None, overlay: SigmaBranchOve
     }
     d = report["ddr_bytes_per_inference"]
     d["total"] = d["weights"] + d["input"] + d["output"]
+    if out.get("host_seconds_per_inference"):   # PointNet++: SA1 + SA2 on this processor, numpy
+        report["host_backbone_ms_per_inference"] = 1e3 * out["host_seconds_per_inference"]
     return report
 
 
@@ -135,6 +184,8 @@ def print_report(r: dict[str, Any]) -> None:
     kind = "modelled" if lat["modelled"] else "simulated" if lat.get("simulated") else "measured"
     print(f"latency per inference ({kind}): mean {lat['mean']:.0f} {lat['unit']} ({lat['mean_us']:.1f} us), "
           f"p50 {lat['p50']:.0f}, max {lat['max']:.0f}")
+    if "host_backbone_ms_per_inference" in r:
+        print(f"processor backbone (SA1 + SA2, numpy, this CPU): {r['host_backbone_ms_per_inference']:.2f} ms per inference")
 
 
 def run_bundle(bundle: str | Path, inputs: str | Path | tuple[np.ndarray, np.ndarray | None], *,
@@ -151,7 +202,7 @@ def run_bundle(bundle: str | Path, inputs: str | Path | tuple[np.ndarray, np.nda
     ``FileNotFoundError``, ``KeyError`` or ``ValueError`` for what it cannot run."""
     bundle = Path(bundle)
     if isinstance(inputs, (str, Path)):
-        x, y = load_samples(inputs, limit)
+        x, y = load_inputs(inputs, bundle, limit)
     else:
         x, y = inputs
         x = np.asarray(x)
@@ -180,7 +231,9 @@ def run_bundle(bundle: str | Path, inputs: str | Path | tuple[np.ndarray, np.nda
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="host/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", required=True, type=Path, help="build/<board> folder written by `sigmabranch build`")
-    p.add_argument("--inputs", required=True, type=Path, help="samples.npz with x (and optionally y)")
+    p.add_argument("--inputs", required=True, type=Path,
+                   help="samples.npz with x (and optionally y); for a PointNet++ bundle also point clouds: a "
+                        "ModelNet40 .txt or .npy file, an (N, P, C) .npy batch, or a folder of them")
     p.add_argument("--backend", default="board", choices=list(BACKENDS))
     p.add_argument("--strategy", default="serial", choices=STRATEGIES)
     p.add_argument("--fetch-mode", choices=["host", "onchip"],

@@ -76,8 +76,9 @@ class Timing:
         placement_path = root / "placement.json"
         if placement_path.is_file():
             parts = json.loads(placement_path.read_text())["onchip"]
-            cycles = [sum(int(row["cycles"]) for row in part["layers"]) for part in parts]
-            backbone, levels = cycles[0] + cycles[1], cycles[2:]
+            cycles = [(part["streamed"], sum(int(row["cycles"]) for row in part["layers"])) for part in parts]
+            # on chip: backbone (none where the processor computes it) + root router; streamed: the levels
+            backbone, levels = sum(c for streamed, c in cycles if not streamed), [c for streamed, c in cycles if streamed]
         else:  # no estimate: compute takes no time, fetches still do
             backbone, levels = 0, [0] * depth
         return cls(clk_ns=clk_ns, bytes_per_cycle=bpc, setup_cycles=int(np.ceil(board["ddr_first_word_ns"] / clk_ns)),
