@@ -114,16 +114,21 @@ def dense_on_chip(ckpt: Path, boards: list[str]) -> dict:
     return out
 
 
-def table(report: dict) -> str:
-    lines = [f"# CIFAR-10 {report['model']} tree on the FPGA flow (W4A4)", "",
-             "| board | folding target (cycles) | fits | BRAM18 | URAM | LUT | DSP | tree DDR weight B / inference | "
+def board_table(boards: dict) -> list[str]:
+    """Markdown rows per board: folding target, fit, FINN+'s totals against the budget, DDR bytes."""
+    lines = ["| board | folding target (cycles) | fits | BRAM18 | URAM | LUT | DSP | tree DDR weight B / inference | "
              "dense (same placement) | ratio |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for board, b in report["boards"].items():
+    for board, b in boards.items():
         t, bud, d = b["total"], b["budget"], b["ddr"]
         lines.append(f"| {board} | {b['target_cycles']:,} | {'yes' if b['fits'] else 'no'} | {t['BRAM_18K']} / {bud['BRAM_18K']} | "
                      f"{t['URAM']} / {bud['URAM']} | {t['LUT']} / {bud['LUT']} | {t['DSP']} / {bud['DSP']} | "
                      f"{d['tree_weight_bytes']:,} | {d['dense_weight_bytes']:,} | {d['tree_vs_dense']:.3f} |")
+    return lines
+
+
+def table(report: dict) -> str:
+    lines = [f"# CIFAR-10 {report['model']} tree on the FPGA flow (W4A4)", "", *board_table(report["boards"])]
     s = report.get("simulation")
     if s:
         lines += ["", f"Whole design behind AXI on {s['board']} (Verilator, `host/run.py --backend sim`, the driver "

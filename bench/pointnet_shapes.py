@@ -1,14 +1,15 @@
 """The PointNet++ tree on the embedded procedural shapes, down to the fabric's integer programs, and
 its processor half (SA1 + SA2 in numpy) timed here and modelled for the boards' ARM cores.
 
-    .venv/bin/python bench/pointnet_shapes.py                 # all stages, resumable (~15 min on 2 cores)
+    .venv/bin/python bench/pointnet_shapes.py                 # all stages, resumable (~30 min on 2 cores)
     .venv/bin/python bench/pointnet_shapes.py --report-only   # the .md again from the .json
 
 Stages, each skipped once its output exists, in ``<work>`` (default ``runs/pointnet_shapes``):
 ``dense/`` (configs/pointnet2_small_shapes.yaml), ``tree/`` (convert + soft-routing fine-tuning,
 configs/pointnet2_tree_shapes.yaml), ``quant/`` (W4A4 QAT of the routed part,
 configs/pointnet2_quant_shapes.yaml), ``export/`` (QONNX per node, integer programs,
-``host_backbone.npz``; ``check.json``: integer reference vs Brevitas, qonnx and FINN+).
+``host_backbone.npz``; ``check.json``: integer reference vs Brevitas, qonnx and FINN+); the same
+for W8A8 in ``quant_w8a8/`` and ``export_w8a8/`` (``--bits``).
 
 Then the processor: ``host/pointnet_backbone.py`` on every test cloud (batch 1, one thread), its
 time split into sampling + grouping (farthest-point sampling, ball query, gathers) and the shared
@@ -16,11 +17,17 @@ MLPs, and how often its output, quantised, gives the Brevitas tree's leaf and cl
 integer reference. The ARM model (no board here): the MLPs' MACs at an assumed sustained NEON rate,
 the rest (numpy loops and gathers, bound by instruction throughput) at this CPU's measured time
 times an assumed per-core slowdown; both assumptions are printed with the result
-(:data:`ARM_CORES`). Results: ``bench/results/pointnet_shapes.json`` and ``.md``.
+(:data:`ARM_CORES`).
+
+Then the hardware (``--no-hw`` skips it): the W4A4 export built for each board (``build/<board>``),
+two test clouds per leaf through the host driver on the whole design behind AXI (Verilator), bit-exact
+against the integer reference, DDR bytes served against the path's bytes. Results:
+``bench/results/pointnet_shapes.json`` and ``.md``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -52,7 +59,7 @@ def stage(name: str, done: Path, run) -> None:
     print(f"[pointnet] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def run_stages(work: Path, check_inputs: int) -> None:
+def run_stages(work: Path, check_inputs: int, bits: tuple[str, ...] = ("w4a4",)) -> None:
     from baselines.compare import run_tree_stage
     from model.config import load_config
     from model.dense import train_dense
@@ -66,15 +73,45 @@ def run_stages(work: Path, check_inputs: int) -> None:
         cfg["small"], work / "dense", resume=resumable(work / "dense" / "checkpoint.pt", cfg["small"])))
     stage("tree", work / "tree" / "finetune" / "metrics.json", lambda: write_json(
         work / "tree" / "metrics.json", run_tree_stage(work / "dense" / "checkpoint.pt", cfg["tree"], work / "tree")))
-    stage("quant", work / "quant" / "metrics.json", lambda: run_quantize(
-        work / "tree" / "finetune" / "checkpoint.pt", cfg["quant"], work / "quant",
-        resume=resumable(work / "quant" / "checkpoint.pt", cfg["quant"])))
-    stage("export", work / "export" / "tree.json", lambda: run_export(work / "quant" / "checkpoint.pt", work / "export"))
+    for preset in bits:   # W4A4 in quant/ and export/ (what the hardware stages build), others beside
+        sfx = "" if preset == "w4a4" else f"_{preset}"
+        qcfg = dataclasses.replace(cfg["quant"], quant=dataclasses.replace(cfg["quant"].quant, bits=preset))
+        quant, export = work / f"quant{sfx}", work / f"export{sfx}"
+        stage(f"quant {preset}", quant / "metrics.json", lambda: run_quantize(
+            work / "tree" / "finetune" / "checkpoint.pt", qcfg, quant, resume=resumable(quant / "checkpoint.pt", qcfg)))
+        stage(f"export {preset}", export / "tree.json", lambda: run_export(quant / "checkpoint.pt", export))
 
-    def check() -> None:
-        report = run_check(work / "quant" / "checkpoint.pt", work / "export", limit=check_inputs, finn_inputs=4)
-        (work / "export" / "check.json").write_text(json.dumps(report, indent=1))
-    stage("check", work / "export" / "check.json", check)
+        def check() -> None:
+            report = run_check(quant / "checkpoint.pt", export, limit=check_inputs, finn_inputs=4)
+            (export / "check.json").write_text(json.dumps(report, indent=1))
+        stage(f"check {preset}", export / "check.json", check)
+
+
+def hardware(work: Path, boards: list[str], targets: dict[str, int], sim_board: str, per_leaf: int) -> dict:
+    """The W4A4 export built for each board (``build/<board>``), ``per_leaf`` test clouds per leaf
+    through the host driver on the whole design behind AXI (``--backend sim``: the processor's
+    numpy backbone, then the Verilator model), against the ``ref`` backend: bit-exact, DDR bytes
+    served = the path's bytes (the steps of bench/cifar10_hw.py, on this work folder)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from cifar10_hw import build_stage, pick_images
+
+    from sigmabranch.pipeline import run_host_sim
+
+    out = {"boards": {}}
+    for board in boards:
+        b = build_stage(work, board, targets.get(board))
+        out["boards"][board] = {k: b.get(k) for k in ("fits", "refusal", "total", "budget", "ddr", "onchip",
+                                                       "target_cycles")}
+    if out["boards"].get(sim_board, {}).get("fits"):
+        ckpt = work / "quant" / "checkpoint.pt"
+        ref = pick_images(ckpt, work, sim_board, per_leaf, search=10 ** 9)   # every test cloud searched
+        sim = run_host_sim(work, len(ref["paths"]), ref, board=sim_board)
+        sim["leaves"] = [path[-1] for path in ref["paths"]]
+        sim["leaf_usage_in_search"] = ref["leaf_usage_in_search"]
+        sim["host_backbone_ms_per_inference"] = json.loads(Path(sim["report"]).read_text()).get(
+            "host_backbone_ms_per_inference")
+        out["simulation"] = sim
+    return out
 
 
 def time_processor(export: Path, clouds: np.ndarray) -> dict:
@@ -144,12 +181,14 @@ def table(r: dict) -> str:
              f"{m['dense'].get('train_seconds', 0):.0f} |",
              f"| tree, depth 2, hard routing | {m['tree']['top1']:.2f} | {m['tree']['balance']:.3f} | | "
              f"{m['tree'].get('epochs', '')} | {m['tree'].get('train_seconds', 0):.0f} |",
-             f"| W4A4 tree (fabric part) | {m['quant']['top1']:.2f} | {m['quant']['balance']:.3f} | "
-             f"{m['quant']['leaf_agreement']:.1f} | {m['quant']['epochs']} | {m['quant']['train_seconds']:.0f} |", ""]
-    c = r["check"]
-    lines += [f"Export check on {c['inputs']} test clouds: the integer reference gives the Brevitas tree's class for "
-              f"{100 * c['same_class']:.1f}% and its leaf for {100 * c['same_leaf']:.1f}% of them (every node also "
-              "against qonnx and, on 4 clouds, FINN+'s execution of the streamlined graph: integer-equal).", ""]
+             *[f"| {q['bits'].upper()} tree (fabric part) | {q['top1']:.2f} | {q['balance']:.3f} | "
+               f"{q['leaf_agreement']:.1f} | {q['epochs']} | {q['train_seconds']:.0f} |"
+               for q in [m["quant"]] + [m[k] for k in sorted(m) if k.startswith("quant_")]], ""]
+    for bits, c in r["checks"].items():
+        lines += [f"Export check, {bits.upper()}, on {c['inputs']} test clouds: the integer reference gives the Brevitas "
+                  f"tree's class for {100 * c['same_class']:.1f}% and its leaf for {100 * c['same_leaf']:.1f}% of them "
+                  "(every node also against qonnx and, on 4 clouds, FINN+'s execution of the streamlined graph: "
+                  "integer-equal).", ""]
     p = r["parity"]
     lines += [f"Processor path (`host/pointnet_backbone.py`, numpy) -> quantise -> integer reference, against the "
               f"Brevitas tree on all {p['clouds']} test clouds: same leaf {100 * p['same_leaf']:.1f}%, same class "
@@ -167,6 +206,23 @@ def table(r: dict) -> str:
               "(MACs per cycle x clock) x 25 % (what numpy's sgemm sustains on small matrices), plus this CPU's "
               "sampling/grouping time x the assumed per-core slowdown (clock ratio x instructions per clock). "
               "Measure on the board with `host/pointnet_backbone.py` to replace them."]
+    hw = r.get("hardware")
+    if hw:
+        sys.path.insert(0, str(REPO / "bench"))
+        from cifar10_hw import board_table
+        lines += ["", "## The routed part on the fabric (W4A4, `sigmabranch build`)", "", *board_table(hw["boards"])]
+        s = hw.get("simulation")
+        if s:
+            lines += ["", f"Whole design behind AXI on {s['board']} (Verilator; `host/run.py --backend sim`, the driver "
+                      f"unchanged, taking the point clouds: SA1 + SA2 in numpy on the processor, "
+                      f"{s['host_backbone_ms_per_inference']:.2f} ms per cloud here, then the fabric): {s['inputs']} test "
+                      f"clouds reaching leaves {s['leaves']} (leaf usage over the test set {s['leaf_usage_in_search']}); "
+                      f"bit-exact against the integer reference: **{s['bitexact']}**; DDR weight bytes served = the "
+                      f"path's bytes: **{s['bytes_equal_path']}** ({sorted(set(s['ddr_weight_bytes_per_inference']))}); "
+                      f"{s['cycles_per_inference']:,.0f} cycles per inference on the fabric ({s['latency_us']:.1f} us); "
+                      f"Verilator build {s['build_seconds']:.0f} s, simulation {s['sim_seconds']:.0f} s."]
+            if s["mismatches"]:
+                lines += ["", "Mismatches:", *[f"- {m}" for m in s["mismatches"]]]
     return "\n".join(lines) + "\n"
 
 
@@ -175,24 +231,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=REPO / "runs" / "pointnet_shapes")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--check-inputs", type=int, default=200, help="test clouds for the export check (default 200)")
+    p.add_argument("--bits", default="w4a4,w8a8", help="QAT presets (default w4a4,w8a8; the hardware builds W4A4)")
+    p.add_argument("--boards", default="pynq-z2,zcu104")
+    p.add_argument("--target-cycles", default="", help="SetFolding targets per board, e.g. pynq-z2=20000 "
+                                                         "(default: the board's)")
+    p.add_argument("--sim-board", default="pynq-z2")
+    p.add_argument("--per-leaf", type=int, default=2, help="test clouds per leaf in the simulation (default 2)")
+    p.add_argument("--no-hw", action="store_true", help="skip the builds and the simulation")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     out = args.results / "pointnet_shapes.json"
     if args.report_only:
         out.with_suffix(".md").write_text(table(json.loads(out.read_text())))
         return 0
-    run_stages(args.work, args.check_inputs)
+    bits = tuple(args.bits.split(","))
+    if "w4a4" not in bits:
+        p.error("--bits must include w4a4 (the preset the hardware stages build)")
+    run_stages(args.work, args.check_inputs, bits)
 
     from quant.check import test_split
     x, y = (t.numpy() for t in test_split(args.work / "quant" / "checkpoint.pt"))
     metrics = {}
-    for name, path in (("dense", "dense"), ("tree", "tree/finetune"), ("quant", "quant")):
+    for name, path in (("dense", "dense"), ("tree", "tree/finetune"), ("quant", "quant"),
+                       *[(f"quant_{b}", f"quant_{b}") for b in bits if b != "w4a4"]):
         metrics[name] = json.loads((args.work / path / "metrics.json").read_text())
-    check = json.loads((args.work / "export" / "check.json").read_text())
-    report = {"metrics": metrics, "check": {k: v for k, v in check.items() if k != "nodes"},
+    checks = {b: json.loads((args.work / ("export" if b == "w4a4" else f"export_{b}") / "check.json").read_text())
+              for b in bits}
+    report = {"metrics": metrics, "checks": {b: {k: v for k, v in c.items() if k != "nodes"} for b, c in checks.items()},
               "parity": parity(args.work, x, y)}
     report["processor_here"] = time_processor(args.work / "export", x)
     report["processor_arm_model"] = arm_model(report["processor_here"])
+    if not args.no_hw:
+        targets = {k: int(v) for k, v in (item.split("=") for item in args.target_cycles.split(",") if item)}
+        report["hardware"] = hardware(args.work, args.boards.split(","), targets, args.sim_board, args.per_leaf)
     args.results.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     out.with_suffix(".md").write_text(table(report))

@@ -146,6 +146,16 @@ def _element_bytes(datatype: str) -> int:
     return 1 if bits <= 8 else 2 if bits <= 16 else 4
 
 
+def as_batch(x: np.ndarray, shape, what: str) -> np.ndarray:
+    """``x`` as a batch ``(N, *shape)`` (one sample gets N = 1); else an :class:`InputError`."""
+    expected = tuple(shape)
+    if x.ndim == len(expected):
+        x = x[None]
+    if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+        raise InputError(f"{what}: shape {x.shape}, expected (N, {', '.join(map(str, expected))})")
+    return x
+
+
 def bad_regions(weights: dict[str, Any], image) -> list[str]:
     """The regions whose CRC32 over ``image`` differs from ``weights.json``."""
     view = memoryview(image)
@@ -227,12 +237,7 @@ class SigmaBranchOverlay:
         host = self.bundle.manifest.get("host")
         if self.host_backbone is None or x.dtype.kind != "f":
             return x
-        expected = tuple(host["input_shape"])
-        if x.ndim == len(expected):
-            x = x[None]
-        if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-            raise InputError(f"point clouds of shape {x.shape}, expected (N, {', '.join(map(str, expected))}) "
-                             f"({host['input_layout']})")
+        x = as_batch(x, host["input_shape"], f"point clouds ({host['input_layout']})")
         t0 = time.perf_counter()
         fabric = self.host_backbone.fabric_input(x)
         self.host_seconds = time.perf_counter() - t0
@@ -242,13 +247,7 @@ class SigmaBranchOverlay:
         """Float ``(N, C, H, W)`` (point clouds ``(N, P, C)`` for PointNet++) or already-quantised
         integers -> checked int64 ``(N, C, H, W)``."""
         inp = self.bundle.manifest["input"]
-        x = self.fabric_input(x)
-        expected = tuple(inp["shape"])
-        if x.ndim == len(expected):
-            x = x[None]
-        if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-            raise InputError(f"input of shape {x.shape}, expected (N, {', '.join(map(str, expected))}) "
-                             f"({inp.get('layout', 'NCHW')}, as the model takes it)")
+        x = as_batch(self.fabric_input(x), inp["shape"], f"input ({inp.get('layout', 'NCHW')}, as the model takes it)")
         lo, hi = datatype_range(inp["datatype"])
         if x.dtype.kind == "f":
             if not np.all(np.isfinite(x)):
