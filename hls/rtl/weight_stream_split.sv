@@ -26,7 +26,7 @@
 //   BRANCH_W          width of tag / decision
 //   REGION_BEATS      beats of one region; a matching transfer of another length sets len_error
 //   FLUSH_CYCLES      length of the flush pulse after a wrong guess (>= 1)
-//   BEAT_LO, BEAT_HI  fetcher k's beats [BEAT_LO[32*k +: 32], BEAT_HI[32*k +: 32]), sorted,
+//   BEAT_LO, BEAT_HI  fetcher k's beats [BEAT_LO[32*k +: 32], BEAT_HI[32*k +: 32]), in any order,
 //                     non-overlapping, within the region
 // Protocol
 //   A demultiplexer: m_tdata = s_axis_tdata, m_tvalid[k] = s_axis_tvalid for the beat's fetcher
@@ -74,9 +74,12 @@ module weight_stream_split #(
       $fatal(1, "weight_stream_split: fetcher %0d range [%0d, %0d) not within [0, %0d)", k,
              BEAT_LO[32*k +: 32], BEAT_HI[32*k +: 32], REGION_BEATS);
     end
-    if (k > 0) begin : g_order
-      if (BEAT_HI[32*(k-1) +: 32] > BEAT_LO[32*k +: 32]) begin : g_bad
-        $fatal(1, "weight_stream_split: fetcher %0d range overlaps or precedes fetcher %0d's", k, k - 1);
+    // Any order (a residual level's shortcut conv lies first in the region but is instanced last),
+    // but no beat may belong to two fetchers: `sel` is one-hot.
+    for (genvar j = 0; j < k; j++) begin : g_disjoint
+      if (BEAT_LO[32*j +: 32] < BEAT_HI[32*j +: 32] && BEAT_LO[32*k +: 32] < BEAT_HI[32*k +: 32]
+          && BEAT_LO[32*j +: 32] < BEAT_HI[32*k +: 32] && BEAT_LO[32*k +: 32] < BEAT_HI[32*j +: 32]) begin : g_bad
+        $fatal(1, "weight_stream_split: fetcher %0d range overlaps fetcher %0d's", k, j);
       end
     end
   end
