@@ -108,8 +108,8 @@ def hardware(work: Path, boards: list[str], targets: dict[str, int], sim_board: 
         sim = run_host_sim(work, len(ref["paths"]), ref, board=sim_board)
         sim["leaves"] = [path[-1] for path in ref["paths"]]
         sim["leaf_usage_in_search"] = ref["leaf_usage_in_search"]
-        sim["host_backbone_ms_per_inference"] = json.loads(Path(sim["report"]).read_text()).get(
-            "host_backbone_ms_per_inference")
+        sim["host_backbone_ms_per_inference"] = (json.loads(Path(sim["report"]).read_text()).get(
+            "host_backbone_ms_per_inference") or ref.get("host_backbone_ms_per_inference"))
         out["simulation"] = sim
     return out
 

@@ -170,7 +170,8 @@ def _from_json(r: dict[str, Any]) -> dict[str, Any]:
             "paths": paths, "logits": np.array(r["logits"], dtype=np.float64).reshape(acc.shape), "acc": acc,
             "bytes": {k: np.array(v, dtype=np.int64).reshape(n, -1) if k == "weights_by_level"
                       else np.array(v, dtype=np.int64) for k, v in r["bytes"].items()},
-            "latency": np.array(r["latency"], dtype=np.float64), "latency_unit": r["latency_unit"]}
+            "latency": np.array(r["latency"], dtype=np.float64), "latency_unit": r["latency_unit"],
+            "host_seconds_per_inference": float(r.get("host_seconds_per_inference", 0.0))}
 
 
 def execute_in_simulation(bundle: str | Path, x: np.ndarray, *, strategy: str = "serial",
