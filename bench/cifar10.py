@@ -34,7 +34,11 @@ sys.path.insert(0, str(REPO))
 from model.config import load_config  # noqa: E402
 from model.train import resumable, write_json  # noqa: E402
 
-STAGES = ("dense", "tree", "quant", "depths")
+STAGES = ("dense", "tree", "quant", "depths", "variants")
+# Fine-tuned trees beside the main one (stage ``variants``; the tree config with these overrides, the
+# same budget): the depths next to depth 2, and the paper's Section V-E ablations.
+VARIANTS = {"depth_1": ["tree.depth=1"], "depth_3": ["tree.depth=3"],
+            "random_partition": ["tree.init=random"], "lambda_0": ["tree.resp_lambda=0"]}
 
 
 def run_stage(name: str, folder: Path, run) -> dict:
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
     p.add_argument("--work", type=Path, default=REPO / "runs" / "cifar10")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"the variants stage's trees (default all: {', '.join(VARIANTS)}); two processes may split them")
     args = p.parse_args(argv)
     stages = args.stages.split(",")
     unknown = sorted(set(stages) - set(STAGES))
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from quant.qat import run_quantize
 
     work = args.work / args.model
-    config_of = {"dense": "", "tree": "_tree", "quant": "_quant", "depths": "_tree"}
+    config_of = {"dense": "", "tree": "_tree", "quant": "_quant", "depths": "_tree", "variants": "_tree"}
     configs = {s: load_config(REPO / "configs" / f"{args.model}{config_of[s]}_cifar10.yaml") for s in stages}
     report: dict = {"model": args.model, "dataset": "cifar10"}
     results = args.results / f"cifar10_{args.model}.json"
@@ -91,6 +97,22 @@ def main(argv: list[str] | None = None) -> int:
     if "depths" in stages:
         report["depths"] = run_stage("depths", work / "depths", lambda: depths(
             work / "dense" / "checkpoint.pt", configs["depths"], work / "depths"))
+    if "variants" in stages:
+        from model.config import apply_overrides
+        for name in args.variants.split(","):
+            if name not in VARIANTS:
+                p.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+            vcfg = apply_overrides(configs["variants"], VARIANTS[name])
+            folder = work / "variants" / name
+
+            def variant(vcfg=vcfg, folder=folder) -> dict:
+                result = run_tree_stage(work / "dense" / "checkpoint.pt", vcfg, folder)
+                write_json(folder / "metrics.json", result)
+                return result
+            run_stage(f"variant {name}", folder, variant)
+        # every finished variant, this run's or another's
+        report["variants"] = {name: json.loads((work / "variants" / name / "metrics.json").read_text())
+                              for name in VARIANTS if (work / "variants" / name / "metrics.json").is_file()}
     if results.is_file():  # earlier runs' stages, and those another run may have added meanwhile
         report = {**json.loads(results.read_text()), **report}
     write_json(results, report)
@@ -142,6 +164,9 @@ def table(report: dict) -> str:
         before = f" ({refit['leaf_agreement_before']:.1f} before the router refit)" if refit else ""
         rows.append(f"| tree {quant['bits']} | {quant['top1']:.2f} | - | {quant['balance']:.3f} | "
                     f"{quant['leaf_agreement']:.1f}{before} | {quant['epochs']} | {quant['train_seconds']:.0f} |")
+    for name, v in (report.get("variants") or {}).items():
+        rows.append(f"| tree {name.replace('_', ' ')} ({VARIANTS[name][0]}, hard) | {v['top1_hard']:.2f} | "
+                    f"{v['active_params']:,} | {v['balance']:.3f} | - | {v['epochs']} | {v['train_seconds']:.0f} |")
     text = f"# CIFAR-10, {report['model']} (2 CPU cores)\n\n" + "\n".join(rows) + "\n"
     if report.get("depths"):
         text += ("\n## Tree depth (conversion only, before fine-tuning)\n\n"
