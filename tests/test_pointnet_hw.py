@@ -88,3 +88,17 @@ def test_whole_design_behind_axi_is_bit_exact_and_fetches_the_path(built, tmp_pa
     weights = json.loads((bundle / "weights.json").read_text())
     path_bytes = [sum(weights["levels"][level]["regions"][b]["bytes"] for level, b in enumerate(p)) for p in sim["paths"]]
     assert sim["simulation"]["ddr_read_bytes"] == path_bytes
+
+
+def test_width_converter_between_nodes_only_where_the_words_differ():
+    from hls.parts import Stage, joined, width_converter
+    from hls.stitch import StitchError
+
+    reader = Stage("mvau", "MVAU_rtl_0", in_w=1048, out_w=8, in_elem=(8, 131, True))
+    assert joined((8, 131, True), [reader], "dwc") == [reader]               # same words: nothing between
+    dwc, first = joined((8, 1, True), [reader], "dwc")
+    assert first is reader and dwc.module == "dwc_axi" and dwc.params == {"IBITS": 8, "OBITS": 1048}
+    assert (dwc.in_w, dwc.out_w, dwc.in_elem, dwc.out_elem) == (8, 1048, (8, 1, True), (8, 131, True))
+    assert width_converter((4, 3, False), (4, 1, False), "dwc").params == {"IBITS": 12, "OBITS": 4}  # 12 -> 16-bit words
+    with pytest.raises(StitchError, match="4-bit unsigned elements feeds one reading 8-bit signed"):
+        width_converter((4, 2, False), (8, 1, True), "l0_dwc_in")
