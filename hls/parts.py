@@ -582,15 +582,14 @@ class TreeParts:
             bstages = joined(src, shared_datapath(per_branch, self.work / f"l{L}b" / "sets"), f"l{L}_dwc_in")
             below0 = self._below(L, 0)
             nmodel, nstages = self.stages(below0, f"l{L}n", self.region(L, 0)["layers"])
-            if L + 1 == depth:   # the leaf heads share the datapath too (a hidden FC layer: one threshold set each)
-                nstages = shared_datapath([nstages] + [self.stages(self._below(L, b), f"l{L}n", self.region(L, b)["layers"])[1]
-                                                       for b in range(1, nb)], self.work / f"l{L}n" / "sets")
-            elif any("Thresholding" in st.module for st in nstages):
-                raise NotImplementedError(f"{below0}: thresholds in a router are not stitched")
             if L + 1 < depth:
+                if any("Thresholding" in st.module for st in nstages):
+                    raise StitchError(f"{below0}: a router with thresholds (a hidden activation) is not stitched")
                 nstages.append(self._router_select(L, nmodel))
                 out_words = 1
-            else:
+            else:   # the leaf heads share the datapath too (a hidden FC layer: one threshold set each)
+                nstages = shared_datapath([nstages] + [self.stages(self._below(L, b), f"l{L}n", self.region(L, b)["layers"])[1]
+                                                       for b in range(1, nb)], self.work / f"l{L}n" / "sets")
                 out_words = self.manifest["num_classes"] // nstages[-1].out_elem[1]
             nstages = joined(bstages[-1].out_elem, nstages, f"l{L}_dwc_below")
             in_node = "backbone" if L == 0 else IntegerTree.branch_name(L - 1, 0)

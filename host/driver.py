@@ -62,7 +62,7 @@ class Bundle:
         root = Path(root)
         driver = _read_json(root / "driver.json", "sigmabranch-driver/1")
         weights = _read_json(root / driver.get("weights", "weights.json"), "sigmabranch-weights/1")
-        manifest = read_manifest(root / Path(driver.get("manifest", "export/tree.json")).parent)
+        manifest = read_manifest(_manifest_dir(root, driver))
         image_path = root / weights.get("file", "weights.bin")
         if not image_path.is_file():
             raise BundleError(f"{image_path} not found (the DDR weight image of the build)")
@@ -77,7 +77,7 @@ class Bundle:
     @property
     def manifest_dir(self) -> Path:
         """The export folder of the bundle (tree.json and the files it names)."""
-        return self.root / Path(self.driver.get("manifest", "export/tree.json")).parent
+        return _manifest_dir(self.root, self.driver)
 
     def region(self, level: int, branch: int) -> dict[str, Any]:
         return self.weights["levels"][level]["regions"][branch]
@@ -127,6 +127,10 @@ class Bundle:
             bad = bad_regions(self.weights, self.image)
             raise WeightImageError(f"{where}: weights.bin fails its CRC32; corrupt region(s): "
                                    + (", ".join(bad) if bad else "padding between regions"))
+
+
+def _manifest_dir(root: Path, driver: dict[str, Any]) -> Path:
+    return root / Path(driver.get("manifest", "export/tree.json")).parent
 
 
 def _read_json(path: Path, fmt: str) -> dict[str, Any]:
