@@ -27,10 +27,22 @@ class Board:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def weight_port(self) -> dict[str, float]:
+        """The DDR read port the fetchers see, per fabric cycle: bytes a cycle (the narrower of the
+        port's width and its bandwidth), first-word latency in cycles, and the port's read FIFO
+        (Zynq's HP ports buffer 1 KiB of an outstanding burst). What the simulated memory models
+        (sim/tb/axi_ram.py) and the throughput limits are computed from."""
+        return {"port_bytes": min(self.axi_port_bits / 8, self.ddr_bytes_per_s * self.clk_ns * 1e-9),
+                "first_word_cycles": int(-(-self.ddr_first_word_ns // self.clk_ns)), "port_fifo_bytes": 1024}
+
     def budget(self) -> dict[str, int]:
         """The on-chip budget in FINN+'s resource names."""
         return {"BRAM_18K": self.bram18, "URAM": self.uram, "LUT": self.lut, "DSP": self.dsp}
 
+
+# Routers and leaf heads fold to target_cycles // ROUTER_FOLD (hls/build.py): their cycles are serial
+# with the levels' (a level waits for its decision), so they get more parallelism.
+ROUTER_FOLD = 8
 
 BOARDS = {
     # Zynq-7020: 53,200 LUT, 220 DSP, 280 BRAM18; one HP port at 1,200 MB/s (Zynq-7000 TRM), 64-bit;

@@ -32,7 +32,7 @@ import numpy as np
 
 from host.int_reference import read_manifest
 
-from .boards import get_board
+from .boards import ROUTER_FOLD, get_board
 from .driver_meta import write_bundle
 from .errors import BuildError
 from .finn_steps import SetLayerAttrs, SetWeightMemory, datapath_attrs, fold, to_hw_layers
@@ -45,11 +45,18 @@ from .weight_image import dense_streamed_bytes, dense_weight_bytes, tree_weight_
 __all__ = ["BuildError", "build", "dense_weight_bytes", "tree_weight_bytes", "vivado_step"]
 
 
+def _fold_target(name: str, target_cycles: int, router_fold: int) -> int:
+    return max(1, target_cycles // router_fold) if name.startswith(("router_", "head_")) else target_cycles
+
+
 def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_cycles: int | None = None,
           folding_config: str | Path | None = None, hdl: bool = True, weight_ram: str | None = None,
-          weight_buffer: str = "branch") -> dict[str, Any]:
+          weight_buffer: str = "branch", router_fold: int = ROUTER_FOLD) -> dict[str, Any]:
     """The whole build up to the vendor step; returns the placement report. ``target_cycles``
-    (cycles per frame for ``SetFolding``) defaults to the board's.
+    (cycles per frame for ``SetFolding``) defaults to the board's. Routers and leaf heads are
+    folded to ``target_cycles // router_fold``: their time is serial with the levels (a level
+    waits for its decision, the output for the head), so they get more parallelism than the
+    pipelined layers around them (``router_fold=1``: the same target as the levels).
 
     Memory options for trees whose weights outgrow the board (bench/resnet50_zcu104.py):
 
@@ -66,6 +73,8 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
 
     board = get_board(board_name)
     target_cycles = target_cycles or board.target_cycles
+    if router_fold < 1:
+        raise ValueError(f"router_fold must be >= 1, not {router_fold}")
     if weight_buffer not in WEIGHT_BUFFERS:
         raise ValueError(f"weight_buffer must be one of {', '.join(WEIGHT_BUFFERS)}, not {weight_buffer!r}")
     if weight_ram not in (None, "auto", "block", "distributed", "ultra"):
@@ -84,12 +93,12 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     for name in tqdm(fabric, desc=f"FINN+ HW layers ({board.name})", unit="node"):
         hw[name] = to_hw_layers(ModelWrapper(str(export_dir / manifest["nodes"][name]["finn_onnx"])), board.part, name)
     for name in (n for n in ONCHIP_NODES if n in hw):
-        hw[name] = fold(hw[name], target_cycles, folding_config).transform(SetWeightMemory(external=False,
+        hw[name] = fold(hw[name], _fold_target(name, target_cycles, router_fold), folding_config).transform(SetWeightMemory(external=False,
                                                                                              ram_style=weight_ram))
     for path in paths:
         for position in range(len(path.branches[0])):
             names = [branch[position] for branch in path.branches]
-            hw[names[0]] = fold(hw[names[0]], target_cycles, folding_config)
+            hw[names[0]] = fold(hw[names[0]], _fold_target(names[0], target_cycles, router_fold), folding_config)
             shared = datapath_attrs([hw[n] for n in names], names)
             for n in names:
                 hw[n] = hw[n].transform(SetLayerAttrs(shared)).transform(SetWeightMemory(external=True))
@@ -105,7 +114,8 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     onchip = onchip_parts(hw, paths, weights, board.part, weight_buffer)
     tree_bytes = sum(level["regions"][0]["bytes"] for level in weights["levels"])
     head = manifest["nodes"]["head_0"]
-    report = {"board": board.as_dict(), "target_cycles": target_cycles, "folding_config": folding_config and str(folding_config),
+    report = {"board": board.as_dict(), "target_cycles": target_cycles,
+              "router_target_cycles": _fold_target("router_", target_cycles, router_fold), "folding_config": folding_config and str(folding_config),
               "weight_ram": weight_ram, "weight_buffer": weight_buffer,
               "onchip": onchip, "total": resource_sum([e["resources"] for e in onchip]), "budget": board.budget(),
               "ddr": {"tree_weight_bytes": tree_bytes, "dense_weight_bytes": dense_bytes,

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from hls.boards import BOARDS  # plain Python (dataclasses only): --help stays instant
+from hls.boards import BOARDS, ROUTER_FOLD  # plain Python (dataclasses only): --help stays instant
 from sigmabranch.errors import CHECK_FAILURES, user_errors
 
 DESCRIPTION = """\
@@ -129,7 +129,8 @@ def cmd_export(args) -> int:
 def cmd_build(args) -> int:
     from hls.build import build
     build(args.export, args.board, args.out, target_cycles=args.target_cycles, folding_config=args.folding,
-          hdl=not args.no_hdl, weight_ram=args.weight_ram, weight_buffer=args.weight_buffer)
+          hdl=not args.no_hdl, weight_ram=args.weight_ram, weight_buffer=args.weight_buffer,
+          router_fold=args.router_fold)
     print((args.out / "placement.md").read_text())
     if args.bitstream:
         from hls.vivado import vivado_step
@@ -273,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-cycles", dest="target_cycles", type=int,
                    help="SetFolding target, cycles per frame (default: the board's: "
                         + ", ".join(f"{b.name} {b.target_cycles}" for b in BOARDS.values()) + ")")
+    p.add_argument("--router-fold", dest="router_fold", type=int, default=ROUTER_FOLD,
+                   help=f"routers and leaf heads fold to the target / this (default {ROUTER_FOLD}): their cycles "
+                        "are serial with the levels'; 1 folds them like the levels")
     p.add_argument("--folding", help="a FINN folding config JSON (ApplyConfig) instead of SetFolding")
     p.add_argument("--no-hdl", dest="no_hdl", action="store_true", help="skip the HDL and the Vivado project (estimates and weight image only)")
     p.add_argument("--weight-ram", dest="weight_ram", choices=("auto", "block", "distributed", "ultra"),

@@ -524,7 +524,7 @@ class Simulation:
                  ddr_base: int = DDR_BASE, mmio_cycles: int = 4, period_ns: float = 10.0,
                  max_cycles: int | None = None, max_wait_cycles: int = 1_000_000, clock: str = "ap_clk",
                  reset: str = "ap_rst_n", check_4k: bool = True, sleep_idle: bool = True,
-                 clock_impl: str = "gpi"):
+                 clock_impl: str = "gpi", ddr_port: dict[str, float] | None = None):
         self.dut, self.mapping, self.seed = dut, mapping, int(seed)
         self.clk, self.rst = getattr(dut, clock), getattr(dut, reset)
         self.p_valid, self.p_ready, self.p_lite = p_valid, p_ready, p_lite
@@ -549,7 +549,7 @@ class Simulation:
         ddr_ports = [ddr_ports] if isinstance(ddr_ports, str) else list(ddr_ports)
         self.rams = [AxiReadRam(dut, port, self.ddr, self.ddr_base, p_arready, p_rvalid, self._seed("ddr", port),
                                 data_bytes=len(getattr(dut, f"{port}_rdata")) // 8, check_4k=check_4k,
-                                sleep_idle=self.sleep_idle)
+                                sleep_idle=self.sleep_idle, period_ns=self.period_ns, **(ddr_port or {}))
                      for port in ddr_ports]
 
     def _seed(self, *what: str) -> int:
@@ -670,6 +670,7 @@ class Simulation:
     def counters(self) -> dict[str, Any]:
         """Bytes moved so far: DDR read port(s) (the fetchers), each DMA channel; protocol errors."""
         return {"ddr_read_bytes": sum(r.bytes for r in self.rams),
+                "ddr_beats_logged": sum(len(r.beat_log) for r in self.rams),
                 "ddr_bursts": sum(len(r.bursts) for r in self.rams),
                 "dma_bytes": {f"{d.name}.{c.direction}": c.bytes for d in self.dmas.values() for c in d.channels},
                 "mmio": {"reads": self.ctrl.reads, "writes": self.ctrl.writes},

@@ -56,6 +56,20 @@ def test_stream_fork(data_w):
     assert again.build.cached and again.n_tests == 2     # the second run reuses the build
 
 
+ARBITER = [
+    dict(N=3, BUF_BEATS=32, OUTSTANDING=4),
+    dict(N=1, BUF_BEATS=16, OUTSTANDING=2),       # the FIFO exactly one longest burst
+    dict(N=3, BUF_BEATS=0, OUTSTANDING=1),        # the unbuffered arbiter (the baseline)
+]
+
+
+@pytest.mark.parametrize("p", ARBITER, ids=lambda p: "N{N}_BUF{BUF_BEATS}_OUT{OUTSTANDING}".format(**p))
+def test_axi_read_arbiter(p):
+    res = run_cocotb(rtl("axi_read_arbiter.sv"), "axi_read_arbiter", "sim.tb.test_axi_read_arbiter",
+                     parameters=p, config={"seed": p["N"] + p["BUF_BEATS"], "bursts": 10})
+    assert res.n_tests == 2
+
+
 SUM_POOL = [
     dict(C=4, PE=1, N_PIXELS=16, IN_W=4, SIGNED=0),
     dict(C=8, PE=4, N_PIXELS=9, IN_W=5, SIGNED=1),      # N not a power of two, signed, PE > 1

@@ -5,6 +5,14 @@ Random ``arready``/``rvalid`` stalls, INCR bursts served beat by beat from a byt
 the bytes served (``rvalid & rready``), the bursts seen, and protocol errors collected (never
 raised inside the clocked loop: the test reports them).
 
+A board's port (``port_bytes``, ``first_word_cycles``): the data bus is as wide as the design's
+(32-byte beats) but the PS-PL port behind it is narrower, so a beat is shown only once the port has
+moved its bytes (``port_bytes`` a cycle, e.g. 8 for PYNQ-Z2's 64-bit HP port at the fabric clock),
+and a burst's first beat no earlier than ``first_word_cycles`` after its AR was taken (the DDR's
+read latency; the bursts behind it overlap it). While a burst is outstanding and ``rready`` is low
+the port keeps reading into its FIFO (``port_fifo_bytes``, Zynq-7000's HP read FIFO: 1 KiB), so
+that many bytes can then follow a beat a cycle. Defaults: a beat a cycle, no latency.
+
 With ``sleep_idle`` (default) the model does not wake every clock cycle while nothing is asked of
 it: with ``arvalid`` low and no burst outstanding it holds ``arready``/``rvalid`` low and waits for
 ``arvalid`` to rise; with ``arvalid`` low and a beat shown that ``rready`` does not take, it holds
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import random
 
+from cocotb.simtime import get_sim_time
 from cocotb.triggers import First, ReadOnly, RisingEdge
 
 from sim.tb.axis import Pin
@@ -29,13 +38,21 @@ class AxiReadRam:
 
     def __init__(self, dut, prefix: str, image: bytes, base: int, p_arready: float, p_rvalid: float, seed: int,
                  data_bytes: int = 32, full_beats_only: bool = False, check_4k: bool = False,
-                 sleep_idle: bool = True):
+                 sleep_idle: bool = True, port_bytes: float | None = None, first_word_cycles: int = 0,
+                 port_fifo_bytes: int | None = None, period_ns: float = 10.0):
         self.dut, self.image, self.base, self.data_bytes = dut, image, base, data_bytes
+        self.port_bytes = float(port_bytes or data_bytes)
+        if not 0 < self.port_bytes <= data_bytes:
+            raise ValueError(f"port_bytes {port_bytes} must be in (0, {data_bytes}]")
+        self.first_word_cycles, self.period_ns = int(first_word_cycles), float(period_ns)
+        self.fifo_bytes = float(max(port_fifo_bytes or data_bytes, data_bytes))
+        self.credit = 0.0    # bytes the port moved and no beat has shown yet (at most fifo_bytes)
         self.p_ar, self.p_r = p_arready, p_rvalid
         self.full_beats_only, self.check_4k, self.sleep_idle = full_beats_only, check_4k, sleep_idle
         self.rng = random.Random(seed)
         self.bytes = 0
         self.bursts: list[tuple[int, int]] = []      # (address, beats)
+        self.beat_log: list[tuple[int, int]] = []    # (cycle, address) of each beat taken, with a port model
         self.errors: list[str] = []
         self.pending: list[list[int]] = []
         self.port = lambda n: getattr(dut, f"{prefix}_{n}")
@@ -63,6 +80,8 @@ class AxiReadRam:
         arready, rvalid, rlast, rdata = out["arready"], out["rvalid"], out["rlast"], out["rdata"]
         edge, settled, ar_rise, r_rise = RisingEdge(clk), ReadOnly(), RisingEdge(arvalid), RisingEdge(rready)
         rng = self.rng
+        paced = self.port_bytes < self.data_bytes or self.first_word_cycles > 0
+        cycle = last = 0
         while True:
             await edge
             if self.sleep_idle and arvalid.value != 1:
@@ -77,12 +96,20 @@ class AxiReadRam:
                     # a beat shown (RVALID stays up), RREADY low: until RREADY or ARVALID rises
                     arready.set(0)
                     await First(r_rise, ar_rise)
+            if paced:   # cycles elapsed (the model may have slept through some)
+                cycle = int(get_sim_time("ns") / self.period_ns)
+                if beat is not None or (self.pending and self.pending[0][4] <= cycle):
+                    # the port moves an outstanding burst's data into its read FIFO
+                    self.credit = min(self.fifo_bytes, self.credit + (cycle - last) * self.port_bytes)
+                last = cycle
             ar_ok = rng.random() < self.p_ar
             arready.set(int(ar_ok))
-            if beat is None and self.pending:
+            if beat is None and self.pending and self.pending[0][4] <= cycle:
                 beat = self.pending.pop(0)
-            # AXI: once rvalid is up it stays up (same beat) until rready takes it
-            if beat is not None and (showing or rng.random() < self.p_r):
+            # AXI: once rvalid is up it stays up (same beat) until rready takes it; a new beat
+            # waits for the port to have moved its bytes
+            if beat is not None and (showing or (rng.random() < self.p_r
+                                                 and (not paced or self.credit >= (1 << beat[1]) - 1e-9))):
                 if not showing:
                     rdata.set(self._beat(beat[0], beat[1]))
                     rlast.set(int(beat[2] == 1))
@@ -100,10 +127,14 @@ class AxiReadRam:
                     self.errors.append(f"burst type {arburst.value.to_unsigned()} (only INCR expected)")
                 if self.check_4k and (addr % 4096) + (ln + 1) * (1 << size) > 4096:
                     self.errors.append(f"burst at 0x{addr:x} crosses a 4 KiB boundary")
-                self.pending.append([addr, size, ln + 1, arid.value.to_unsigned() if arid is not None else 0])
+                self.pending.append([addr, size, ln + 1, arid.value.to_unsigned() if arid is not None else 0,
+                                     cycle + self.first_word_cycles])
                 self.bursts.append((addr, ln + 1))
             if showing and rready.value == 1:
                 self.bytes += 1 << beat[1]
+                if paced:
+                    self.credit -= 1 << beat[1]
+                    self.beat_log.append((cycle, beat[0]))
                 beat[0] += 1 << beat[1]
                 beat[2] -= 1
                 showing = False

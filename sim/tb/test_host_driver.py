@@ -89,6 +89,10 @@ def drive(sim: Simulation, cfg: dict[str, Any], x: np.ndarray) -> dict[str, Any]
         out = overlay.execute(x, progress=lambda n=1: marks.append(sim.counters()))
         record["result"] = _jsonable(out)
         record["per_inference"] = [_delta(a, b) for a, b in zip(marks, marks[1:])]
+        if cfg.get("record_beats"):   # the DDR port's beats of each inference: (cycle, address)
+            log = [b for r in sim.rams for b in r.beat_log]
+            for rec, a, b in zip(record["per_inference"], marks, marks[1:]):
+                rec["ddr_beats"] = log[a["ddr_beats_logged"]:b["ddr_beats_logged"]]
         overlay.close()
     except Exception as err:
         record["error"] = {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}

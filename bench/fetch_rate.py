@@ -1,0 +1,162 @@
+"""The weight fetch against the port's limit, and the serial time of the routers: designs before
+and after, built from one export and simulated in the same run.
+
+    .venv/bin/python bench/fetch_rate.py [--export runs/demo/export] [--board pynq-z2] [--images 8]
+
+Every design is the whole design behind AXI (``vivado/``), simulated with Verilator under the
+unchanged host driver (on-chip fetch, one inference at a time). They differ in
+
+- the weight port's arbiter (``hls/rtl/axi_read_arbiter.sv``, the top's parameters):
+  ``FETCH_BUF_BEATS=0`` is the design before (one burst at a time, the port held by its fetcher
+  until the burst's last beat is taken), 32 buffers 32 beats per fetcher with 4 bursts in flight;
+- the routers' and heads' folding (``sigmabranch build --router-fold``): 1 = the levels' cycle
+  target (before), 8 = an eighth of it (now the default).
+
+The simulated DDR is the board's port (``hls.boards.Board.weight_port``: PYNQ-Z2 8 bytes a cycle at
+100 MHz, first word after 15 cycles; ZCU104 16 bytes at 200 MHz, 30 cycles), full-rate streams
+elsewhere. Per design: cycles per inference (the driver's latency: start to the last output word),
+bit-exact against the integer reference (``ref`` backend), DDR bytes == the chosen regions' bytes,
+and per level the fetch's port cycles (first to last beat of the level's regions) against its
+bytes / port bytes per cycle. Written to ``bench/results/fetch_rate_<board>.json`` and ``.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+UNBUFFERED = {"FETCH_BUF_BEATS": 0, "FETCH_OUTSTANDING": 1}
+BUFFERED = {"FETCH_BUF_BEATS": 32, "FETCH_OUTSTANDING": 4}
+# name: (router_fold, the top's parameters)
+DESIGNS = {"before: port held per burst, routers at the levels' target": (1, UNBUFFERED),
+           "buffered port": (1, BUFFERED),
+           "buffered port + routers folded 8x (default)": (8, BUFFERED)}
+
+
+def pick_digits(bundle: Path, n: int) -> np.ndarray:
+    """Digits test images, the first of each leaf first (so a short run reaches every leaf)."""
+    from bench.host_fetch import digits_test
+    from host.driver import SigmaBranchOverlay
+    x, _ = digits_test()
+    leaves = SigmaBranchOverlay(bundle, "ref").execute(x[:200])["leaves"]
+    first = [int(np.flatnonzero(leaves == v)[0]) for v in np.unique(leaves)]
+    order = first + [i for i in range(len(x)) if i not in first]
+    return x[order[:n]]
+
+
+def level_fetch(beats: list[tuple[int, int]], weights_addr: int, levels: list[dict]) -> list[dict]:
+    """Per level: the beats of its regions, the cycles from its first to its last beat."""
+    out = []
+    for lv in levels:
+        lo = weights_addr + int(lv["base"])
+        hi = lo + int(lv["region_stride"]) * 2 ** (int(lv["level"]) + 1)
+        cyc = [c for c, a in beats if lo <= a < hi]
+        out.append({"beats": len(cyc), "port_cycles": (max(cyc) - min(cyc) + 1) if cyc else 0})
+    return out
+
+
+def run_design(bundle: Path, x: np.ndarray, ref: dict, params: dict, port: dict, driver: dict) -> dict:
+    from sim.host_backend import run_sim
+    t0 = time.perf_counter()
+    out = run_sim(bundle, x, fetch_mode="onchip", parameters=params, ddr_port=port, record_beats=True,
+                  p_valid=1.0, p_ready=1.0, p_arready=1.0, p_rvalid=1.0)
+    per = out["sim"]["per_inference"]
+    weights_addr = int(out["sim"]["open"]["buffers"]["weights"])
+    fetch = [level_fetch(r["ddr_beats"], weights_addr, driver["levels"]) for r in per]
+    expected = [sum(int(lv["region_bytes"]) for lv in driver["levels"])] * len(x)
+    return {"parameters": params,
+            "cycles_per_inference": [float(c) for c in out["latency"]],
+            "bit_exact": bool(np.array_equal(out["acc"], ref["acc"]) and np.array_equal(out["paths"], ref["paths"])),
+            "ddr_bytes": [int(r["ddr_read_bytes"]) for r in per], "path_bytes": expected,
+            "bytes_match": [int(r["ddr_read_bytes"]) for r in per] == expected,
+            "level_fetch": fetch, "build_s": out["sim"]["build_seconds"], "sim_s": out["sim"]["sim_seconds"],
+            "wall_s": time.perf_counter() - t0}
+
+
+def table(res: dict) -> str:
+    names = list(res["designs"])
+    base = res["designs"][names[0]]
+    lv_bytes = [int(lv["region_bytes"]) for lv in res["levels"]]
+    pb = res["port"]["port_bytes"]
+    lines = [f"# Weight fetch vs the port: {res['board']} (built from {res['export']})", "",
+             f"{res['images']} digits test images (leaves {res['leaves']}), on-chip fetch, one inference at a time; "
+             f"simulated port {pb:g} B/cycle, first word after {res['port']['first_word_cycles']} cycles. "
+             f"Written by `bench/fetch_rate.py` on {res['date']}.", "",
+             "| design | router fold | cycles / inference | ratio | bit-exact | DDR bytes = path | "
+             + " | ".join(f"level {i} fetch port cycles (bytes/port = {b / pb:,.0f})" for i, b in enumerate(lv_bytes))
+             + " |", "|---|---:|---:|---:|---|---|" + "---:|" * len(lv_bytes)]
+    for name in names:
+        d = res["designs"][name]
+        cyc = float(np.mean(d["cycles_per_inference"]))
+        fetch = [float(np.mean([f[i]["port_cycles"] for f in d["level_fetch"]])) for i in range(len(lv_bytes))]
+        lines.append(f"| {name} | {d['router_fold']} | {cyc:,.0f} | {cyc / np.mean(base['cycles_per_inference']):.3f} | "
+                     f"{d['bit_exact']} | {d['bytes_match']} | "
+                     + " | ".join(f"{c:,.0f} ({c / (b / pb):.2f}x)" for c, b in zip(fetch, lv_bytes)) + " |")
+    clk = res["clk_ns"]
+    lines += ["", "Throughput against the limits (one inference in flight, so measured = 1 / latency; "
+              "compute-bound = the slowest layer's FINN+ estimate, what a design with inferences pipelined "
+              "through its layers could reach; fetch-bound = path bytes / port bytes a cycle):", "",
+              f"| design | measured (inferences/s at {1e3 / clk:g} MHz) | compute-bound | fetch-bound |",
+              "|---|---:|---:|---:|"]
+    for name in names:
+        d = res["designs"][name]
+        cyc = float(np.mean(d["cycles_per_inference"]))
+        lines.append(f"| {name} | {1e9 / (cyc * clk):,.0f} ({cyc:,.0f} cycles) | "
+                     f"{1e9 / (d['slowest_layer_cycles'] * clk):,.0f} ({d['slowest_layer_cycles']:,} cycles) | "
+                     f"{1e9 / (sum(lv_bytes) / pb * clk):,.0f} ({sum(lv_bytes) / pb:,.0f} cycles) |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--export", type=Path, default=REPO / "runs" / "demo" / "export")
+    p.add_argument("--board", default="pynq-z2")
+    p.add_argument("--images", type=int, default=8)
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "fetch_rate")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = p.parse_args(argv)
+    from hls.boards import get_board
+    from hls.build import build
+    from host.driver import SigmaBranchOverlay
+    board = get_board(args.board)
+    port = board.weight_port()
+    res = {"export": str(args.export), "board": board.name, "port": port, "clk_ns": board.clk_ns, "date": time.strftime("%Y-%m-%d"),
+           "designs": {}}
+    x = ref = None
+    for name, (router_fold, params) in DESIGNS.items():
+        bundle = (args.work / f"{board.name}_router_fold{router_fold}").resolve()
+        if not (bundle / "vivado" / "hdl.json").is_file():
+            print(f"[fetch_rate] building {bundle} (router_fold {router_fold})", flush=True)
+            build(args.export, board.name, bundle, router_fold=router_fold)
+        driver = json.loads((bundle / "driver.json").read_text())
+        if x is None:
+            x = pick_digits(bundle, args.images)
+            ref = SigmaBranchOverlay(bundle, "ref").execute(x)
+            res.update(images=len(x), leaves=sorted(set(int(v) for v in ref["leaves"])), levels=driver["levels"])
+        print(f"[fetch_rate] {name}: {params}", flush=True)
+        d = run_design(bundle, x, ref, params, port, driver)
+        d["router_fold"] = router_fold
+        placement = json.loads((bundle / "placement.json").read_text())
+        d["slowest_layer_cycles"] = max(int(r["cycles"]) for part in placement["onchip"] for r in part["layers"])
+        res["designs"][name] = d
+        print(f"[fetch_rate]   {np.mean(d['cycles_per_inference']):,.0f} cycles/inference, bit-exact "
+              f"{d['bit_exact']}, bytes match {d['bytes_match']} ({d['build_s']:.0f} s build, {d['sim_s']:.0f} s sim)",
+              flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"fetch_rate_{board.name}"
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+    text = table(res)
+    stem.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
