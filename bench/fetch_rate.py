@@ -80,6 +80,31 @@ def run_design(bundle: Path, x: np.ndarray, ref: dict, params: dict, port: dict,
             "wall_s": time.perf_counter() - t0}
 
 
+def stream_run(bundle: Path, x: np.ndarray, ref: dict, port: dict) -> dict:
+    """The stitched whole tree (hls/stitch.py write_tree_top, no AXI wrapper and no driver) on the
+    same images, one after another and then back to back: the levels already pass frames on (each
+    level's controller takes the next decision once the level's output left), so images overlap
+    in the tree; what the AXI wrapper's one-image-per-start and the driver do not use yet."""
+    from sim.tree_nodes import TreeSim
+    ts = TreeSim(bundle)
+    kw = dict(p_valid=1.0, p_ready=1.0, p_rvalid=1.0, p_arready=1.0, ddr_port=port, max_cycles=1_000_000)
+    out = {}
+    for mode, pipelined in (("one at a time", False), ("back to back", True)):
+        t0 = time.perf_counter()
+        r = ts.tree_top(x, pipelined=pipelined, **kw)
+        acc = np.array([np.asarray(o).reshape(-1) for o in r.outputs])
+        cycles = [int(c) for c in r.cycles]
+        per = float(np.mean(cycles)) if not pipelined else cycles[-1] / len(x)
+        steady = (cycles[-1] - cycles[0]) / (len(x) - 1) if pipelined and len(x) > 1 else per
+        out[mode] = {"cycles": cycles, "cycles_per_inference": per, "steady_cycles_per_inference": steady,
+                     "bit_exact": bool(np.array_equal(acc, ref["acc"]) and r.info["leaves"] == [int(v) for v in ref["leaves"]]),
+                     "ddr_bytes": int(sum(r.bytes)), "build_s": r.build_seconds, "sim_s": r.sim_seconds,
+                     "wall_s": time.perf_counter() - t0}
+        print(f"[fetch_rate]   tree top, {mode}: {per:,.0f} cycles/inference (steady {steady:,.0f}), bit-exact "
+              f"{out[mode]['bit_exact']}, {out[mode]['ddr_bytes']:,} DDR bytes", flush=True)
+    return out
+
+
 def table(res: dict) -> str:
     names = list(res["designs"])
     base = res["designs"][names[0]]
@@ -111,6 +136,19 @@ def table(res: dict) -> str:
         lines.append(f"| {name} | {1e9 / (cyc * clk):,.0f} ({cyc:,.0f} cycles) | "
                      f"{1e9 / (d['slowest_layer_cycles'] * clk):,.0f} ({d['slowest_layer_cycles']:,} cycles) | "
                      f"{1e9 / (sum(lv_bytes) / pb * clk):,.0f} ({sum(lv_bytes) / pb:,.0f} cycles) |")
+    if res.get("stream"):
+        s = res["stream"]
+        one, b2b = s["one at a time"], s["back to back"]
+        path = sum(lv_bytes) * res["images"]
+        lines += ["", f"The stitched whole tree of the last design without the AXI wrapper (`TreeSim.tree_top`), "
+                  f"the same {res['images']} images, the same port model:", "",
+                  "| images | cycles / inference | inferences/s | ratio to the first row | bit-exact | DDR bytes (path bytes) |",
+                  "|---|---:|---:|---:|---|---:|"]
+        base_cyc = float(np.mean(base["cycles_per_inference"]))
+        for name, r in (("one at a time", one), ("back to back (steady state)", b2b)):
+            c = r["steady_cycles_per_inference"]
+            lines.append(f"| {name} | {c:,.0f} | {1e9 / (c * clk):,.0f} | {base_cyc / c:.2f}x | {r['bit_exact']} | "
+                         f"{r['ddr_bytes']:,} ({path:,}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -119,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", type=Path, default=REPO / "runs" / "demo" / "export")
     p.add_argument("--board", default="pynq-z2")
     p.add_argument("--images", type=int, default=8)
+    p.add_argument("--stream", action="store_true",
+                   help="also the stitched whole tree (no AXI wrapper) with the images back to back")
     p.add_argument("--work", type=Path, default=REPO / "runs" / "fetch_rate")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = p.parse_args(argv)
@@ -149,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[fetch_rate]   {np.mean(d['cycles_per_inference']):,.0f} cycles/inference, bit-exact "
               f"{d['bit_exact']}, bytes match {d['bytes_match']} ({d['build_s']:.0f} s build, {d['sim_s']:.0f} s sim)",
               flush=True)
+    if args.stream:
+        print("[fetch_rate] the whole tree top, one at a time and back to back", flush=True)
+        res["stream"] = stream_run(bundle, x, ref, port)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"fetch_rate_{board.name}"
     stem.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")

@@ -311,8 +311,13 @@ def normalize_style_attributes(netlist: Path) -> Counter[str]:
 
 def synth_script(netlist: Path, top: str, family: str, stat_txt: Path, stat_json: Path) -> str:
     extra = " -uram" if family == "xcup" else ""
+    # FINN+'s fifo.sv turns RAM_STYLE "auto" into "ultra" above DEPTH 2028, on any part; 7-series has
+    # no URAM and memory_libmap then stops ("no valid mapping found for memory ...fmap0.genMem.MemLo"):
+    # block RAM there, as Vivado falls back to
+    retarget = [] if family == "xcup" else ['setattr -set ram_style "block" m:* a:ram_style=ultra %i']
     return "\n".join([
         f"read_verilog -sv {netlist}",
+        *retarget,
         f"synth_xilinx -family {family}{extra} -top {top} -flatten -noiopad -noclkbuf",
         f"tee -q -o {stat_txt} stat",
         f"tee -q -o {stat_json} stat -json",

@@ -79,10 +79,16 @@ class TreeSim:
 
     # ----------------------------------------------------------------- running
     def tree_top(self, x_int: np.ndarray, *, p_valid: float = 0.7, p_ready: float = 0.7, p_rvalid: float = 0.8,
-                 p_arready: float = 0.7, seed: int = 0, max_cycles: int = 400_000) -> ChainResult:
+                 p_arready: float = 0.7, seed: int = 0, max_cycles: int = 400_000, pipelined: bool = False,
+                 ddr_port: dict[str, float] | None = None) -> ChainResult:
         """Hard-routed inference in the stitched whole-tree top (one image after another): outputs
         are the leaf head's accumulators, ``info["leaves"]`` the leaf per image, ``bytes`` the DDR
-        bytes the tree fetched per inference, ``cycles`` image-in to last accumulator."""
+        bytes the tree fetched per inference, ``cycles`` image-in to last accumulator.
+
+        ``pipelined``: the images' inputs streamed back to back (the next enters while earlier ones
+        are in the levels); ``cycles`` then counts from the first input word to each image's last
+        accumulator and ``bytes`` is the whole run's, on the first image. ``ddr_port``: the memory's
+        port model (``hls.boards.Board.weight_port()``)."""
         tree = self.parts.whole_tree()
         top = self.work / "tops" / "tree_top.sv"
         info = write_tree_top(top, "tree_top", tree)
@@ -91,7 +97,8 @@ class TreeSim:
         n_out = self.manifest["num_classes"] // info["out_elem"][1]
         frames = [{"in": [hex(w) for w in pack_words(x, in_bits, in_pe)], "n_out": n_out, "idx": False} for x in x_int]
         cfg = {"frames": frames, "p_valid": p_valid, "p_ready": p_ready, "p_rvalid": p_rvalid, "p_arready": p_arready,
-               "seed": seed, "max_cycles": max_cycles, "taps": [], "memory": self._memory()}
+               "seed": seed, "max_cycles": max_cycles, "taps": [], "memory": self._memory(),
+               "pipelined": bool(pipelined), "ddr_port": ddr_port}
         res, got = self._run(srcs + [top], "tree_top", incs, data, cfg, info)
         res.info["leaves"] = [g["leaf"] for g in got]
         return res

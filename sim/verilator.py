@@ -66,7 +66,7 @@ DEFAULT_OPT = "-O0"
 # hundreds of thousands of cycles an inference): -O1 on the eval code makes the model ~30x faster
 # (the PYNQ-Z2 demo top: 1.1 -> 0.032 ms a cycle) for about twice the build time (47 -> 100 s;
 # -O2 is no faster than -O1 and builds in 180 s).
-LONG_RUN_OPT = {"sigmabranch_tree_axi": "-O1,-O0"}
+LONG_RUN_OPT = {"sigmabranch_tree_axi": "-O1,-O0", "tree_top": "-O1,-O0"}
 # Which signals the VPI (cocotb) can reach. cocotb's runner always passes --public-flat-rw: every
 # signal of every instance public read-write, which keeps Verilator from optimising anything away
 # and re-evaluates all combinational logic whenever an input changes (the stitched AXI top ran

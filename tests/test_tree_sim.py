@@ -117,3 +117,19 @@ def test_stitched_whole_tree_top(ts):
         spans = [(ts.region_base(L, int(leaf) >> (depth - 1 - L)),
                   ts.weights["levels"][L]["regions"][int(leaf) >> (depth - 1 - L)]["bytes"]) for L in range(depth)]
         assert all(any(lo <= a and a + 32 * beats <= lo + n for lo, n in spans) for a, beats in bursts)
+
+
+@pytest.mark.slow
+def test_stitched_whole_tree_top_back_to_back(ts):
+    """The images' inputs streamed back to back, the next entering while earlier ones are still in
+    the levels (each level's controller takes the next decision once its output left): every image's
+    accumulators and leaf as the reference, under back-pressure and a narrow, slow DDR port, and the
+    DDR bytes of the run exactly the chosen regions' (no region fetched twice or for the wrong image)."""
+    x = _one_image_per_leaf(ts)
+    x = np.concatenate([x, x[::-1]])
+    port = {"port_bytes": 8, "first_word_cycles": 15, "port_fifo_bytes": 1024}
+    r = ts.tree_top(x, p_valid=0.8, p_ready=0.6, seed=3, pipelined=True, ddr_port=port)
+    ref = ts.tree.infer(x.transpose(0, 3, 1, 2), quantized=True)
+    assert r.info["leaves"] == ref["leaves"].tolist()
+    assert np.array_equal(np.stack(r.outputs), ref["acc"])
+    assert sum(r.bytes) == int(ts.expected_bytes(ref["leaves"]).sum())

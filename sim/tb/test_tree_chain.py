@@ -4,7 +4,9 @@ config (from sim.tree_nodes):
   frames: [{"in": [hex words], "n_out": k, "region_base": int | null, "idx": bool}]
   memory: {"file": path to weights.bin, "base": address of its byte 0} | null
   p_valid, p_ready (stream back-pressure), p_rvalid / p_arready (DDR stalls), seed,
-  max_cycles (per frame), sequential (true: a frame starts after the previous one's output)
+  max_cycles (per frame), pipelined (the whole tree only: every frame's input streamed back to back,
+  the next image entering while earlier ones are still in the levels), ddr_port (the DDR's port
+  model, sim/tb/axi_ram.py: port_bytes, first_word_cycles, port_fifo_bytes)
 For each frame: region_base is set (it stays stable for the whole frame), one index token (0) is
 sent if "idx", the input streamed and n_out words collected. The DDR model is an AXI4 read slave
 (INCR bursts, 256-bit beats) serving weights.bin with random stalls; it counts the bytes it served
@@ -45,7 +47,7 @@ async def tree_chain(dut):
         mem = cfg.get("memory")
         image = Path(mem["file"]).read_bytes() if mem else b""
         ddr = AxiReadRam(dut, "axi_mm", image, mem["base"] if mem else 0, cfg.get("p_arready", 1.0),
-                         cfg.get("p_rvalid", 1.0), seed + 3, full_beats_only=True)
+                         cfg.get("p_rvalid", 1.0), seed + 3, full_beats_only=True, **(cfg.get("ddr_port") or {}))
     if hasattr(dut, "branch_sel"):
         dut.branch_sel.value = int(cfg.get("branch_sel", 0))
     await reset(dut, 8)
@@ -66,6 +68,11 @@ async def tree_chain(dut):
     for t in taps:
         cocotb.start_soon(watch(t))
 
+    if cfg.get("pipelined"):
+        results = await _pipelined(dut, cfg, src, sink, ddr, cycle, max_cycles)
+        (tb_dir() / "outputs.json").write_text(json.dumps(results))
+        await sink.expect_idle(30)
+        return
     results = []
     for f, frame in enumerate(cfg["frames"]):
         for t in taps:
@@ -137,3 +144,35 @@ async def tree_chain(dut):
                         "taps": {str(t): [hex(w) for w in ws] for t, ws in taps.items()}})
     (tb_dir() / "outputs.json").write_text(json.dumps(results))
     await sink.expect_idle(30)
+
+
+async def _pipelined(dut, cfg, src, sink, ddr, cycle, max_cycles) -> list[dict]:
+    """All frames' input back to back; each frame's output words, its leaf (the last level's branch,
+    held while the frame's accumulators leave) and the cycles from the first input word to its last
+    output word. The DDR bytes are the whole run's (on the first frame's record)."""
+    frames = cfg["frames"]
+    words = [int(w, 16) for fr in frames for w in fr["in"]]
+    b0, t0 = (ddr.bytes if ddr else 0), cycle[0]
+    send = cocotb.start_soon(src.send(words))
+    results = []
+    for f, frame in enumerate(frames):
+        sink.words = []
+        first = await sink.recv(1, timeout_cycles=max_cycles)
+        leaf = int(dut.leaf.value)              # the frame's last-level branch, stable until its last word
+        sink.words = []
+        try:
+            rest = await sink.recv(frame["n_out"] - 1, timeout_cycles=max_cycles) if frame["n_out"] > 1 else []
+        except TimeoutError as e:
+            raise AssertionError(f"frame {f}: timed out after {max_cycles} cycles: {e}; input words sent "
+                                 f"{src.sent}/{len(words)}; DDR bytes served {(ddr.bytes - b0) if ddr else 0}") from None
+        results.append({"out": [hex(w) for w in first + rest], "cycles": cycle[0] - t0, "leaf": leaf,
+                        "bytes": 0, "bursts": [], "taps": {}})
+    if not send.done():
+        raise AssertionError(f"outputs complete but only {src.sent}/{len(words)} input words taken")
+    for _ in range(int(cfg.get("settle_cycles", 64))):
+        await RisingEdge(dut.ap_clk)
+    if ddr is not None:
+        if ddr.errors:
+            raise AssertionError(ddr.errors[-1])
+        results[0]["bytes"] = ddr.bytes - b0
+    return results
