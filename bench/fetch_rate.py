@@ -80,6 +80,27 @@ def run_design(bundle: Path, x: np.ndarray, ref: dict, params: dict, port: dict,
             "wall_s": time.perf_counter() - t0}
 
 
+def batch_run(bundle: Path, x: np.ndarray, ref: dict, port: dict, driver: dict, batch: int) -> dict:
+    """The whole design behind AXI under the driver, ``execute(x, batch=...)``: the images of a
+    batch streamed back to back in one start, each image's leaf read from the design (PATH)."""
+    from sim.host_backend import run_sim
+    t0 = time.perf_counter()
+    out = run_sim(bundle, x, fetch_mode="onchip", parameters=BUFFERED, ddr_port=port, batch=batch,
+                  p_valid=1.0, p_ready=1.0, p_arready=1.0, p_rvalid=1.0)
+    per = out["sim"]["per_inference"]            # one record per batch
+    path = sum(int(lv["region_bytes"]) for lv in driver["levels"])
+    sizes = [len(x[i:i + batch]) for i in range(0, len(x), batch)]
+    r = {"batch": batch, "cycles_per_inference": float(np.mean(out["latency"])),
+         "bit_exact": bool(np.array_equal(out["acc"], ref["acc"]) and np.array_equal(out["paths"], ref["paths"])),
+         "ddr_bytes": [int(p["ddr_read_bytes"]) for p in per], "path_bytes": [n * path for n in sizes],
+         "build_s": out["sim"]["build_seconds"], "sim_s": out["sim"]["sim_seconds"],
+         "wall_s": time.perf_counter() - t0}
+    r["bytes_match"] = r["ddr_bytes"] == r["path_bytes"]
+    print(f"[fetch_rate]   driver, batch {batch}: {r['cycles_per_inference']:,.0f} cycles/inference, bit-exact "
+          f"{r['bit_exact']}, bytes match {r['bytes_match']}", flush=True)
+    return r
+
+
 def stream_run(bundle: Path, x: np.ndarray, ref: dict, port: dict) -> dict:
     """The stitched whole tree (hls/stitch.py write_tree_top, no AXI wrapper and no driver) on the
     same images, one after another and then back to back: the levels already pass frames on (each
@@ -87,11 +108,13 @@ def stream_run(bundle: Path, x: np.ndarray, ref: dict, port: dict) -> dict:
     in the tree; what the AXI wrapper's one-image-per-start and the driver do not use yet."""
     from sim.tree_nodes import TreeSim
     ts = TreeSim(bundle)
+    q = ts.tree.quantize_input(x)               # the integer NHWC input the tree's stream carries
+    x_int = q.transpose(0, 2, 3, 1)
     kw = dict(p_valid=1.0, p_ready=1.0, p_rvalid=1.0, p_arready=1.0, ddr_port=port, max_cycles=1_000_000)
     out = {}
     for mode, pipelined in (("one at a time", False), ("back to back", True)):
         t0 = time.perf_counter()
-        r = ts.tree_top(x, pipelined=pipelined, **kw)
+        r = ts.tree_top(x_int, pipelined=pipelined, **kw)
         acc = np.array([np.asarray(o).reshape(-1) for o in r.outputs])
         cycles = [int(c) for c in r.cycles]
         per = float(np.mean(cycles)) if not pipelined else cycles[-1] / len(x)
@@ -136,6 +159,18 @@ def table(res: dict) -> str:
         lines.append(f"| {name} | {1e9 / (cyc * clk):,.0f} ({cyc:,.0f} cycles) | "
                      f"{1e9 / (d['slowest_layer_cycles'] * clk):,.0f} ({d['slowest_layer_cycles']:,} cycles) | "
                      f"{1e9 / (sum(lv_bytes) / pb * clk):,.0f} ({sum(lv_bytes) / pb:,.0f} cycles) |")
+    if res.get("batch"):
+        b = res["batch"]
+        base_cyc = float(np.mean(base["cycles_per_inference"]))
+        last = res["designs"][names[-1]]
+        lines += ["", f"The last design under the driver with `execute(x, batch={b['batch']})`: the images of a batch "
+                  "streamed back to back in one start (FRAMES), each image's leaf read back (PATH):", "",
+                  "| run | cycles / inference | inferences/s | vs the first row | vs one at a time | bit-exact | "
+                  "DDR bytes = path |", "|---|---:|---:|---:|---:|---|---|",
+                  f"| batch {b['batch']} | {b['cycles_per_inference']:,.0f} | "
+                  f"{1e9 / (b['cycles_per_inference'] * clk):,.0f} | {base_cyc / b['cycles_per_inference']:.2f}x | "
+                  f"{np.mean(last['cycles_per_inference']) / b['cycles_per_inference']:.2f}x | {b['bit_exact']} | "
+                  f"{b['bytes_match']} |"]
     if res.get("stream"):
         s = res["stream"]
         one, b2b = s["one at a time"], s["back to back"]
@@ -157,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", type=Path, default=REPO / "runs" / "demo" / "export")
     p.add_argument("--board", default="pynq-z2")
     p.add_argument("--images", type=int, default=8)
+    p.add_argument("--batch", type=int, default=32, help="the last design under the driver with this batch "
+                   "(images per start, back to back); 1: skip")
     p.add_argument("--stream", action="store_true",
                    help="also the stitched whole tree (no AXI wrapper) with the images back to back")
     p.add_argument("--work", type=Path, default=REPO / "runs" / "fetch_rate")
@@ -189,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[fetch_rate]   {np.mean(d['cycles_per_inference']):,.0f} cycles/inference, bit-exact "
               f"{d['bit_exact']}, bytes match {d['bytes_match']} ({d['build_s']:.0f} s build, {d['sim_s']:.0f} s sim)",
               flush=True)
+    if args.batch > 1:
+        print(f"[fetch_rate] the last design under the driver, batch {args.batch}", flush=True)
+        res["batch"] = batch_run(bundle, x, ref, port, driver, args.batch)
     if args.stream:
         print("[fetch_rate] the whole tree top, one at a time and back to back", flush=True)
         res["stream"] = stream_run(bundle, x, ref, port)

@@ -182,8 +182,10 @@ def wrapper_text(p: dict[str, Any]) -> str:
     body = f"""
 	localparam IN_BEATS = {p["in_beats"]};     // DMA beats of one image ({p["input_bytes"]} bytes)
 	localparam OUT_BEATS = {p["num_classes"]};    // INT32 words of one output ({4 * p["num_classes"]} bytes)
+	localparam CORE_OUT_WORDS = {p["num_classes"] // p["out_pe"]};   // the tree's output words of one image
 
 	wire        start, running, soft_reset, out_done;
+	wire [31:0] frames;                // images this start takes (FRAMES; 1 in host-driven fetch)
 	wire [63:0] weights_base;
 	wire [{BRANCH_W * L - 1}:0] level_branch;
 	wire [{L - 1}:0]  level_busy;
@@ -209,6 +211,7 @@ def wrapper_text(p: dict[str, Any]) -> str:
 		.s_axi_rvalid(s_axi_ctrl_rvalid), .s_axi_rready(s_axi_ctrl_rready),
 		.start(start), .running(running), .soft_reset(soft_reset), .weights_base(weights_base),
 		.level_branch(level_branch), .level_busy(level_busy), .out_done(out_done),
+		.frames(frames), .path_push(path_push), .path_leaf({BRANCH_W}'(core_leaf)),
 		.host_fetch(host_fetch), .fetch_tag(fetch_tag), .host_fwd_beats(host_fwd_beats),
 		.host_len_error(host_len_error),
 		.mon_araddr(m_axi_weights_araddr), .mon_arsize(m_axi_weights_arsize),
@@ -216,7 +219,7 @@ def wrapper_text(p: dict[str, Any]) -> str:
 		.mon_rvalid(m_axi_weights_rvalid & ~flush), .mon_rready(m_axi_weights_rready), .mon_rlast(m_axi_weights_rlast)
 	);
 
-	// ---------------------------------------------------------------- input: exactly one image per start
+	// ---------------------------------------------------------------- input: FRAMES images per start
 	reg  [31:0] in_left;
 	wire        in_take = ~flush && in_left != 0;
 	wire        rin_ready;
@@ -224,7 +227,7 @@ def wrapper_text(p: dict[str, Any]) -> str:
 	assign s_axis_in_tready = flush | (in_take & rin_ready);
 	always @(posedge ap_clk) begin
 		if (!ap_rst_n) in_left <= 0;
-		else if (start) in_left <= IN_BEATS;
+		else if (start) in_left <= IN_BEATS * frames;
 		else if (soft_reset) in_left <= 0;
 		else if (rin_valid && rin_ready) in_left <= in_left - 1;
 	end
@@ -237,6 +240,16 @@ def wrapper_text(p: dict[str, Any]) -> str:
 	// ---------------------------------------------------------------- the tree
 	wire [{p["out_w"] - 1}:0] core_out_tdata;
 	wire        core_out_tvalid, core_out_tready;
+	wire [{p["leaf_bits"] - 1}:0] core_leaf;        // the last level's branch, held while the image's output leaves
+	// an image's path: its leaf at its first output word (the next image's decision comes only after
+	// its last word), queued in the control block for the host (PATH)
+	reg  [15:0] core_out_cnt;
+	wire        path_push = core_out_tvalid & core_out_tready & (core_out_cnt == 0);
+	always @(posedge ap_clk) begin
+		if (!ap_rst_n || start || flush) core_out_cnt <= 0;
+		else if (core_out_tvalid && core_out_tready)
+			core_out_cnt <= (core_out_cnt == CORE_OUT_WORDS - 1) ? 0 : core_out_cnt + 1;
+	end
 	wire [63:0] c_araddr; wire [7:0] c_arlen; wire [2:0] c_arsize; wire [1:0] c_arburst, c_arid;
 	wire        c_arvalid, c_rready;
 {wready}
@@ -244,7 +257,7 @@ def wrapper_text(p: dict[str, Any]) -> str:
 		.ap_clk(ap_clk), .ap_rst_n(core_rst_n),
 		.in0_V_tdata(core_in_tdata), .in0_V_tvalid(core_in_tvalid), .in0_V_tready(core_in_tready),
 		.out0_V_tdata(core_out_tdata), .out0_V_tvalid(core_out_tvalid), .out0_V_tready(core_out_tready),
-		.weights_base(weights_base), .leaf(), .leaf_valid(),
+		.weights_base(weights_base), .leaf(core_leaf), .leaf_valid(),
 		.axi_mm_araddr(c_araddr), .axi_mm_arlen(c_arlen), .axi_mm_arsize(c_arsize), .axi_mm_arburst(c_arburst),
 		.axi_mm_arid(c_arid), .axi_mm_arvalid(c_arvalid), .axi_mm_arready(m_axi_weights_arready & ~flush),
 		.axi_mm_rdata(m_axi_weights_rdata), .axi_mm_rresp(m_axi_weights_rresp), .axi_mm_rlast(m_axi_weights_rlast),
@@ -286,14 +299,20 @@ def wrapper_text(p: dict[str, Any]) -> str:
 		.in_tdata(out_ext), .in_tvalid(core_out_tvalid), .in_tready(core_out_tready),
 		.out_tdata(rout_data), .out_tvalid(rout_valid), .out_tready(m_axis_out_tready & ~flush));
 	reg  [15:0] out_cnt;
+	reg  [31:0] out_left;              // images whose output is still to leave: TLAST ends the last one
+	wire        out_word_last = out_cnt == OUT_BEATS - 1;
 	assign m_axis_out_tdata = rout_data;
 	assign m_axis_out_tkeep = 4'hF;
 	assign m_axis_out_tvalid = rout_valid & ~flush;
-	assign m_axis_out_tlast = out_cnt == OUT_BEATS - 1;
-	assign out_done = m_axis_out_tvalid & m_axis_out_tready & m_axis_out_tlast;
+	assign m_axis_out_tlast = out_word_last && out_left <= 1;
+	assign out_done = m_axis_out_tvalid & m_axis_out_tready & out_word_last;
 	always @(posedge ap_clk) begin
-		if (!ap_rst_n || start || flush) out_cnt <= 0;
-		else if (m_axis_out_tvalid && m_axis_out_tready) out_cnt <= m_axis_out_tlast ? 0 : out_cnt + 1;
+		if (!ap_rst_n || flush) begin out_cnt <= 0; out_left <= 0; end
+		else if (start) begin out_cnt <= 0; out_left <= frames; end
+		else if (m_axis_out_tvalid && m_axis_out_tready) begin
+			out_cnt <= out_word_last ? 0 : out_cnt + 1;
+			if (out_word_last && out_left != 0) out_left <= out_left - 1;
+		end
 	end
 """
     head = (f"// generated by hls/axi_top.py: the whole tree behind AXI for Vivado (module reference top)\n"
@@ -392,7 +411,8 @@ def write_axi_top(build_dir: str | Path, out_dir: str | Path, work_dir: str | Pa
             "level_hi": [int(lv["base"]) + len(lv["regions"]) * int(lv["region_stride"]) for lv in wl],
             "tree_in_bytes": kin, "dma_in_bytes": din, "input_bytes": in_bytes, "in_beats": in_bytes // din,
             "out_bits": out_bits, "out_pe": out_pe, "out_signed": bool(out_signed), "num_classes": n_cls,
-            "out_w": levels[-1].below[-1].out_w, "out_bytes": OUT_BYTES_PER_CLASS * n_cls}
+            "out_w": levels[-1].below[-1].out_w, "out_bytes": OUT_BYTES_PER_CLASS * n_cls,
+            "leaf_bits": max(1, (levels[-1].n_branches - 1).bit_length())}
 
     # copy into src/, rewrite paths
     src = out_dir / "src"

@@ -89,6 +89,23 @@ PATCHES: list[tuple[str, str, str, str]] = [
         "overflows the queue ('Overflowing output queue'; in hardware a word is lost): seen on the demo "
         "backbone's first conv behind FMPadding. Two more slots; the lock protocol is unchanged",
     ),
+    (
+        "fetch_weights/fetch_weights.sv",
+        "\tbit [ADDR_BITS-1:0]  ADDRESS_OFFSET = 0,\n",
+        "\tbit [ADDR_BITS-1:0]  ADDRESS_OFFSET = 0,\n"
+        "\tbit [ADDR_BITS-1:0]  LAYER_STRIDE = 0,  // sigmabranch: index i reads at i * LAYER_STRIDE (0: LAYER_OFFS)\n",
+        "not a fix: an index token selects a weight set at i * LAYER_OFFS, FINN's layer-after-layer layout; "
+        "the tree's image keeps one region per branch (all the branch's layers together, one host DMA), so "
+        "the stride between a layer's sets is the region's. With the stride a parameter, the index token "
+        "carries the branch and each fetcher reads the region of the image its token belongs to, so tokens "
+        "of the next images can queue while a level still computes",
+    ),
+    (
+        "fetch_weights/fetch_weights.sv",
+        "\t\tassign\tl_offsets[i] = i * LAYER_OFFS;",
+        "\t\tassign\tl_offsets[i] = i * (LAYER_STRIDE != 0 ? LAYER_STRIDE : LAYER_OFFS);",
+        "the use of LAYER_STRIDE (above)",
+    ),
 ]
 
 

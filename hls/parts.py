@@ -49,7 +49,8 @@ from hls.finn_rtllib import (dwc_sources, ensure_finn_settings, fetcher_sources,
                              node_sources)
 from hls.residual import path_fifo_depths, stream_order
 from hls.router_params import write_router_params
-from hls.stitch import RTL_DIR, StitchError, flat_stages, host_feed_wrapper, module_header, router_select_text
+from hls.stitch import (RTL_DIR, StitchError, flat_stages, host_feed_wrapper, module_header, router_select_text,
+                        stride_wrapper)
 
 
 def _rup8(n: int) -> int:
@@ -70,6 +71,12 @@ class WeightPort:
     ww: int                        # weight bits
     offset: int | None = None      # a fetcher: the layer's offset inside the branch region (weights.json)
     layer_bytes: int | None = None  # and its bytes there
+    n_reps: int = 1                # output pixels per image: the weight set streams this often
+
+    @property
+    def words_per_image(self) -> int:
+        """Weight words the MVAU takes per image (the fetcher's buffer streams its set n_reps times)."""
+        return (self.mh // self.pe) * (self.mw // self.simd) * self.n_reps
 
     @property
     def w_width(self) -> int:
@@ -209,12 +216,14 @@ def _finn_stage(model, node) -> Stage:
             if inst.get_nodeattr("TH") != 1:
                 raise StitchError(f"{node.name}: the tiled MVU (TH > 1) does not compile in Verilator; keep TH=1")
             host_feed_wrapper(wfile)
+            stride_wrapper(wfile)
             st.sources += [wfile] + fetcher_sources()
         else:
             st.sources += [wfile] + memstream_sources()
         st.weights = WeightPort(kind, wmod, module_header(wfile, wmod), mh=inst.get_nodeattr("MH"),
                                 mw=inst.get_nodeattr("MW"), pe=inst.get_nodeattr("PE"), simd=inst.get_nodeattr("SIMD"),
-                                ww=inst.get_input_datatype(1).bitwidth())
+                                ww=inst.get_input_datatype(1).bitwidth(),
+                                n_reps=int(np.prod(inst.get_nodeattr("numInputVectors"))))
     return st
 
 

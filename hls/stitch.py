@@ -17,9 +17,9 @@ connected; here only how it is written):
   - one AXI4 read port ``axi_mm_*`` (256-bit data, 64-bit address) through
     ``hls/rtl/axi_read_arbiter.sv``.
 
-- :func:`write_tree_top`: the whole tree, each level's controller setting its fetchers'
-  ``region_base`` from the router's decision (it must stay stable from the index token until the
-  fetch is done; ``fetch_done`` pulses once per fetcher transfer).
+- :func:`write_tree_top`: the whole tree, each level's controller sending the router's decision
+  as the index token (the fetchers' ``base_address`` is the level's base, ``LAYER_STRIDE`` its
+  region stride), images overlapping level by level.
 - the generated pieces a stage is built from: :func:`router_select_text` (a level's routers behind
   the branch register), :func:`host_feed_wrapper` (FINN+'s fetcher taking the host's weight stream).
 """
@@ -96,6 +96,25 @@ def host_feed_wrapper(wfile: Path) -> None:
     wfile.write_text(text[:at] + mux + text[at:])
 
 
+STRIDE_MARK = "// layer stride: hls/stitch.py"
+
+
+def stride_wrapper(wfile: Path) -> None:
+    """Give a FINN+ ``fetch_weights`` wrapper the ``LAYER_STRIDE`` parameter of the patched
+    ``fetch_weights`` (:data:`hls.finn_rtllib.PATCHES`): index i reads at ``i * LAYER_STRIDE``.
+    Idempotent."""
+    text = wfile.read_text()
+    if STRIDE_MARK in text:
+        return
+    param = "\tparameter [ADDR_BITS-1:0]  ADDRESS_OFFSET = 0,\n"
+    inst = ".N_LAYERS(N_LAYERS), .ADDRESS_OFFSET(ADDRESS_OFFSET)"
+    if text.count(param) != 1 or text.count(inst) != 1:
+        raise StitchError(f"{wfile.name}: FINN+'s fetch_weights wrapper changed (no single ADDRESS_OFFSET "
+                          "parameter / instance parameter list to add LAYER_STRIDE to)")
+    text = text.replace(param, param + f"\tparameter [ADDR_BITS-1:0]  LAYER_STRIDE = 0,  {STRIDE_MARK}\n")
+    wfile.write_text(text.replace(inst, inst + ", .LAYER_STRIDE(LAYER_STRIDE)"))
+
+
 def router_select_text(name: str, n: int, in_w: int, sel_w: int) -> str:
     """Module ``name``: ``n`` routers ``<name>_b<i>`` (``router_decide`` wrappers), the input frame
     steered to, and the decision taken from, the one ``sel`` names."""
@@ -169,6 +188,9 @@ class ChainContext:
     lo: int = 0                         # the level's first fetcher (output 0 of its weight split)
     host: str | None = None             # host-driven fetch: the level's weight split (wire prefix)
     gate: str | None = None             # host-driven fetch: the level's weight gate
+    stride: int = 0                     # the index token's stride in DDR (the level's region stride; 0: FINN's)
+    n_sets: int = 1                     # weight sets an index token may select (the level's branches)
+    epoch: str | None = None            # images the level has started (its weight gate; see write_tree_top)
 
 
 def _stage_instance(st: Stage, k: str, src: str, dst: str, lines: list[str], ctx: ChainContext) -> None:
@@ -203,6 +225,18 @@ def _stage_instance(st: Stage, k: str, src: str, dst: str, lines: list[str], ctx
                       "in_idx0_V_tready": f"fidx_tready[{f}]", "in_idx0_V_tdata": ctx.idx_data,
                       "out0_V_tdata": f"{ww}_tdata", "out0_V_tvalid": f"{ww}_tvalid", "out0_V_tready": f"{ww}_tready"}
             gate = ctx.gate
+            if ctx.epoch:   # this image's weights wait for the level to start this image (write_tree_top)
+                wpi = wp.words_per_image
+                lines += [f"\tlogic [31:0] {ww}_img; logic [{max(1, (wpi - 1).bit_length()) - 1}:0] {ww}_cnt;",
+                          f"\twire {ww}_open = {ww}_img != {ctx.epoch};",
+                          "\talways_ff @(posedge ap_clk) begin",
+                          f"\t\tif (!ap_rst_n) begin {ww}_img <= '0; {ww}_cnt <= '0; end",
+                          f"\t\telse if ({ww}_tvalid && {ww}_tready) begin",
+                          f"\t\t\tif ({ww}_cnt == {wpi - 1}) begin {ww}_cnt <= '0; {ww}_img <= {ww}_img + 1; end",
+                          f"\t\t\telse {ww}_cnt <= {ww}_cnt + 1;",
+                          "\t\tend",
+                          "\tend"]
+                gate = f"{gate} && {ww}_open" if gate else f"{ww}_open"
             if gate:   # the weights wait at the fetcher until the level's decision (see write_tree_top)
                 wconns.update(out0_V_tdata=f"{ww}_f_tdata", out0_V_tvalid=f"{ww}_f_tvalid", out0_V_tready=f"{ww}_f_tready")
                 lines.append(f"\twire [{wp.w_width - 1}:0] {ww}_f_tdata; wire {ww}_f_tvalid, {ww}_f_tready;\n"
@@ -220,7 +254,8 @@ def _stage_instance(st: Stage, k: str, src: str, dst: str, lines: list[str], ctx
                 wconns.update(host_feed="host_fetch", s_host_tdata=f"{hp}_md", s_host_tvalid=f"{hp}_mv[{j}]",
                               s_host_tready=f"{hp}_mr[{j}]", ap_rst_n=f"ap_rst_n && !{hp}_flush")   # a wrong prefetch flushed
             body = [f"\t\t.{p}({s})" for p, s in wconns.items()] + _tieoffs(wp.header, set(wconns))
-            lines.append(f"\t{wp.wrapper} #(.ADDRESS_OFFSET(64'd{int(wp.offset)})) {st.name}_fetch (\n"
+            lines.append(f"\t{wp.wrapper} #(.ADDRESS_OFFSET(64'd{int(wp.offset)}), .LAYER_STRIDE(64'd{ctx.stride}), "
+                         f".N_LAYERS({max(1, ctx.n_sets)})) {st.name}_fetch (\n"
                          + ",\n".join(body) + "\n\t);")
     body = [f"\t\t.{p}({s})" for p, s in conns.items()] + _tieoffs(st.port_text, set(conns)) if st.port_text else \
         [f"\t\t.{p}({s})" for p, s in conns.items()]
@@ -402,11 +437,16 @@ def write_tree_top(path: Path, name: str, tree: TreePart, host_fetch: bool = Fal
                                                                                                      +-> FIFO -> level 1 ...
         last level: branch -> leaf head -> out0_V (accumulators)
 
-    Level L's controller takes decision d_L (a one-word stream), sets ``branch_L = 2*branch_{L-1}
-    + d_L``, ``region_base_L = weights_base + base_L + branch_L * stride_L`` and the threshold set /
-    router select, and sends one index token to the level's fetchers; it takes the next decision
-    only after the level's output for this inference has left (so the base is stable for the whole
-    fetch). Ports: ``ap_clk``, ``ap_rst_n``, ``in0_V_*``, ``out0_V_*``, ``weights_base[63:0]``,
+    Level L's controller takes decision d_L (a one-word stream) as ``2*branch_{L-1} + d_L`` and
+    sends it as the index token to the level's fetchers, which read ``weights_base + base_L +
+    token * stride_L`` (+ the layer's offset): the region of that image's branch. The branch
+    register ``branch_L`` (threshold set, router select) holds the image the level works on; a
+    decision taken while the level is busy (on-chip fetch: one ahead) waits in ``nxt_L`` and becomes
+    ``branch_L`` when the image's output has left the level. Its token goes out at once, so the
+    fetchers' second buffer bank fills while the level still computes; their weights of an image
+    are held until the level started that image (``started_L``), so no stage sees the next image
+    before the branch register names it. Images therefore overlap level by level (the input may
+    stream without gaps). Ports: ``ap_clk``, ``ap_rst_n``, ``in0_V_*``, ``out0_V_*``, ``weights_base[63:0]``,
     ``axi_mm_*`` (AXI4 read, 256-bit), ``leaf`` and ``leaf_valid`` (the last level's branch).
 
     ``host_fetch=True`` adds the host-driven fetch: ports ``host_fetch`` (mode), ``fetch_clear``
@@ -431,11 +471,16 @@ def write_tree_top(path: Path, name: str, tree: TreePart, host_fetch: bool = Fal
     for L, lv in enumerate(levels):
         sw = max(1, (lv.n_branches - 1).bit_length())
         body.append(f"\tlogic [{sw - 1}:0] branch_{L}; logic busy_{L}; logic idxv_{L}; wire idxr_{L};")
-        body.append(f"\twire [{ADDR_W - 1}:0] region_base_{L} = weights_base + {ADDR_W}'d{lv.base} + "
-                    f"{ADDR_W}'({ADDR_W}'(branch_{L}) * {ADDR_W}'d{lv.stride});")
+        body += [f"\tlogic [{sw - 1}:0] nxt_{L}, tok_{L}; logic nxtv_{L}; logic [31:0] started_{L};",
+                 f"\twire [{ADDR_W - 1}:0] level_base_{L} = weights_base + {ADDR_W}'d{lv.base};"]
         lo = ctx.n
-        # the level's fetchers read its region; router select and threshold set follow its branch register
-        ctx.base, ctx.idx_data, ctx.sel, ctx.lo = f"region_base_{L}", f"{IDX_W}'d0", f"branch_{L}", lo
+        # The level's fetchers read the region of the branch their index token names (LAYER_STRIDE =
+        # the region stride), so the next image's token can go out while this image computes; router
+        # select and threshold set follow the branch register, which moves to the next image only
+        # once this image's output left the level; each fetcher's weights of an image wait until the
+        # level started that image (ChainContext.epoch), so no stage sees the next image before.
+        ctx.base, ctx.idx_data, ctx.sel, ctx.lo = f"level_base_{L}", f"{IDX_W}'(tok_{L})", f"branch_{L}", lo
+        ctx.stride, ctx.n_sets, ctx.epoch = int(lv.stride), lv.n_branches, f"started_{L}"
         ctx.host = f"w{L}" if host_fetch else None
         last = L == depth - 1
         if host_fetch:
@@ -476,15 +521,30 @@ def write_tree_top(path: Path, name: str, tree: TreePart, host_fetch: bool = Fal
         hi = ctx.n
         ranges.append((lo, hi))
         prev = f"{{branch_{L - 1}, dec{L}_tdata[0]}}" if L else f"dec{L}_tdata[0]"
-        body += [f"\t// level {L} controller: decision -> branch, region base, threshold set, one index token",
-                 f"\tassign dec{L}_tready = !busy_{L};",
+        # On-chip fetch: a decision is taken while the level still works on the previous image (one
+        # ahead, nxt_L) and its token sent at once, so the fetchers' second buffer bank fills during
+        # that image. Host-driven fetch: the next decision waits until the level is free.
+        ahead = f"{int(hi > lo)}" + (" && !host_fetch" if host_fetch else "")
+        body += [f"\t// level {L} controller: decision -> branch (threshold set, router select), one index token",
+                 f"\twire take_{L} = dec{L}_tvalid && dec{L}_tready;",
+                 f"\twire done_{L} = busy_{L} && {done};",
+                 f"\twire [{sw - 1}:0] d_{L} = {sw}'({prev});",
+                 f"\tassign dec{L}_tready = (!busy_{L} || ({ahead}) && !nxtv_{L}) && !idxv_{L};",
                  "\talways_ff @(posedge ap_clk) begin",
-                 f"\t\tif (!ap_rst_n) begin busy_{L} <= 0; idxv_{L} <= 0; branch_{L} <= '0; end",
+                 f"\t\tif (!ap_rst_n) begin busy_{L} <= 0; idxv_{L} <= 0; branch_{L} <= '0; nxt_{L} <= '0; "
+                 f"tok_{L} <= '0; nxtv_{L} <= 0; started_{L} <= '0; end",
                  "\t\telse begin",
-                 f"\t\t\tif (dec{L}_tvalid && dec{L}_tready) begin branch_{L} <= {sw}'({prev}); busy_{L} <= 1; "
-                 f"idxv_{L} <= {int(hi > lo)}" + (" && !host_fetch" if host_fetch else "") + "; end",
-                 f"\t\t\telse if (busy_{L} && {done}) busy_{L} <= 0;",
                  f"\t\t\tif (idxv_{L} && idxr_{L}) idxv_{L} <= 0;",
+                 f"\t\t\tif (done_{L}) begin   // the image left the level: the next one (if taken) starts",
+                 f"\t\t\t\tif (nxtv_{L}) begin branch_{L} <= nxt_{L}; nxtv_{L} <= 0; started_{L} <= started_{L} + 1; end",
+                 f"\t\t\t\telse busy_{L} <= 0;",
+                 "\t\t\tend",
+                 f"\t\t\tif (take_{L}) begin",
+                 f"\t\t\t\tif (!busy_{L} || (done_{L} && !nxtv_{L})) begin branch_{L} <= d_{L}; busy_{L} <= 1; "
+                 f"started_{L} <= started_{L} + 1; end",
+                 f"\t\t\t\telse begin nxt_{L} <= d_{L}; nxtv_{L} <= 1; end",
+                 f"\t\t\t\ttok_{L} <= d_{L}; idxv_{L} <= {int(hi > lo)}" + (" && !host_fetch" if host_fetch else "") + ";",
+                 "\t\t\tend",
                  "\t\tend",
                  "\tend"]
         if hi > lo:

@@ -265,14 +265,16 @@ class SigmaBranchOverlay:
         raise InputError(f"input dtype {x.dtype} is not accepted: float (quantised here with scale "
                          f"{inp['scale']:.6g}) or integers in {inp['datatype']}")
 
-    def _pack_input(self, q: np.ndarray) -> int:
-        """One CHW integer sample -> NHWC bytes in the input buffer."""
+    def _pack_input(self, q: np.ndarray, buf: Buffer | None = None) -> int:
+        """CHW integer samples (one, or a batch ``(N, C, H, W)``) -> NHWC bytes in the input buffer."""
         dtype = {1: np.int8, 2: np.int16, 4: np.int32}[_element_bytes(self.bundle.driver["input"]["datatype"])]
         if self.bundle.driver["input"]["datatype"].startswith("UINT"):
             dtype = np.dtype(dtype).str.replace("i", "u")
-        data = np.ascontiguousarray(q.transpose(1, 2, 0)).astype(dtype).view(np.uint8).ravel()
-        self.ibuf.array[:data.size] = data
-        self.hw.sync_to_device(self.ibuf)
+        buf = buf or self.ibuf
+        nhwc = q.transpose(1, 2, 0) if q.ndim == 3 else q.transpose(0, 2, 3, 1)
+        data = np.ascontiguousarray(nhwc).astype(dtype).view(np.uint8).ravel()
+        buf.array[:data.size] = data
+        self.hw.sync_to_device(buf)
         return int(data.size)
 
     # -- waiting
@@ -385,11 +387,60 @@ class SigmaBranchOverlay:
         return {"acc": acc, "path": path, "latency": latency, "weights": sum(by_level), "by_level": by_level,
                 "wasted": wasted, "input": in_bytes, "output": out_bytes}
 
-    def execute(self, x: np.ndarray, progress: Callable | None = None) -> dict[str, Any]:
-        """Inference over a batch (one input at a time through the accelerator): ``classes``,
-        ``leaves``, ``paths`` (branch per level), ``logits``, ``acc``, ``bytes`` (per inference:
-        ``weights``, ``weights_by_level``, ``wasted``, ``input``, ``output``) and ``latency``
-        (per inference, in ``latency_unit``)."""
+    def _run_batch(self, q: np.ndarray) -> list[dict[str, Any]]:
+        """``len(q)`` inputs in one start, back to back through the tree (on-chip fetch): the
+        design keeps each image's leaf (PATH); the fetchers' byte counters cover the whole batch."""
+        hw, t0, n = self.hw, self.hw.now(), len(q)
+        d = self.bundle.driver
+        in_one, out_one = int(d["input"]["bytes"]), int(d["output"]["bytes"])
+        if getattr(self, "_batch_bufs", None) is None:
+            self._batch_bufs = (hw.allocate("input batch", hw.max_batch * in_one),
+                                hw.allocate("output batch", hw.max_batch * out_one))
+            self._buffers += self._batch_bufs
+        ibuf, obuf = self._batch_bufs
+        in_bytes = self._pack_input(q, ibuf)
+        hw.send_batch(ibuf, in_bytes, obuf, n * out_one, n)
+        self._wait(hw.poll_output, f"output DMA of a batch of {n} inputs")
+        hw.sync_from_device(obuf)
+        latency = (hw.now() - t0) / n
+        leaves = hw.read_paths(n)
+        acc = np.frombuffer(obuf.array[:n * out_one].tobytes(), dtype="<i4").astype(np.int64).reshape(n, -1)
+        runs, total = [], 0
+        for i, leaf in enumerate(leaves):
+            if leaf is None or not 0 <= leaf < 2 ** self.depth:
+                hw.reset()
+                raise DecisionError(f"image {i} of the batch: the design reported leaf {leaf!r} (valid: 0 to "
+                                    f"{2 ** self.depth - 1}); the accelerator was reset")
+            path = [int(leaf) >> (self.depth - 1 - level) for level in range(self.depth)]
+            by_level = [self._region_address(level, b)[1] for level, b in enumerate(path)]
+            total += sum(by_level)
+            for level, branch in enumerate(path):
+                self._counts[level][branch] += 1
+            runs.append({"acc": acc[i], "path": path, "latency": latency, "weights": sum(by_level),
+                         "by_level": by_level, "wasted": 0, "input": in_one, "output": out_one})
+        read = sum(nbytes for _, _, nbytes in hw.fetch_log())
+        if read != total:   # the router drives the fetchers: exactly the chosen regions, once per image
+            raise DriverError(f"the fetchers read {read} bytes for the batch of {n}; its images' paths need {total}")
+        return runs
+
+    def execute(self, x: np.ndarray, progress: Callable | None = None, batch: int = 1) -> dict[str, Any]:
+        """Inference over a batch: ``classes``, ``leaves``, ``paths`` (branch per level),
+        ``logits``, ``acc``, ``bytes`` (per inference: ``weights``, ``weights_by_level``,
+        ``wasted``, ``input``, ``output``) and ``latency`` (per inference, in ``latency_unit``).
+
+        ``batch`` = 1: one input at a time through the accelerator (any fetch mode and strategy).
+        ``batch`` > 1 (on-chip fetch): up to that many inputs per start, streamed back to back so
+        they overlap in the tree; the same results, ``latency`` = the batch's time / its inputs."""
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, not {batch}")
+        if batch > 1:
+            if self.fetch_mode != "onchip":
+                raise ValueError("batch > 1 needs the on-chip fetch (the host drives each inference's "
+                                 "weight DMAs in host mode)")
+            if getattr(self.hw, "max_batch", 1) < 2:
+                raise ValueError(f"the {self.hw.name} backend's design takes one input per start (no FRAMES "
+                                 "register: rebuild it)")
+            batch = min(batch, self.hw.max_batch)
         self.host_seconds = 0.0
         q = self.quantize(x)
         prepare = getattr(self.hw, "prepare", None)
@@ -400,7 +451,12 @@ class SigmaBranchOverlay:
                 raise DriverError(f"the {self.hw.name} backend could not run the inputs: {type(err).__name__}: "
                                   f"{str(err)[-2000:]}") from err
         runs = []
-        for i in range(len(q)):
+        if batch > 1:
+            for i in range(0, len(q), batch):
+                runs += self._run_batch(q[i:i + batch])
+                if progress is not None:
+                    progress(len(q[i:i + batch]))
+        for i in range(len(q) if batch == 1 else 0):
             runs.append(self._run_one(q[i]))
             if progress is not None:
                 progress(1)

@@ -96,12 +96,14 @@ def run_sim(bundle: str | Path, x: np.ndarray, *, strategy: str = "serial", fetc
             max_cycles: int | None = None, fault: dict[str, Any] | None = None,
             test_dir: str | Path | None = None, prior: list[list[float]] | None = None,
             ddr_port: dict[str, float] | None = None, parameters: dict[str, int] | None = None,
-            record_beats: bool = False) -> dict[str, Any]:
+            record_beats: bool = False, batch: int = 1) -> dict[str, Any]:
     """Build the bundle's whole design behind AXI with Verilator and run the driver on it.
     ``prior``: per-level branch counts the prefetch predictor starts from (``SigmaBranchOverlay.prior``).
     ``ddr_port``: the memory's port model (``hls.boards.Board.weight_port()``; default a 32-byte
     beat a cycle, no latency); ``parameters``: the top's Verilog parameters (``FETCH_BUF_BEATS``,
-    ``FETCH_OUTSTANDING``); ``record_beats``: per inference the port's beats (cycle, address).
+    ``FETCH_OUTSTANDING``); ``record_beats``: per inference the port's beats (cycle, address);
+    ``batch``: ``execute``'s (several inputs per start, back to back; ``sim.per_inference`` is then
+    one record per batch).
 
     ``x``: the inputs as :meth:`SigmaBranchOverlay.execute` takes them. Returns what ``execute``
     returns (numpy arrays; ``latency`` in simulated cycles) plus ``sim``: per inference the bytes
@@ -135,7 +137,7 @@ def run_sim(bundle: str | Path, x: np.ndarray, *, strategy: str = "serial", fetc
     cfg = {"bundle": str(bundle), "hdl": str(hdl_path), "strategy": strategy, "fetch_mode": fetch_mode,
            "timeout_s": float(timeout_s), "seed": int(seed), "fault": fault, "idle_cycles": int(idle_cycles),
            "prior": None if prior is None else [[float(c) for c in level] for level in prior],
-           "record_beats": bool(record_beats),
+           "record_beats": bool(record_beats), "batch": int(batch),
            "sim": {"p_valid": p_valid, "p_ready": p_ready, "p_arready": p_arready, "p_rvalid": p_rvalid,
                    "mmio_cycles": int(mmio_cycles), "max_cycles": max_cycles, "period_ns": float(driver["clk_ns"]),
                    "ddr_bytes": _ddr_bytes(weights, int(driver["input"]["bytes"]), int(driver["output"]["bytes"])),

@@ -655,6 +655,30 @@ def test_whole_design_sim_a_stalled_dma_times_out_and_the_overlay_stays_usable(a
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("tiny_axi")  # shares test_tree_axi's Verilator model of the AXI top
+def test_whole_design_sim_batches_stream_the_inputs_back_to_back(axi_bundle):
+    """``execute(x, batch=3)`` on the whole design: 7 inputs in batches of 3, 3 and 1 (FRAMES per
+    start, each image's leaf from PATH), under random valid/ready and DDR stalls: the results of
+    one at a time (ref), each batch's DDR bytes exactly its images' paths, and the images overlap
+    (a batch of 3 takes less than 3 of the single inference's cycles)."""
+    from sim.host_backend import run_sim
+    root, _ = axi_bundle
+    x = _images_for_leaves(root, [0, 2, 3, 1, 3, 0, 2])
+    ref = SigmaBranchOverlay(root, "ref", fetch_mode="onchip").execute(x)
+    sim = run_sim(root, x, fetch_mode="onchip", seed=5, batch=3)
+    assert np.array_equal(sim["paths"], ref["paths"]) and np.array_equal(sim["acc"], ref["acc"])
+    driver = json.loads((root / "driver.json").read_text())
+    path_bytes = sum(int(level["region_bytes"]) for level in driver["levels"])
+    per = sim["sim"]["per_inference"]                          # one record per batch
+    assert [p["ddr_read_bytes"] for p in per] == [3 * path_bytes, 3 * path_bytes, path_bytes]
+    assert [p["dma_bytes"]["odma0.recv"] for p in per] == [3 * driver["output"]["bytes"]] * 2 + [driver["output"]["bytes"]]
+    assert per[0]["cycles"] < 3 * per[2]["cycles"]
+    assert (sim["bytes"]["weights"] == path_bytes).all() and sim["sim"]["counters"]["errors"] == []
+    with pytest.raises(ValueError, match="on-chip fetch"):
+        SigmaBranchOverlay(root, "ref", fetch_mode="host").execute(x, batch=2)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("tiny_axi")  # shares test_tree_axi's Verilator model of the AXI top
 def test_whole_design_sim_host_fetch_with_wrong_prefetches(axi_bundle):
     """Host-driven fetch over the weight DMAs the design adds (hdl.json "pynq": wdma<l> on
     256-bit streams), prefetch strategy: the first guesses are wrong and cancelled mid-way (the

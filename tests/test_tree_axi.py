@@ -44,15 +44,16 @@ def test_tree_ctrl_registers_match_the_reference_model():
     sig = 0x5A17_C0DE
     r = run_cocotb([RTL_DIR / "tree_ctrl.sv"], "tree_ctrl", "sim.tb.test_tree_ctrl",
                    parameters={"LEVELS": levels, "SIGNATURE": f"32'h{sig:08x}", "LEVEL_LO": _packed(lo),
-                               "LEVEL_HI": _packed(hi)},
+                               "LEVEL_HI": _packed(hi), "PATH_DEPTH": 4},
                    config={"levels": levels, "signature": sig, "level_lo": lo, "level_hi": hi, "stride": stride,
-                           "n_inferences": 6, "seed": 7})
+                           "n_inferences": 9, "seed": 7, "path_depth": 4})
     out = json.loads((r.test_dir / "outputs.json").read_text())
     assert out["checked"] > 300
     done = [i for i in out["inferences"] if not i["aborted"]]
     assert done and all(b > 0 for i in done for b in i["fetch_bytes"])
     assert any(i["host"] for i in done) and any(not i["host"] for i in done)
     assert any(i["aborted"] for i in out["inferences"])
+    assert sorted({i["frames"] for i in done}) == [1, 3, 5]   # several images per start; 5 > the path queue
 
 
 def _images_for_leaves(tree, leaves_wanted):

@@ -28,7 +28,16 @@
 //   0xC0 + 4l FETCH_BRANCH_l RW: host mode: the branch whose region the host's next weight DMA of
 //                        level l carries (written before the DMA starts; a region whose branch is not
 //                        the decision is dropped, so a wrong prefetch never reaches the datapath)
+//   0xE0 FRAMES          RW: images the next start takes (on-chip fetch; reset value 1, 0 counts as 1,
+//                        host-driven fetch always 1). The images stream in back to back and pass
+//                        through the tree level by level; done comes after the last one's output.
+//   0xE4 FRAMES_DONE     R: images whose output left since the start
+//   0xE8 PATH            R: the oldest unread image's path, popped by the read: bit31 valid, the last
+//                        level's branch (the leaf) in the low bits; 0 when none is left. PATH_DEPTH
+//                        images are kept (cleared by start); more unread sets STATUS bit5.
+//   STATUS bit5          the path queue overflowed (also sets bit2)
 //
+// DECISION_l holds the last image's decision, FETCH_BYTES_l counts the whole run's bytes.
 // A read burst belongs to level l when its address minus weights_base lies in
 // [LEVEL_LO[l], LEVEL_HI[l]) (the level's branch regions in weights.bin). Bursts are tracked in
 // order (a FIFO of RD_FIFO outstanding bursts; hls/rtl/axi_read_arbiter.sv has one in flight).
@@ -40,7 +49,8 @@ module tree_ctrl #(
 	logic [64*LEVELS-1:0]  LEVEL_HI = '0,
 	int unsigned  BRANCH_W = 8,
 	int unsigned  ADDR_W = 8,
-	int unsigned  RD_FIFO = 4
+	int unsigned  RD_FIFO = 4,
+	int unsigned  PATH_DEPTH = 64
 )(
 	input  logic  ap_clk,
 	input  logic  ap_rst_n,
@@ -71,7 +81,10 @@ module tree_ctrl #(
 	output logic [63:0]  weights_base,
 	input  logic [LEVELS*BRANCH_W-1:0]  level_branch,  // the tree top's branch register per level
 	input  logic [LEVELS-1:0]           level_busy,    // rises when the level takes its decision
-	input  logic         out_done,      // the inference's last output word was taken
+	input  logic         out_done,      // an image's last output word was taken
+	output logic [31:0]  frames,        // images a start now takes (the wrapper samples it with start)
+	input  logic         path_push,     // an image's first output word: its leaf is path_leaf
+	input  logic [BRANCH_W-1:0]  path_leaf,
 
 	// host-driven fetch (weight_stream_split per level)
 	output logic         host_fetch,    // FETCH_MODE is 0
@@ -102,12 +115,26 @@ module tree_ctrl #(
 	logic [63:0]  FetchAddr [LEVELS];
 	logic [31:0]  FetchBytes [LEVELS];
 	logic [LEVELS-1:0]  BusyQ;
+	logic [31:0]  Frames, FramesRun, FramesDone;
+	logic         PathOvf;
+	// what a start takes (sampled with it, here and in the wrapper); FramesRun keeps it for the run
+	wire [31:0]  frames_next = (!OnChip || Frames == 0) ? 32'd1 : Frames;
+	assign frames = frames_next;
 	assign weights_base = {WbHi, WbLo};
 	assign host_fetch = !OnChip;
 	for (genvar l = 0; l < LEVELS; l++) begin : genTag
 		assign fetch_tag[BRANCH_W*l +: BRANCH_W] = Tag[l];
 	end : genTag
 	wire  host_err = CommitErr || (host_fetch && |host_len_error);
+
+	// ------------------------------------------------------------------ path queue (images' leaves)
+	localparam int unsigned  QW = PATH_DEPTH > 1 ? $clog2(PATH_DEPTH) : 1;
+	logic [BRANCH_W-1:0]  PathQ [PATH_DEPTH];
+	logic [QW-1:0]  PRd, PWr;
+	logic [QW:0]    PCnt;
+	wire  path_pop = s_axi_arvalid && s_axi_arready && {s_axi_araddr[ADDR_W-1:2], 2'b00} == ADDR_W'('hE8)
+	                 && PCnt != 0;
+	wire  path_in = path_push && running && PCnt != (QW+1)'(PATH_DEPTH);
 
 	// ------------------------------------------------------------------ AXI4-Lite write
 	logic               AwFull, WFull;
@@ -160,6 +187,8 @@ module tree_ctrl #(
 				Decision[l] <= '0;  Commit[l] <= '0;  Tag[l] <= '0;  FetchAddr[l] <= '0;  FetchBytes[l] <= '0;
 			end
 			FRd <= '0;  FWr <= '0;  FCnt <= '0;
+			Frames <= 32'd1;  FramesRun <= 32'd1;  FramesDone <= '0;  PathOvf <= 0;
+			PRd <= '0;  PWr <= '0;  PCnt <= '0;
 		end
 		else begin
 			// AXI-Lite write channel
@@ -196,12 +225,23 @@ module tree_ctrl #(
 			end
 			FCnt <= FCnt + (FW+1)'(ar_fire) - (FW+1)'(r_fire && mon_rlast);
 
-			if (out_done && running) begin  running <= 0;  Done <= 1;  end
+			if (out_done && running) begin
+				FramesDone <= FramesDone + 1;
+				if (FramesDone + 1 >= FramesRun) begin  running <= 0;  Done <= 1;  end
+			end
+			if (path_in) begin
+				PathQ[PWr] <= path_leaf;
+				PWr <= (PWr == QW'(PATH_DEPTH - 1)) ? '0 : PWr + 1;
+			end
+			if (path_push && running && !path_in)  PathOvf <= 1;
+			if (path_pop)  PRd <= (PRd == QW'(PATH_DEPTH - 1)) ? '0 : PRd + 1;
+			PCnt <= PCnt + (QW+1)'(path_in) - (QW+1)'(path_pop);
 
 			// register writes
 			if (wr_go) begin
 				unique case (wa)
 				ADDR_W'('h10):  if (WStrb[0])  OnChip <= WData[0];
+				ADDR_W'('hE0):  Frames <= merge(Frames, WData, WStrb);
 				ADDR_W'('h14):  WbLo <= merge(WbLo, WData, WStrb);
 				ADDR_W'('h18):  WbHi <= merge(WbHi, WData, WStrb);
 				default: begin
@@ -218,6 +258,8 @@ module tree_ctrl #(
 			end
 			if (do_start || do_reset) begin
 				Done <= 0;  RangeErr <= 0;  CommitErr <= 0;  DecValid <= '0;  Seen <= '0;
+				FramesDone <= '0;  PathOvf <= 0;  PRd <= '0;  PWr <= '0;  PCnt <= '0;
+				FramesRun <= frames_next;
 				for (int unsigned l = 0; l < LEVELS; l++) begin  FetchAddr[l] <= '0;  FetchBytes[l] <= '0;  end
 			end
 			if (do_start) begin  running <= 1;  soft_reset <= 0;  end
@@ -233,13 +275,16 @@ module tree_ctrl #(
 		automatic logic [31:0]  v = '0;
 		unique case (a)
 		ADDR_W'('h00):  v = {30'd0, soft_reset, running};
-		ADDR_W'('h04):  v = {27'd0, RangeErr, host_err, host_err || RangeErr, !running, Done};
+		ADDR_W'('h04):  v = {26'd0, PathOvf, RangeErr, host_err, host_err || RangeErr || PathOvf, !running, Done};
 		ADDR_W'('h08):  v = SIGNATURE;
 		ADDR_W'('h0C):  v = 32'(LEVELS);
 		ADDR_W'('h10):  v = 32'(OnChip);
 		ADDR_W'('h14):  v = WbLo;
 		ADDR_W'('h18):  v = WbHi;
 		ADDR_W'('h1C):  v = 32'(DecValid);
+		ADDR_W'('hE0):  v = Frames;
+		ADDR_W'('hE4):  v = FramesDone;
+		ADDR_W'('hE8):  v = PCnt != 0 ? {1'b1, 31'(PathQ[PRd])} : 32'd0;
 		default: begin
 			for (int unsigned l = 0; l < LEVELS; l++) begin
 				if (a == ADDR_W'('h20 + 4*l))  v = 32'(Decision[l]);

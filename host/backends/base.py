@@ -69,9 +69,15 @@ REGISTERS: dict[str, int] = {
     "FETCH_ADDR_HI_0": 0x64,
     "FETCH_BYTES_0": 0xA0,    # + 4*l: bytes the level's fetchers read in this inference
     "FETCH_BRANCH_0": 0xC0,   # W, + 4*l: host mode: branch whose region the next weight DMA carries
+    "FRAMES": 0xE0,           # RW: images the next start takes (on-chip fetch; 0 and host mode: 1)
+    "FRAMES_DONE": 0xE4,      # images whose output left since the start
+    "PATH": 0xE8,             # R, pops: bit31 + the oldest unread image's leaf (0: none left)
 }
 # DMA instances in the overlay: input (MM2S), output (S2MM), one weight DMA per level (MM2S).
 IPS: dict[str, Any] = {"ctrl": "sigmabranch_ctrl", "idma": "idma0", "odma": "odma0", "wdma": ["wdma0", "wdma1"]}
+
+
+PATH_DEPTH = 64   # images' paths tree_ctrl keeps per start (its PATH_DEPTH): the largest batch
 
 
 def layout_signature(driver: dict[str, Any]) -> int:

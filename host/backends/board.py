@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .base import IPS, REGISTERS, BackendUnavailable, Buffer, DesignInfo, Hardware
+from .base import IPS, PATH_DEPTH, REGISTERS, BackendUnavailable, Buffer, DesignInfo, Hardware
 
 STATUS_DONE, STATUS_ERROR = 0x1, 0x4
 DMA_ERROR_BITS = 0x70  # DMASR: internal, slave, decode error
@@ -77,6 +77,12 @@ class BoardHardware(Hardware):
                                          f"{largest}: build the AXI DMA with c_sg_length_width >= "
                                          f"{max(14, largest.bit_length())}")
         modes = ("host", "onchip") if self.wdma else ("onchip",)
+        # Several images per start (FRAMES resets to 1; a design without the register reads 0).
+        self.max_batch = PATH_DEPTH if self._read("FRAMES") else 1
+        for dma, per in ((self.idma, int(d["input"]["bytes"])), (self.odma, int(d["output"]["bytes"]))):
+            limit = getattr(dma, "buffer_max_size", None)   # one batch is one transfer each way
+            if limit is not None:
+                self.max_batch = max(1, min(self.max_batch, int(limit) // per))
         return DesignInfo(signature=self._read("SIGNATURE"), levels=self._read("LEVELS"), fetch_modes=modes,
                           clock_unit="s", extra={"bitstream": str(bitfile)})
 
@@ -129,6 +135,20 @@ class BoardHardware(Hardware):
         self.odma.recvchannel.transfer(out.array, nbytes=out_nbytes)  # arm the output first, as FINN's driver
         self._write("CTRL", 0x1)
         self.idma.sendchannel.transfer(buf.array, nbytes=nbytes)
+
+    def send_batch(self, buf: Buffer, nbytes: int, out: Buffer, out_nbytes: int, n: int) -> None:
+        """``n`` images back to back in one start (on-chip fetch): ``nbytes`` / ``out_nbytes`` for
+        all of them; they pass through the tree level by level."""
+        if not 1 <= n <= self.max_batch:
+            raise ValueError(f"board: a batch of {n} images; this design takes 1 to {self.max_batch} per start")
+        self._write("FRAMES", n)
+        self.send_input(buf, nbytes, out, out_nbytes)
+
+    def read_paths(self, n: int) -> list[int | None]:
+        """The leaves of the last start's images, in order (None where the design kept none)."""
+        words = [self._read("PATH") for _ in range(n)]
+        self._write("FRAMES", 1)
+        return [w & 0x7FFF_FFFF if w >> 31 else None for w in words]
 
     def poll_decision(self, level: int) -> int | None:
         if not (self._read("DECISION_VALID") >> level) & 1:

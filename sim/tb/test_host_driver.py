@@ -86,7 +86,8 @@ def drive(sim: Simulation, cfg: dict[str, Any], x: np.ndarray) -> dict[str, Any]
         if cfg.get("fault"):
             record["fault"] = _fault_run(sim, overlay, x, cfg["fault"])
         marks = [sim.counters()]
-        out = overlay.execute(x, progress=lambda n=1: marks.append(sim.counters()))
+        # progress comes per inference, or per batch of inferences (``batch`` > 1: one record each)
+        out = overlay.execute(x, progress=lambda n=1: marks.append(sim.counters()), batch=int(cfg.get("batch", 1)))
         record["result"] = _jsonable(out)
         record["per_inference"] = [_delta(a, b) for a, b in zip(marks, marks[1:])]
         if cfg.get("record_beats"):   # the DDR port's beats of each inference: (cycle, address)
