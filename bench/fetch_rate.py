@@ -2,6 +2,7 @@
 and after, built from one export and simulated in the same run.
 
     .venv/bin/python bench/fetch_rate.py [--export runs/demo/export] [--board pynq-z2] [--images 8]
+                                         [--batch 32] [--stream]
 
 Every design is the whole design behind AXI (``vivado/``), simulated with Verilator under the
 unchanged host driver (on-chip fetch, one inference at a time). They differ in
@@ -17,7 +18,10 @@ The simulated DDR is the board's port (``hls.boards.Board.weight_port``: PYNQ-Z2
 elsewhere. Per design: cycles per inference (the driver's latency: start to the last output word),
 bit-exact against the integer reference (``ref`` backend), DDR bytes == the chosen regions' bytes,
 and per level the fetch's port cycles (first to last beat of the level's regions) against its
-bytes / port bytes per cycle. Written to ``bench/results/fetch_rate_<board>.json`` and ``.md``.
+bytes / port bytes per cycle. Then the last design under the driver with ``execute(x, batch=N)``
+(the images of a batch streamed back to back in one start, overlapping in the tree; throughput as
+cycles per inference) and, with ``--stream``, the stitched tree without the AXI wrapper one at a
+time and back to back. Written to ``bench/results/fetch_rate_<board>.json`` and ``.md``.
 """
 from __future__ import annotations
 

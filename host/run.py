@@ -191,13 +191,14 @@ def print_report(r: dict[str, Any]) -> None:
 def run_bundle(bundle: str | Path, inputs: str | Path | tuple[np.ndarray, np.ndarray | None], *,
                backend: str = "ref", strategy: str = "serial", fetch_mode: str | None = None,
                limit: int | None = None, timeout_s: float = 2.0, bitfile: str | Path | None = None,
-               progress: bool = False) -> dict[str, Any]:
+               progress: bool = False, batch: int = 1) -> dict[str, Any]:
     """Run the driver over ``inputs`` on ``backend`` and return the report (what ``--json`` writes).
 
     ``inputs``: the path of a ``samples.npz`` (``x``, optionally ``y``) or a tuple ``(x, y)`` of
     arrays (``y`` may be ``None``); ``limit``: the first N only. ``timeout_s`` bounds every DMA or
     router wait (simulated seconds in ``sim``). ``bitfile``: ``board`` only (default:
-    driver.json's). ``progress``: a progress bar on stderr. Raises the driver's errors
+    driver.json's). ``progress``: a progress bar on stderr. ``batch``: inputs per start, streamed
+    back to back (on-chip fetch; the latency reported is then the batch's time per input). Raises the driver's errors
     (:class:`BackendUnavailable`, :class:`DriverError`, :class:`ManifestError`, ...),
     ``FileNotFoundError``, ``KeyError`` or ``ValueError`` for what it cannot run."""
     bundle = Path(bundle)
@@ -213,7 +214,7 @@ def run_bundle(bundle: str | Path, inputs: str | Path | tuple[np.ndarray, np.nda
     bar = _Progress(len(x), f"{backend}/{strategy}", enabled=progress)
     try:
         run = execute_on_backend(bundle, x, backend=backend, strategy=strategy, fetch_mode=fetch_mode,
-                                 timeout_s=timeout_s, progress=bar,
+                                 timeout_s=timeout_s, progress=bar, batch=batch,
                                  log=(lambda line: print(line, file=sys.stderr, flush=True)) if progress else None,
                                  **extra)
     finally:
@@ -242,13 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bitfile", help="board: the bitstream (default: driver.json's)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds any one DMA or router wait may take")
     p.add_argument("--limit", type=int, help="first N inputs only")
+    p.add_argument("--batch", type=int, default=1,
+                   help="inputs per start, streamed back to back so they overlap in the tree (on-chip fetch; "
+                        "at most 64, the design's path queue); the latency is then the batch's time per input")
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
         report = run_bundle(args.bundle, args.inputs, backend=args.backend, strategy=args.strategy,
                             fetch_mode=args.fetch_mode, limit=args.limit, timeout_s=args.timeout,
-                            bitfile=args.bitfile, progress=not args.no_progress)
+                            bitfile=args.bitfile, progress=not args.no_progress, batch=args.batch)
     except (BackendUnavailable, DriverError, ManifestError, ValueError, KeyError, FileNotFoundError) as err:
         print(f"host/run.py: {type(err).__name__}: {err}", file=sys.stderr)
         return 2

@@ -113,6 +113,24 @@ def test_onchip_fetch_mode_and_integer_inputs_give_the_same_results(bundle):
     assert single["acc"].shape == (1, host["acc"].shape[1])
 
 
+def test_batches_give_the_same_results_and_overlap_in_the_model(bundle):
+    """``execute(x, batch=N)`` (on-chip fetch) on the ref backend: the results of one at a time,
+    each inference's path bytes, and a shorter time per inference (the images overlap level by
+    level); batches larger than the design's path queue are split; host mode refuses it."""
+    root, _, x = bundle
+    one = SigmaBranchOverlay(root, "ref", fetch_mode="onchip").execute(x[:20])
+    ov = SigmaBranchOverlay(root, "ref", fetch_mode="onchip")
+    ov.hw.max_batch = 8                       # 20 inputs: batches of 8, 8, 4
+    many = ov.execute(x[:20], batch=100)
+    assert np.array_equal(one["acc"], many["acc"]) and np.array_equal(one["paths"], many["paths"])
+    assert (many["bytes"]["weights"] == one["bytes"]["weights"]).all() and (many["bytes"]["wasted"] == 0).all()
+    assert many["latency"].mean() < one["latency"].mean()
+    with pytest.raises(ValueError, match="on-chip fetch"):
+        SigmaBranchOverlay(root, "ref").execute(x[:2], batch=2)
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        ov.execute(x[:2], batch=0)
+
+
 def test_prefetch_hides_fetch_latency_and_keeps_results(bundle):
     root, _, x = bundle
     serial = SigmaBranchOverlay(root, "ref", strategy="serial").execute(x)

@@ -85,7 +85,7 @@ class BackendRun:
 def execute_on_backend(bundle: str | Path, x, *, backend: str = "ref", strategy: str = "serial",
                        fetch_mode: str | None = None, timeout_s: float = 2.0,
                        progress: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None,
-                       **backend_args) -> BackendRun:
+                       batch: int = 1, **backend_args) -> BackendRun:
     """Run the driver over the inputs ``x`` on ``backend``, the one place that chooses how.
 
     ``board``/``ref`` (and ``sim`` part by part): a :class:`~host.driver.SigmaBranchOverlay` here
@@ -93,7 +93,8 @@ def execute_on_backend(bundle: str | Path, x, *, backend: str = "ref", strategy:
     inference. ``sim`` on a bundle with ``vivado/hdl.json``: the driver in the cocotb test on the
     whole design (``sim.host_backend.run_sim``, ``backend_args`` are its options), ``log`` gets a
     line before the (possibly long) build and simulation, ``progress`` is not called (the driver
-    runs in another process). ``timeout_s``: simulated seconds in simulation."""
+    runs in another process). ``timeout_s``: simulated seconds in simulation. ``batch``:
+    ``execute``'s (inputs per start, on-chip fetch)."""
     from ..driver import Bundle, SigmaBranchOverlay
     if backend == "sim" and sim_route(bundle) == WHOLE:
         sim = load_sim_backend()
@@ -102,7 +103,8 @@ def execute_on_backend(bundle: str | Path, x, *, backend: str = "ref", strategy:
             log(f"sim: {len(x)} inputs through the driver on the Verilator model of {Path(bundle) / 'vivado'} "
                 "(builds it first unless cached) ...")
         t0 = time.perf_counter()
-        out = sim.run_sim(bundle, x, strategy=strategy, fetch_mode=fetch_mode, timeout_s=timeout_s, **backend_args)
+        out = sim.run_sim(bundle, x, strategy=strategy, fetch_mode=fetch_mode, timeout_s=timeout_s, batch=batch,
+                          **backend_args)
         return BackendRun(out, loaded, out["sim"]["open"]["fetch_mode"], WHOLE, time.perf_counter() - t0, out["sim"])
     overlay = SigmaBranchOverlay(bundle, backend, strategy=strategy, fetch_mode=fetch_mode, timeout_s=timeout_s,
                                  **backend_args)
@@ -110,7 +112,7 @@ def execute_on_backend(bundle: str | Path, x, *, backend: str = "ref", strategy:
         if progress is not None:
             progress(0)                                   # the design is open: the run starts
         t0 = time.perf_counter()
-        out = overlay.execute(x, progress=progress)
+        out = overlay.execute(x, progress=progress, batch=batch)
         seconds = time.perf_counter() - t0
     finally:
         overlay.close()

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import BundleError
 from ..int_reference import IntegerTree
-from .base import Buffer, DesignInfo, Hardware, layout_signature
+from .base import PATH_DEPTH, Buffer, DesignInfo, Hardware, layout_signature
 
 MMIO_CYCLES = 25        # one AXI-Lite register access from the PS (assumption)
 # What the timing model reads from driver.json "board_facts" (hls/boards.py's record of the board).
@@ -175,6 +175,47 @@ class RefHardware(Hardware):
                 fetch = self._schedule_fetch(level, self.weights.physical_address + base + branch * stride, size, decided)
                 inf["committed"][level] = branch
                 self._run_level(level, max(fetch["end"], decided))
+
+    # -- several images per start (on-chip fetch): the design's FRAMES / PATH
+    max_batch = PATH_DEPTH
+
+    def send_batch(self, buf: Buffer, nbytes: int, out: Buffer, out_nbytes: int, n: int) -> None:
+        """``n`` images back to back, scheduled as the stitched design runs them: the inputs stream
+        one after another, each level works on one image at a time and takes the next image's
+        decision one ahead (its fetch starts then, the port serving fetches in order), an image
+        enters a level once the level's previous image left it and its weights are in."""
+        if self.fetch_mode != "onchip" or not 1 <= n <= self.max_batch:
+            raise ValueError(f"ref: a batch of {n} images needs the on-chip fetch and 1 to {self.max_batch} images")
+        self._tick()
+        x = np.frombuffer(buf.array[:nbytes].tobytes(), dtype=self.in_dtype).reshape((n,) + self.in_shape[1:])
+        result = self.tree.infer(x.transpose(0, 3, 1, 2).astype(np.int64), quantized=True)
+        paths = [[int(b) for b in _branches(d)] for d in result["path_decisions"]]
+        tm, per_in = self.timing, nbytes // n
+        self._port_free = max(getattr(self, "_port_free", 0), self._clock)
+        self._inference = {"path": paths[-1], "paths": paths, "acc": result["acc"].astype(np.int32), "out": out,
+                           "out_nbytes": out_nbytes, "fetches": {}, "log": [], "committed": {},
+                           "decision_at": [None] * self.depth, "output_at": None}
+        bb_free, level_free, started = self._clock, [self._clock] * self.depth, [self._clock] * self.depth
+        end = self._clock
+        for i, path in enumerate(paths):
+            arrived = self._clock + tm.io_cycles(per_in * (i + 1))
+            decided = bb_free = max(arrived, bb_free) + tm.backbone_cycles
+            for level, branch in enumerate(path):
+                base, stride, size = self.regions[level]
+                issued = max(decided, started[level])          # one decision ahead of the level's image
+                fetch_start = max(issued, self._port_free)
+                fetch_end = self._port_free = fetch_start + tm.fetch_cycles(size)
+                self._inference["log"].append((level, self.weights.physical_address + base + branch * stride, size))
+                started[level] = max(decided, level_free[level])
+                level_free[level] = decided = max(started[level], fetch_end) + tm.level_cycles[level]
+            end = max(end, decided + tm.io_cycles(out_nbytes // n))
+        self._inference["committed"] = dict(enumerate(paths[-1]))
+        self._inference["decision_at"] = [self._clock] * self.depth
+        self._inference["output_at"] = end
+
+    def read_paths(self, n: int) -> list[int | None]:
+        paths = (self._inference or {}).get("paths", [])
+        return [p[-1] for p in paths[:n]] + [None] * max(0, n - len(paths))
 
     def _schedule_fetch(self, level: int, address: int, nbytes: int, issued: float) -> dict[str, Any]:
         self._buffer_at(address, nbytes)
