@@ -69,20 +69,28 @@ def _inputs(header: str) -> list[str]:
 HOST_FEED_MARK = "// host feed: hls/stitch.py"
 
 
+def _unedited(wfile: Path, mark: str, anchors: tuple[str, ...], what: str) -> str | None:
+    """``wfile``'s text if it still needs the edit ``mark`` names (None if done), each anchor
+    found exactly once (else FINN+'s generated wrapper changed: refused, naming ``what``)."""
+    text = wfile.read_text()
+    if mark in text:
+        return None
+    if any(text.count(a) != 1 for a in anchors):
+        raise StitchError(f"{wfile.name}: FINN+'s fetch_weights wrapper changed (no single {what})")
+    return text
+
+
 def host_feed_wrapper(wfile: Path) -> None:
     """Give a FINN+ ``fetch_weights`` wrapper a second source for its width converter: with
     ``host_feed`` high the VPC takes ``s_host_*`` (the level's weight DMA stream, split by
     ``hls/rtl/weight_stream_split.sv``) instead of the wrapper's own DMA engine, which then gets no
     index token. The local weight buffer, the VPC and FINN's layout stay as they are, so one
     region streamed by the PS fills the buffers exactly as the on-chip fetch does. Idempotent."""
-    text = wfile.read_text()
-    if HOST_FEED_MARK in text:
-        return
     vpc_in = ".ivld(axis_dma_tvalid), .irdy(axis_dma_tready),\n\t.idat(axis_dma_tdata[DATA_BITS-1:0]),"
     ports_at = "\t// Stream\n\toutput\tout0_V_tvalid,"
-    if text.count(vpc_in) != 1 or text.count(ports_at) != 1:
-        raise StitchError(f"{wfile.name}: FINN+'s fetch_weights wrapper changed (no single VPC input / stream "
-                          "port block to give the host feed)")
+    text = _unedited(wfile, HOST_FEED_MARK, (vpc_in, ports_at), "VPC input / stream port block to give the host feed")
+    if text is None:
+        return
     ports = (f"\t{HOST_FEED_MARK}: the level's weight DMA instead of the own DMA engine\n"
              "\tinput\thost_feed,\n\tinput\ts_host_tvalid,\n\toutput\ts_host_tready,\n"
              "\tinput\t[DATA_BITS-1:0] s_host_tdata,\n")
@@ -103,14 +111,12 @@ def stride_wrapper(wfile: Path) -> None:
     """Give a FINN+ ``fetch_weights`` wrapper the ``LAYER_STRIDE`` parameter of the patched
     ``fetch_weights`` (:data:`hls.finn_rtllib.PATCHES`): index i reads at ``i * LAYER_STRIDE``.
     Idempotent."""
-    text = wfile.read_text()
-    if STRIDE_MARK in text:
-        return
     param = "\tparameter [ADDR_BITS-1:0]  ADDRESS_OFFSET = 0,\n"
     inst = ".N_LAYERS(N_LAYERS), .ADDRESS_OFFSET(ADDRESS_OFFSET)"
-    if text.count(param) != 1 or text.count(inst) != 1:
-        raise StitchError(f"{wfile.name}: FINN+'s fetch_weights wrapper changed (no single ADDRESS_OFFSET "
-                          "parameter / instance parameter list to add LAYER_STRIDE to)")
+    text = _unedited(wfile, STRIDE_MARK, (param, inst), "ADDRESS_OFFSET parameter / instance parameter list to "
+                     "add LAYER_STRIDE to")
+    if text is None:
+        return
     text = text.replace(param, param + f"\tparameter [ADDR_BITS-1:0]  LAYER_STRIDE = 0,  {STRIDE_MARK}\n")
     wfile.write_text(text.replace(inst, inst + ", .LAYER_STRIDE(LAYER_STRIDE)"))
 

@@ -436,3 +436,32 @@ def test_finn_conv_front_nodes(op):
                                    Padding=[1, 1, 1, 1], NumChannels=4, SIMD=2, inputDataType="INT4")
         x = rng.integers(-8, 8, [1, 4, 4, 4])
     _check_finn_node(model, x.astype(np.float32), p_valid=0.6, p_ready=0.6)
+
+
+def test_fetch_wrapper_edits_are_made_once_and_refuse_a_changed_wrapper(tmp_path):
+    """hls.stitch's two edits of FINN+'s generated fetch_weights wrapper (the host feed and
+    LAYER_STRIDE), on the lines of FINN+'s wrapper they anchor to: applied once (a second call
+    changes nothing), and a wrapper without those lines is refused by name, not edited wrongly."""
+    from hls.stitch import StitchError, host_feed_wrapper, stride_wrapper
+    w = tmp_path / "l0_MVAU_rtl_0_fetch_weights_wrapper.v"
+    w.write_text("module l0_MVAU_rtl_0_fetch_weights_wrapper #(\n\tparameter  N_LAYERS = 64,\n"
+                 "\tparameter [ADDR_BITS-1:0]  ADDRESS_OFFSET = 0,\n\tparameter  X = 1\n)(\n"
+                 "\t// Stream\n\toutput\tout0_V_tvalid,\n\tinput\tout0_V_tready\n);\n"
+                 "vpc #(.N(4)) dwc (.ivld(axis_dma_tvalid), .irdy(axis_dma_tready),\n"
+                 "\t.idat(axis_dma_tdata[DATA_BITS-1:0]), .odat());\n"
+                 "fetch_weights #(.N_LAYERS(N_LAYERS), .ADDRESS_OFFSET(ADDRESS_OFFSET)) inst ();\nendmodule\n")
+    host_feed_wrapper(w)
+    stride_wrapper(w)
+    once = w.read_text()
+    host_feed_wrapper(w)
+    stride_wrapper(w)
+    assert w.read_text() == once
+    assert "parameter [ADDR_BITS-1:0]  LAYER_STRIDE = 0," in once
+    assert ".ADDRESS_OFFSET(ADDRESS_OFFSET), .LAYER_STRIDE(LAYER_STRIDE)" in once
+    assert "input\thost_feed," in once and ".ivld(vpc_ivld), .irdy(vpc_irdy)" in once
+    bad = tmp_path / "bad_fetch_weights_wrapper.v"
+    bad.write_text("module bad_fetch_weights_wrapper (); endmodule\n")
+    with pytest.raises(StitchError, match="ADDRESS_OFFSET"):
+        stride_wrapper(bad)
+    with pytest.raises(StitchError, match="VPC input"):
+        host_feed_wrapper(bad)
