@@ -113,6 +113,7 @@ class Stage:
     out_elem: tuple[int, int, bool] = (0, 0, False)
     in_elem: tuple[int, int, bool] = (0, 0, False)
     residual: Residual | None = None  # a residual block: this stage is its adder, the paths inside
+    frame_words: int = 0           # input words of one image (where a branch tag must follow the image)
 
     @property
     def fetches(self) -> bool:
@@ -200,7 +201,8 @@ def _finn_stage(model, node) -> Stage:
     top_file = next((s for s in srcs if Path(s).stem in (top, f"{top}_wrapper")), srcs[0])
     header = module_header(Path(top_file), top)
     st = Stage(node.name, top, _rup8(inst.get_instream_width(0)), _rup8(inst.get_outstream_width(0)),
-               upper="in0_V_TDATA" in header, sources=list(srcs), includes=list(incs), port_text=header)
+               upper="in0_V_TDATA" in header, sources=list(srcs), includes=list(incs), port_text=header,
+               frame_words=int(np.prod(inst.get_folded_input_shape()[:-1])))
     st.data_files = [f for f in cg.iterdir() if f.suffix in (".dat", ".mem", ".hex")]
     odt, idt = inst.get_output_datatype(), inst.get_input_datatype(0)
     st.out_elem = (odt.bitwidth(), int(inst.get_folded_output_shape()[-1]), odt.signed())
@@ -338,8 +340,10 @@ def router_select_stage(model, decisions: list[dict[str, Any]], name: str, gen_d
     sw = max(1, (len(decisions) - 1).bit_length())
     top = gen_dir / f"{name}.sv"
     top.write_text(router_select_text(name, len(decisions), in_w, sw))
+    n = len(np.asarray(decisions[0]["u_int"]))
     return Stage(name, name, in_w, 16, upper=False, sources=[RTL_DIR / "router_decide.sv", *files, top],
-                 select=RouterSelect(sw), out_elem=(16, 1, False), in_elem=(zdt.bitwidth(), pe, zdt.signed()))
+                 select=RouterSelect(sw), out_elem=(16, 1, False), in_elem=(zdt.bitwidth(), pe, zdt.signed()),
+                 frame_words=n // pe)
 
 
 def _add_stage(model, add, name: str) -> Stage:
