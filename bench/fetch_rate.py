@@ -102,6 +102,16 @@ def batch_run(bundle: Path, x: np.ndarray, ref: dict, port: dict, driver: dict, 
     r["bytes_match"] = r["ddr_bytes"] == r["path_bytes"]
     print(f"[fetch_rate]   driver, batch {batch}: {r['cycles_per_inference']:,.0f} cycles/inference, bit-exact "
           f"{r['bit_exact']}, bytes match {r['bytes_match']}", flush=True)
+    # the same batch under random back-pressure on every stream and random DDR stalls: results only
+    out = run_sim(bundle, x, fetch_mode="onchip", parameters=BUFFERED, ddr_port=port, batch=batch, seed=1,
+                  p_valid=0.7, p_ready=0.7, p_arready=0.8, p_rvalid=0.8)
+    per = out["sim"]["per_inference"]
+    r["backpressure"] = {"bit_exact": bool(np.array_equal(out["acc"], ref["acc"])
+                                           and np.array_equal(out["paths"], ref["paths"])),
+                         "bytes_match": [int(p["ddr_read_bytes"]) for p in per] == r["path_bytes"],
+                         "cycles_per_inference": float(np.mean(out["latency"]))}
+    print(f"[fetch_rate]   driver, batch {batch}, random back-pressure: bit-exact {r['backpressure']['bit_exact']}, "
+          f"bytes match {r['backpressure']['bytes_match']}", flush=True)
     return r
 
 
@@ -175,6 +185,11 @@ def table(res: dict) -> str:
                   f"{1e9 / (b['cycles_per_inference'] * clk):,.0f} | {base_cyc / b['cycles_per_inference']:.2f}x | "
                   f"{np.mean(last['cycles_per_inference']) / b['cycles_per_inference']:.2f}x | {b['bit_exact']} | "
                   f"{b['bytes_match']} |"]
+        if b.get("backpressure"):
+            bp = b["backpressure"]
+            lines += ["", f"The same batch with random valid/ready on every stream (0.7) and DDR stalls (0.8): "
+                      f"bit-exact {bp['bit_exact']}, DDR bytes = path {bp['bytes_match']} "
+                      f"({bp['cycles_per_inference']:,.0f} cycles per inference)."]
     if res.get("stream"):
         s = res["stream"]
         one, b2b = s["one at a time"], s["back to back"]
@@ -198,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--batch", type=int, default=32, help="the last design under the driver with this batch "
                    "(images per start, back to back); 1: skip")
+    p.add_argument("--only-last", action="store_true", help="the last (default) design only, no baselines")
     p.add_argument("--stream", action="store_true",
                    help="also the stitched whole tree (no AXI wrapper) with the images back to back")
     p.add_argument("--work", type=Path, default=REPO / "runs" / "fetch_rate")
@@ -211,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     res = {"export": str(args.export), "board": board.name, "port": port, "clk_ns": board.clk_ns, "date": time.strftime("%Y-%m-%d"),
            "designs": {}}
     x = ref = None
-    for name, (router_fold, params) in DESIGNS.items():
+    designs = dict(list(DESIGNS.items())[-1:]) if args.only_last else DESIGNS
+    for name, (router_fold, params) in designs.items():
         bundle = (args.work / f"{board.name}_router_fold{router_fold}").resolve()
         if not (bundle / "vivado" / "hdl.json").is_file():
             print(f"[fetch_rate] building {bundle} (router_fold {router_fold})", flush=True)
