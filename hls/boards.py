@@ -28,12 +28,10 @@ class Board:
         return asdict(self)
 
     def weight_port(self) -> dict[str, float]:
-        """The DDR read port the fetchers see, per fabric cycle: bytes a cycle (the narrower of the
-        port's width and its bandwidth), first-word latency in cycles, and the port's read FIFO
-        (Zynq's HP ports buffer 1 KiB of an outstanding burst). What the simulated memory models
-        (sim/tb/axi_ram.py) and the throughput limits are computed from."""
-        return {"port_bytes": min(self.axi_port_bits / 8, self.ddr_bytes_per_s * self.clk_ns * 1e-9),
-                "first_word_cycles": int(-(-self.ddr_first_word_ns // self.clk_ns)), "port_fifo_bytes": 1024}
+        """The DDR read port the fetchers see per fabric cycle (``host.backends.ref.weight_port``):
+        what the simulated memory models (sim/tb/axi_ram.py) and the ref timing assumes."""
+        from host.backends.ref import weight_port
+        return weight_port(self.as_dict(), self.clk_ns)
 
     def budget(self) -> dict[str, int]:
         """The on-chip budget in FINN+'s resource names."""

@@ -35,6 +35,14 @@ MMIO_CYCLES = 25        # one AXI-Lite register access from the PS (assumption)
 BOARD_FACTS = ("ddr_bytes_per_s", "axi_port_bits", "ddr_first_word_ns")
 
 
+def weight_port(board: dict[str, Any], clk_ns: float) -> dict[str, float]:
+    """The DDR read port the fetchers see, per fabric cycle: bytes a cycle (the narrower of the
+    port's width and its bandwidth), first-word latency in cycles, the port's read FIFO (Zynq's
+    HP ports buffer 1 KiB of an outstanding burst). ``board``: the board facts (driver.json)."""
+    return {"port_bytes": min(board["axi_port_bits"] / 8, board["ddr_bytes_per_s"] * clk_ns * 1e-9),
+            "first_word_cycles": int(np.ceil(board["ddr_first_word_ns"] / clk_ns)), "port_fifo_bytes": 1024}
+
+
 def board_facts(driver: dict[str, Any], where: str | Path = "driver.json") -> dict[str, float]:
     """The board numbers the timing model needs, from ``driver["board_facts"]``; a clear
     :class:`BundleError` naming ``where`` (the driver.json) and the missing key otherwise."""
@@ -72,7 +80,7 @@ class Timing:
     def from_bundle(cls, root: Path, driver: dict[str, Any], depth: int) -> "Timing":
         board = board_facts(driver, root / "driver.json")
         clk_ns = float(driver["clk_ns"])
-        bpc = min(board["axi_port_bits"] / 8, board["ddr_bytes_per_s"] * clk_ns * 1e-9)
+        port = weight_port(board, clk_ns)
         placement_path = root / "placement.json"
         if placement_path.is_file():
             parts = json.loads(placement_path.read_text())["onchip"]
@@ -81,8 +89,8 @@ class Timing:
             backbone, levels = sum(c for streamed, c in cycles if not streamed), [c for streamed, c in cycles if streamed]
         else:  # no estimate: compute takes no time, fetches still do
             backbone, levels = 0, [0] * depth
-        return cls(clk_ns=clk_ns, bytes_per_cycle=bpc, setup_cycles=int(np.ceil(board["ddr_first_word_ns"] / clk_ns)),
-                   backbone_cycles=backbone, level_cycles=levels, io_bytes_per_cycle=bpc)
+        return cls(clk_ns=clk_ns, bytes_per_cycle=port["port_bytes"], setup_cycles=port["first_word_cycles"],
+                   backbone_cycles=backbone, level_cycles=levels, io_bytes_per_cycle=port["port_bytes"])
 
 
 class RefHardware(Hardware):
