@@ -10,8 +10,18 @@ unchanged host driver (on-chip fetch, one inference at a time). They differ in
 - the weight port's arbiter (``hls/rtl/axi_read_arbiter.sv``, the top's parameters):
   ``FETCH_BUF_BEATS=0`` is the design before (one burst at a time, the port held by its fetcher
   until the burst's last beat is taken), 32 buffers 32 beats per fetcher with 4 bursts in flight;
+  ``FETCH_PRIORITY`` 0 serves the fetchers in turn, 1 in datapath order (a level's first layer
+  gets its weights first and computes while the later layers' arrive; the default);
 - the routers' and heads' folding (``sigmabranch build --router-fold``): 1 = the levels' cycle
-  target (before), 8 = an eighth of it (now the default).
+  target (before), 8 = an eighth of it (now the default);
+- the fetched layers' SIMD (``sigmabranch build --no-port-fill``): the folding target's, or wide
+  enough that each weight buffer fills at the port's rate (``hls.finn_steps.PortRateFill``, the
+  default).
+
+Every design has the FIFOs the stitch puts between two layers of a chain (``hls.residual.
+LAYER_FIFO_WORDS``), the first row included: the baseline is the earlier fetch and folding on
+today's stitch. (Without those FIFOs the first design took 166,054 cycles per inference on PYNQ-Z2,
+bench/results history, 2026-12-05.)
 
 The simulated DDR is the board's port (``hls.boards.Board.weight_port``: PYNQ-Z2 8 bytes a cycle at
 100 MHz, first word after 15 cycles; ZCU104 16 bytes at 200 MHz, 30 cycles), full-rate streams
@@ -36,12 +46,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-UNBUFFERED = {"FETCH_BUF_BEATS": 0, "FETCH_OUTSTANDING": 1}
-BUFFERED = {"FETCH_BUF_BEATS": 32, "FETCH_OUTSTANDING": 4}
-# name: (router_fold, the top's parameters)
-DESIGNS = {"before: port held per burst, routers at the levels' target": (1, UNBUFFERED),
-           "buffered port": (1, BUFFERED),
-           "buffered port + routers folded 8x (default)": (8, BUFFERED)}
+UNBUFFERED = {"FETCH_BUF_BEATS": 0, "FETCH_OUTSTANDING": 1, "FETCH_PRIORITY": 0}
+BUFFERED = {"FETCH_BUF_BEATS": 32, "FETCH_OUTSTANDING": 4, "FETCH_PRIORITY": 0}
+IN_ORDER = {**BUFFERED, "FETCH_PRIORITY": 1}     # the default top
+# name: (router_fold, port_fill, the top's parameters)
+DESIGNS = {"before: port held per burst, routers at the levels' target": (1, False, UNBUFFERED),
+           "buffered port": (1, False, BUFFERED),
+           "+ routers folded 8x": (8, False, BUFFERED),
+           "+ buffers filled at port rate": (8, True, BUFFERED),
+           "+ fetchers served in datapath order (default)": (8, True, IN_ORDER)}
 
 
 def pick_digits(bundle: Path, n: int) -> np.ndarray:
@@ -84,12 +97,12 @@ def run_design(bundle: Path, x: np.ndarray, ref: dict, params: dict, port: dict,
             "wall_s": time.perf_counter() - t0}
 
 
-def batch_run(bundle: Path, x: np.ndarray, ref: dict, port: dict, driver: dict, batch: int) -> dict:
+def batch_run(bundle: Path, x: np.ndarray, ref: dict, port: dict, driver: dict, batch: int, params: dict) -> dict:
     """The whole design behind AXI under the driver, ``execute(x, batch=...)``: the images of a
     batch streamed back to back in one start, each image's leaf read from the design (PATH)."""
     from sim.host_backend import run_sim
     t0 = time.perf_counter()
-    out = run_sim(bundle, x, fetch_mode="onchip", parameters=BUFFERED, ddr_port=port, batch=batch,
+    out = run_sim(bundle, x, fetch_mode="onchip", parameters=params, ddr_port=port, batch=batch,
                   p_valid=1.0, p_ready=1.0, p_arready=1.0, p_rvalid=1.0)
     per = out["sim"]["per_inference"]            # one record per batch
     path = sum(int(lv["region_bytes"]) for lv in driver["levels"])
@@ -103,7 +116,7 @@ def batch_run(bundle: Path, x: np.ndarray, ref: dict, port: dict, driver: dict, 
     print(f"[fetch_rate]   driver, batch {batch}: {r['cycles_per_inference']:,.0f} cycles/inference, bit-exact "
           f"{r['bit_exact']}, bytes match {r['bytes_match']}", flush=True)
     # the same batch under random back-pressure on every stream and random DDR stalls: results only
-    out = run_sim(bundle, x, fetch_mode="onchip", parameters=BUFFERED, ddr_port=port, batch=batch, seed=1,
+    out = run_sim(bundle, x, fetch_mode="onchip", parameters=params, ddr_port=port, batch=batch, seed=1,
                   p_valid=0.7, p_ready=0.7, p_arready=0.8, p_rvalid=0.8)
     per = out["sim"]["per_inference"]
     r["backpressure"] = {"bit_exact": bool(np.array_equal(out["acc"], ref["acc"])
@@ -150,7 +163,8 @@ def table(res: dict) -> str:
     lines = [f"# Weight fetch vs the port: {res['board']} (built from {res['export']})", "",
              f"{res['images']} digits test images (leaves {res['leaves']}), on-chip fetch, one inference at a time; "
              f"simulated port {pb:g} B/cycle, first word after {res['port']['first_word_cycles']} cycles. "
-             f"Written by `bench/fetch_rate.py` on {res['date']}.", "",
+             f"Every design has the FIFOs between layers (`hls.residual.LAYER_FIFO_WORDS`), the first "
+             f"row too. Written by `bench/fetch_rate.py` on {res['date']}.", "",
              "| design | router fold | cycles / inference | ratio | bit-exact | DDR bytes = path | "
              + " | ".join(f"level {i} fetch port cycles (bytes/port = {b / pb:,.0f})" for i, b in enumerate(lv_bytes))
              + " |", "|---|---:|---:|---:|---|---|" + "---:|" * len(lv_bytes)]
@@ -228,11 +242,11 @@ def main(argv: list[str] | None = None) -> int:
            "designs": {}}
     x = ref = None
     designs = dict(list(DESIGNS.items())[-1:]) if args.only_last else DESIGNS
-    for name, (router_fold, params) in designs.items():
-        bundle = (args.work / f"{board.name}_router_fold{router_fold}").resolve()
+    for name, (router_fold, port_fill, params) in designs.items():
+        bundle = (args.work / f"{board.name}_router_fold{router_fold}{'_port_fill' * port_fill}").resolve()
         if not (bundle / "vivado" / "hdl.json").is_file():
-            print(f"[fetch_rate] building {bundle} (router_fold {router_fold})", flush=True)
-            build(args.export, board.name, bundle, router_fold=router_fold)
+            print(f"[fetch_rate] building {bundle} (router_fold {router_fold}, port_fill {port_fill})", flush=True)
+            build(args.export, board.name, bundle, router_fold=router_fold, port_fill=port_fill)
         driver = json.loads((bundle / "driver.json").read_text())
         if x is None:
             x = pick_digits(bundle, args.images)
@@ -240,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             res.update(images=len(x), leaves=sorted(set(int(v) for v in ref["leaves"])), levels=driver["levels"])
         print(f"[fetch_rate] {name}: {params}", flush=True)
         d = run_design(bundle, x, ref, params, port, driver)
-        d["router_fold"] = router_fold
+        d["router_fold"], d["port_fill"] = router_fold, port_fill
         placement = json.loads((bundle / "placement.json").read_text())
         d["slowest_layer_cycles"] = max(int(r["cycles"]) for part in placement["onchip"] for r in part["layers"])
         res["designs"][name] = d
@@ -249,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     if args.batch > 1:
         print(f"[fetch_rate] the last design under the driver, batch {args.batch}", flush=True)
-        res["batch"] = batch_run(bundle, x, ref, port, driver, args.batch)
+        res["batch"] = batch_run(bundle, x, ref, port, driver, args.batch, params)
     if args.stream:
         print("[fetch_rate] the whole tree top, one at a time and back to back", flush=True)
         res["stream"] = stream_run(bundle, x, ref, port)

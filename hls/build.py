@@ -35,7 +35,7 @@ from host.int_reference import read_manifest
 from .boards import ROUTER_FOLD, get_board
 from .driver_meta import write_bundle
 from .errors import BuildError
-from .finn_steps import SetLayerAttrs, SetWeightMemory, datapath_attrs, fold, to_hw_layers
+from .finn_steps import PortRateFill, SetLayerAttrs, SetWeightMemory, datapath_attrs, fold, to_hw_layers
 from .placement import (ONCHIP_NODES, WEIGHT_BUFFERS, check_budget, level_datapaths, onchip_parts, placement_table,
                         resource_sum)
 from .vivado import vivado_step
@@ -51,12 +51,16 @@ def _fold_target(name: str, target_cycles: int, router_fold: int) -> int:
 
 def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_cycles: int | None = None,
           folding_config: str | Path | None = None, hdl: bool = True, weight_ram: str | None = None,
-          weight_buffer: str = "branch", router_fold: int = ROUTER_FOLD) -> dict[str, Any]:
+          weight_buffer: str = "branch", router_fold: int = ROUTER_FOLD,
+          port_fill: bool = True) -> dict[str, Any]:
     """The whole build up to the vendor step; returns the placement report. ``target_cycles``
     (cycles per frame for ``SetFolding``) defaults to the board's. Routers and leaf heads are
     folded to ``target_cycles // router_fold``: their time is serial with the levels (a level
     waits for its decision, the output for the head), so they get more parallelism than the
     pipelined layers around them (``router_fold=1``: the same target as the levels).
+    ``port_fill``: the fetched layers' SIMD widened so each weight buffer fills at the DDR port's
+    rate (:class:`hls.finn_steps.PortRateFill`); False keeps the folding target's SIMD. Where the
+    widened layers do not fit the board, the folding's SIMD is kept and the report says why.
 
     Memory options for trees whose weights outgrow the board (bench/resnet50_zcu104.py):
 
@@ -95,27 +99,34 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     for name in (n for n in ONCHIP_NODES if n in hw):
         hw[name] = fold(hw[name], _fold_target(name, target_cycles, router_fold), folding_config).transform(SetWeightMemory(external=False,
                                                                                              ram_style=weight_ram))
-    for path in paths:
-        for position in range(len(path.branches[0])):
-            names = [branch[position] for branch in path.branches]
-            hw[names[0]] = fold(hw[names[0]], _fold_target(names[0], target_cycles, router_fold), folding_config)
-            shared = datapath_attrs([hw[n] for n in names], names)
-            for n in names:
-                hw[n] = hw[n].transform(SetLayerAttrs(shared)).transform(SetWeightMemory(external=True))
+    unfolded = {n: hw[n] for path in paths for branch in path.branches for n in branch}
+    for fill in ([True, False] if port_fill else [False]):
+        for path in paths:
+            for position in range(len(path.branches[0])):
+                names = [branch[position] for branch in path.branches]
+                hw[names[0]] = fold(unfolded[names[0]], _fold_target(names[0], target_cycles, router_fold), folding_config)
+                if fill:
+                    hw[names[0]] = hw[names[0]].transform(PortRateFill(board.weight_port()["port_bytes"]))
+                shared = datapath_attrs([hw[names[0]]] + [unfolded[n] for n in names[1:]], names)
+                for n in names:
+                    hw[n] = (hw[n] if n == names[0] else unfolded[n]).transform(SetLayerAttrs(shared)).transform(
+                        SetWeightMemory(external=True))
+        scratch = out / ".scratch"
+        scratch.mkdir(exist_ok=True)
+        weights = write_weight_image(hw, paths, out, scratch)
+        shutil.rmtree(scratch)
+        onchip = onchip_parts(hw, paths, weights, board.part, weight_buffer)
+        # the wider SIMD costs DSPs/LUTs: where they do not fit, the folding's SIMD (port_fill dropped)
+        if not (fill and check_budget(onchip, board)):
+            break
+        port_fill = "dropped: the widened fetched layers do not fit (" + "; ".join(check_budget(onchip, board)) + ")"
     (out / "nodes").mkdir(exist_ok=True)
     for name, model in hw.items():
         model.save(str(out / "nodes" / f"{name}.hw.onnx"))
-
-    scratch = out / ".scratch"
-    scratch.mkdir(exist_ok=True)
-    weights = write_weight_image(hw, paths, out, scratch)
-    shutil.rmtree(scratch)
-
-    onchip = onchip_parts(hw, paths, weights, board.part, weight_buffer)
     tree_bytes = sum(level["regions"][0]["bytes"] for level in weights["levels"])
     head = manifest["nodes"]["head_0"]
     report = {"board": board.as_dict(), "target_cycles": target_cycles,
-              "router_target_cycles": _fold_target("router_", target_cycles, router_fold), "folding_config": folding_config and str(folding_config),
+              "router_target_cycles": _fold_target("router_", target_cycles, router_fold), "port_fill": port_fill, "folding_config": folding_config and str(folding_config),
               "weight_ram": weight_ram, "weight_buffer": weight_buffer,
               "onchip": onchip, "total": resource_sum([e["resources"] for e in onchip]), "budget": board.budget(),
               "ddr": {"tree_weight_bytes": tree_bytes, "dense_weight_bytes": dense_bytes,

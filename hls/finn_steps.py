@@ -7,7 +7,9 @@ re-implements them). The graph rewrites of our own are qonnx ``Transformation``s
 - :class:`SetLayerAttrs` with :func:`datapath_attrs`: every branch of a level gets the first
   one's folding and the level's widest types, so one datapath computes them all;
 - :class:`SetWeightMemory`: weights on chip (``internal_decoupled``) or fetched from DDR
-  (``external_mem``).
+  (``external_mem``);
+- :class:`PortRateFill`: a fetched layer's SIMD wide enough that its weight buffer fills at the
+  DDR port's rate.
 """
 from __future__ import annotations
 
@@ -246,4 +248,47 @@ class SetWeightMemory(Transformation):
                     inst.set_nodeattr("ram_style", self.ram_style)
                     if self.ram_style == "ultra":
                         inst.set_nodeattr("runtime_writeable_weights", 1)
+        return model, False
+
+
+class PortRateFill(Transformation):
+    """Widen a fetched (DDR) MVAU's SIMD so its weight buffer fills at the port's rate.
+
+    FINN+'s ``local_weight_buffer`` takes one SIMD word of weights a cycle and a layer starts only
+    once its whole set is in, so a layer folded for its compute target (SIMD 9 at INT4: 4.5 bytes
+    a cycle) waits on its own buffer while the port could deliver more (PYNQ-Z2 8, ZCU104 16 bytes
+    a cycle). SIMD is widened only where the buffer needs no more BRAM than the folding's, give or
+    take one BRAM36 (its depth rounds up to a power of two, so a wider SIMD can need fewer; with
+    many PE lanes a wider word costs a BRAM per lane): to the smallest divisor of MW from ``port bits / weight bits`` up to 4x
+    that, else to the widest divisor below that; otherwise it stays. The compute gets faster as a
+    side effect."""
+
+    def __init__(self, port_bytes: float):
+        super().__init__()
+        self.port_bits = int(round(8 * port_bytes))
+
+    @staticmethod
+    def simd_for(mh: int, mw: int, pe: int, simd: int, weight_bits: int, port_bits: int) -> int:
+        from .placement import lwb_bram18
+        need = -(-port_bits // weight_bits)       # weights a cycle to keep up with the port
+        if simd >= need:
+            return simd
+        budget = lwb_bram18(mh, mw, pe, simd, weight_bits) + 2
+        wider = [d for d in range(simd + 1, min(mw, 4 * need) + 1)
+                 if mw % d == 0 and lwb_bram18(mh, mw, pe, d, weight_bits) <= budget]
+        enough = [d for d in wider if d >= need]
+        return enough[0] if enough else max(wider, default=simd)
+
+    def apply(self, model):
+        from qonnx.core.datatype import DataType
+        from qonnx.custom_op.registry import getCustomOp
+        for node in model.graph.node:
+            if not node.op_type.startswith("MVAU"):
+                continue
+            inst = getCustomOp(node)
+            get = inst.get_nodeattr
+            simd = self.simd_for(int(get("MH")), int(get("MW")), int(get("PE")), int(get("SIMD")),
+                                 DataType[get("weightDataType")].bitwidth(), self.port_bits)
+            if simd != get("SIMD"):
+                inst.set_nodeattr("SIMD", simd)
         return model, False

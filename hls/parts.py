@@ -47,7 +47,7 @@ from host.int_reference import IntegerTree
 from hls.filelock import file_lock
 from hls.finn_rtllib import (dwc_sources, ensure_finn_settings, fetcher_sources, fifo_source, memstream_sources,
                              node_sources)
-from hls.residual import path_fifo_depths, stream_order
+from hls.residual import layer_fifo_depth, path_fifo_depths, stream_order
 from hls.router_params import write_router_params
 from hls.stitch import (RTL_DIR, StitchError, flat_stages, host_feed_wrapper, module_header, router_select_text,
                         stride_wrapper)
@@ -114,6 +114,7 @@ class Stage:
     in_elem: tuple[int, int, bool] = (0, 0, False)
     residual: Residual | None = None  # a residual block: this stage is its adder, the paths inside
     frame_words: int = 0           # input words of one image (where a branch tag must follow the image)
+    out_fifo: int = 0              # depth of the FIFO after this stage inside its chain (0: none)
 
     @property
     def fetches(self) -> bool:
@@ -202,8 +203,10 @@ def _finn_stage(model, node) -> Stage:
     header = module_header(Path(top_file), top)
     st = Stage(node.name, top, _rup8(inst.get_instream_width(0)), _rup8(inst.get_outstream_width(0)),
                upper="in0_V_TDATA" in header, sources=list(srcs), includes=list(incs), port_text=header,
-               frame_words=int(np.prod(inst.get_folded_input_shape()[:-1])))
+               frame_words=int(np.prod(inst.get_folded_input_shape()[:-1])), out_fifo=layer_fifo_depth(inst))
     st.data_files = [f for f in cg.iterdir() if f.suffix in (".dat", ".mem", ".hex")]
+    if st.out_fifo:
+        st.sources.append(fifo_source())
     odt, idt = inst.get_output_datatype(), inst.get_input_datatype(0)
     st.out_elem = (odt.bitwidth(), int(inst.get_folded_output_shape()[-1]), odt.signed())
     st.in_elem = (idt.bitwidth(), int(inst.get_folded_input_shape(0)[-1]), idt.signed())

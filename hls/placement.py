@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .boards import Board
-from .residual import residual_fifos
+from .residual import layer_fifos, residual_fifos
 from .weight_image import fetch_len
 
 RESOURCES = ("BRAM_18K", "URAM", "LUT", "DSP")
@@ -75,10 +75,15 @@ def fetch_buffer_bram18(inst) -> int:
     them (``RAM_STYLE="block"``): two banks (one is filled while the other is read), each PE
     lanes of 2**ceil(log2(NF*SF)) words of SIMD weights. FINN+'s own estimate of the same
     weights on chip (``internal_decoupled``) is one bank at its exact depth: 2-2.4x fewer."""
-    pe, simd = inst.get_nodeattr("PE"), inst.get_nodeattr("SIMD")
-    tiles = (inst.get_nodeattr("MH") // pe) * (inst.get_nodeattr("MW") // simd)
+    return lwb_bram18(inst.get_nodeattr("MH"), inst.get_nodeattr("MW"), inst.get_nodeattr("PE"),
+                      inst.get_nodeattr("SIMD"), inst.get_input_datatype(1).bitwidth())
+
+
+def lwb_bram18(mh: int, mw: int, pe: int, simd: int, weight_bits: int) -> int:
+    """:func:`fetch_buffer_bram18` of a layer given by its shape and folding."""
+    tiles = (mh // pe) * (mw // simd)
     depth = 2 ** max(1, math.ceil(math.log2(max(tiles, 2))))
-    return 2 * pe * bram18_for(depth, simd * inst.get_input_datatype(1).bitwidth())
+    return 2 * pe * bram18_for(depth, simd * weight_bits)
 
 
 def node_resources(model, part: str, streamed: bool, sets: int = 1, buffered: bool = True) -> list[dict[str, Any]]:
@@ -152,6 +157,8 @@ def onchip_parts(hw: dict[str, Any], paths: list[LevelDatapath], weights: dict[s
         fifos = [{"node": n, **f} for n in names for f in residual_fifos(hw[n], part)]
         rows += [{"layer": f"{f['add']} FIFO {f['path']}", "op": "fifo.sv (residual path)", "cycles": 0,
                   **{k: f[k] for k in RESOURCES}} for f in fifos]
+        rows += [{"layer": f"{f['layer']} FIFO", "op": f"fifo.sv (after the layer, depth {f['depth']})", "cycles": 0,
+                  **{k: f[k] for k in RESOURCES}} for n in names for f in layer_fifos(hw[n], part, tuple(OWN_RTL))]
         region_bytes = weights["levels"][level.level]["regions"][0]["bytes"] if level else 0
         ddr_bytes = region_bytes if buffered or not level else sum(
             layer["bytes"] * _reps(hw, layer["node"], layer["layer"]) for layer in weights["levels"][level.level]["regions"][0]["layers"])

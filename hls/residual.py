@@ -146,9 +146,44 @@ def residual_fifos(model, part: str) -> list[dict[str, Any]]:
         for p, path in enumerate((path0, path1)):
             src = path[-1] if path else fork
             width = -(-getCustomOp(src).get_outstream_width(0) // 8) * 8
-            fifo = getCustomOp(helper.make_node("StreamingFIFO_rtl", ["i"], ["o"], domain="finn.custom_op.fpgadataflow.rtl",
-                                                depth=depths[p], folded_shape=[1, 1, width], dataType="BINARY"))
             rows.append({"add": add.name, "path": p, "layers": len(path), "depth": depths[p], "width": width,
-                         "backlog_words": backlog[p], "BRAM_18K": int(fifo.bram_estimation(part)),
-                         "URAM": int(fifo.uram_estimation(part)), "LUT": int(fifo.lut_estimation(part)), "DSP": 0})
+                         "backlog_words": backlog[p], **fifo_estimate(depths[p], width, part)})
+    return rows
+
+
+def fifo_estimate(depth: int, width: int, part: str) -> dict[str, int]:
+    """FINN+'s estimate of one ``fifo.sv`` (its ``StreamingFIFO_rtl`` model)."""
+    from onnx import helper
+    from qonnx.custom_op.registry import getCustomOp
+    fifo = getCustomOp(helper.make_node("StreamingFIFO_rtl", ["i"], ["o"], domain="finn.custom_op.fpgadataflow.rtl",
+                                        depth=depth, folded_shape=[1, 1, width], dataType="BINARY"))
+    return {"BRAM_18K": int(fifo.bram_estimation(part)), "URAM": int(fifo.uram_estimation(part)),
+            "LUT": int(fifo.lut_estimation(part)), "DSP": 0}
+
+
+# Words of the FIFO between two layers of a chain (at most an image's): the window generators take
+# their input rows in bursts while their consumers take windows at their own pace.
+LAYER_FIFO_WORDS = 256
+
+
+def layer_fifo_depth(inst) -> int:
+    """Depth of the FIFO after a FINN+ layer inside a chain (where FINN's ``InsertFIFO`` puts one):
+    :data:`LAYER_FIFO_WORDS`, at most the layer's output words of one image, at least 2. Without
+    them the layers are coupled word by word: the demo backbone, whose slowest layer needs 19,168
+    cycles an image, took a new image only every 33,600 cycles (bench/fetch_rate.py)."""
+    image = int(np.prod([int(v) for v in inst.get_folded_output_shape()][:-1]))
+    return max(2, min(image, LAYER_FIFO_WORDS))
+
+
+def layer_fifos(model, part: str, skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The FIFOs the stitched chain puts between a graph's layers (after every layer but the last;
+    ``skip``: op types the stitch replaces by blocks without one), with FINN+'s estimate each."""
+    from qonnx.custom_op.registry import getCustomOp
+    rows = []
+    for node in list(model.graph.node)[:-1]:
+        if node.op_type in skip:
+            continue
+        inst = getCustomOp(node)
+        depth, width = layer_fifo_depth(inst), -(-inst.get_outstream_width(0) // 8) * 8
+        rows.append({"layer": node.name, "depth": depth, "width": width, **fifo_estimate(depth, width, part)})
     return rows

@@ -40,9 +40,15 @@ RTL_FORK = RTL_DIR / "stream_fork.sv"    # write_tree_top's forks (and residual 
 ADDR_W, DATA_W, IDX_W = 64, 256, 16
 # The weight port's arbiter (hls/rtl/axi_read_arbiter.sv): R beats buffered per fetcher, bursts in
 # flight. Parameters of every generated top (FETCH_BUF_BEATS = 0: one burst at a time, unbuffered).
-FETCH_BUF_BEATS, FETCH_OUTSTANDING = 32, 4
+# FETCH_PRIORITY = 1: the fetchers (numbered in datapath order) served first to last, not in turn.
+FETCH_BUF_BEATS, FETCH_OUTSTANDING, FETCH_PRIORITY = 32, 4, 1
+# Images a level's input FIFO holds. A level takes its decision one image ahead (the fetchers'
+# second bank fills meanwhile); the image's map must wait beside it, or the level above stalls
+# until the level has consumed the previous map, and each level waits on its own fetch in turn.
+FMAP_IMAGES = 2
 FETCH_PARAMS = (f" #(parameter int FETCH_BUF_BEATS = {FETCH_BUF_BEATS}, "
-                f"parameter int FETCH_OUTSTANDING = {FETCH_OUTSTANDING})")
+                f"parameter int FETCH_OUTSTANDING = {FETCH_OUTSTANDING}, "
+                f"parameter int FETCH_PRIORITY = {FETCH_PRIORITY})")
 
 
 class StitchError(BuildError):
@@ -308,7 +314,12 @@ def chain_body(stages: list[Stage], src: str, dst: str, tag: str, lines: list[st
         if out != dst:
             lines.append(f"\twire [{st.out_w - 1}:0] {out}_tdata; wire {out}_tvalid, {out}_tready;")
         instance = _residual_instance if st.residual else _stage_instance
-        instance(st, f"{tag}_{k}", prev, out, lines, ctx)
+        if st.out_fifo and out != dst:   # between two layers: a FIFO decouples their rates (FINN's InsertFIFO)
+            lines.append(_wire(f"{out}q", st.out_w))
+            instance(st, f"{tag}_{k}", prev, f"{out}q", lines, ctx)
+            lines += _fifo(f"{out}_fifo", st.out_w, st.out_fifo, f"{out}q", out)
+        else:
+            instance(st, f"{tag}_{k}", prev, out, lines, ctx)
         prev = out
 
 
@@ -335,7 +346,7 @@ def _arbiter_block(n: int) -> list[str]:
             f"wire [{n * 2 - 1}:0] ar_rid;",
             f"\twire [{n - 1}:0] ar_rvalid, ar_rready;",
             f"\taxi_read_arbiter #(.N({n}), .ADDR_W({ADDR_W}), .DATA_W({DATA_W}), .ID_W(2), "
-            ".BUF_BEATS(FETCH_BUF_BEATS), .OUTSTANDING(FETCH_OUTSTANDING)) ddr_arb (",
+            ".BUF_BEATS(FETCH_BUF_BEATS), .OUTSTANDING(FETCH_OUTSTANDING), .PRIORITY(FETCH_PRIORITY)) ddr_arb (",
             "\t\t.ap_clk(ap_clk), .ap_rst_n(ap_rst_n),",
             "\t\t.s_araddr(ar_araddr), .s_arlen(ar_arlen), .s_arsize(ar_arsize), .s_arburst(ar_arburst), .s_arid(ar_arid),",
             "\t\t.s_arvalid(ar_arvalid), .s_arready(ar_arready), .s_rdata(ar_rdata), .s_rresp(ar_rresp), .s_rlast(ar_rlast),",
@@ -499,7 +510,7 @@ def write_tree_top(path: Path, name: str, tree: TreePart, host_fetch: bool = Fal
         chain_body(backbone, "in0_V", "bb_out", "bb", body, ctx)
     body += [_wire("f0a", bb_w), _wire("f0b", bb_w), _wire("lv0_in", bb_w), _wire("dec0", 16)]
     body += _fork("fork0", bb_w, "bb_out" if backbone else "in0_V", "f0a", "f0b")
-    body += _fifo("fmap0", bb_w, max(2, tree.bb_words), "f0b", "lv0_in")
+    body += _fifo("fmap0", bb_w, max(2, FMAP_IMAGES * tree.bb_words), "f0b", "lv0_in")
     chain_body(tree.root_router, "f0a", "dec0", "rr", body, ctx)
     ranges = []
     for L, lv in enumerate(levels):
@@ -538,7 +549,8 @@ def write_tree_top(path: Path, name: str, tree: TreePart, host_fetch: bool = Fal
                      _wire(f"lv{L + 1}_in", bw), _wire(f"dec{L + 1}", 16)]
             chain_body(lv.branch, f"lv{L}_in", f"lv{L}_b", f"l{L}b", body, ctx)
             body += _fork(f"fork{L + 1}", bw, f"lv{L}_b", f"lv{L}_ba", f"lv{L}_bb")
-            body += _fifo(f"fmap{L + 1}", bw, max(2, levels[L + 1].fmap_words), f"lv{L}_bb", f"lv{L + 1}_in")
+            body += _fifo(f"fmap{L + 1}", bw, max(2, FMAP_IMAGES * levels[L + 1].fmap_words), f"lv{L}_bb",
+                          f"lv{L + 1}_in")
             chain_body(lv.below, f"lv{L}_ba", f"dec{L + 1}", f"l{L}n", body, ctx)
             done = f"(dec{L + 1}_tvalid && dec{L + 1}_tready)"
         else:

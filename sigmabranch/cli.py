@@ -130,7 +130,7 @@ def cmd_build(args) -> int:
     from hls.build import build
     build(args.export, args.board, args.out, target_cycles=args.target_cycles, folding_config=args.folding,
           hdl=not args.no_hdl, weight_ram=args.weight_ram, weight_buffer=args.weight_buffer,
-          router_fold=args.router_fold)
+          router_fold=args.router_fold, port_fill=args.port_fill)
     print((args.out / "placement.md").read_text())
     if args.bitstream:
         from hls.vivado import vivado_step
@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--router-fold", dest="router_fold", type=int, default=ROUTER_FOLD,
                    help=f"routers and leaf heads fold to the target / this (default {ROUTER_FOLD}): their cycles "
                         "are serial with the levels'; 1 folds them like the levels")
+    p.add_argument("--no-port-fill", dest="port_fill", action="store_false",
+                   help="keep the folding target's SIMD for the fetched layers (default: widened so each weight "
+                        "buffer fills at the DDR port's rate, which the layer waits for)")
     p.add_argument("--folding", help="a FINN folding config JSON (ApplyConfig) instead of SetFolding")
     p.add_argument("--no-hdl", dest="no_hdl", action="store_true", help="skip the HDL and the Vivado project (estimates and weight image only)")
     p.add_argument("--weight-ram", dest="weight_ram", choices=("auto", "block", "distributed", "ultra"),

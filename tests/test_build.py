@@ -59,6 +59,40 @@ def test_branches_of_a_level_share_one_datapath(built):
         assert all(keep(a) == keep(attrs[0]) for a in attrs)
 
 
+def test_fetched_layers_fill_their_buffer_at_the_port_rate(built):
+    """The fetched MVAUs' SIMD words carry the port's bits a cycle where that costs no more buffer
+    BRAM (hls.finn_steps.PortRateFill), so the level's fetch runs at the port's rate."""
+    root, _, _ = built
+    port_bits = 8 * boards.get_board("pynq-z2").weight_port()["port_bytes"]
+    widths = []
+    for b in range(4):
+        for node in ModelWrapper(str(root / "pynq-z2" / "nodes" / f"branch_1_{b}.hw.onnx")).graph.node:
+            if node.op_type.startswith("MVAU"):
+                inst = getCustomOp(node)
+                assert inst.get_nodeattr("MW") % inst.get_nodeattr("SIMD") == 0
+                widths.append(inst.get_nodeattr("SIMD") * inst.get_input_datatype(1).bitwidth())
+    assert widths and max(widths) >= port_bits, widths
+
+
+def test_port_rate_fill_picks_the_narrowest_simd_that_keeps_up_without_more_bram():
+    from hls.finn_steps import PortRateFill
+    from hls.placement import lwb_bram18
+    pick = PortRateFill.simd_for
+    # demo level 1 at INT4, 64-bit port (16 weights a cycle): MW 1152 -> 18 (a 2,048-word buffer:
+    # no more BRAM than SIMD 9's), not 16 (2,304 words round up to 4,096: twice the BRAM)
+    assert pick(128, 1152, 4, 9, 4, 64) == 18
+    assert lwb_bram18(128, 1152, 4, 18, 4) == lwb_bram18(128, 1152, 4, 9, 4) < lwb_bram18(128, 1152, 4, 16, 4)
+    assert pick(91, 576, 1, 12, 4, 64) == 16
+    assert pick(128, 91, 1, 7, 4, 64) == 13          # 91 = 7 * 13: nothing from 16 to 64, the widest below
+    assert pick(128, 1152, 4, 32, 4, 64) == 32       # already wide enough: never narrowed
+    assert pick(128, 1152, 4, 9, 4, 128) == 36       # ZCU104's 128-bit port: 32 weights a cycle
+    assert pick(10, 128, 1, 1, 4, 64) == 16          # a small head: one more BRAM36 is allowed
+    # many PE lanes: a wider word costs a BRAM per lane, so the folding's SIMD stays
+    wide = pick(64, 576, 32, 2, 4, 128)
+    assert wide < 32 and lwb_bram18(64, 576, 32, wide, 4) <= lwb_bram18(64, 576, 32, 2, 4) + 2
+    assert lwb_bram18(64, 576, 32, 32, 4) > lwb_bram18(64, 576, 32, 2, 4) + 2
+
+
 def test_weight_image_has_one_contiguous_checked_region_per_branch(built):
     root, report, qtree = built
     meta = json.loads((root / "pynq-z2" / "weights.json").read_text())

@@ -60,10 +60,12 @@ ARBITER = [
     dict(N=3, BUF_BEATS=32, OUTSTANDING=4),
     dict(N=1, BUF_BEATS=16, OUTSTANDING=2),       # the FIFO exactly one longest burst
     dict(N=3, BUF_BEATS=0, OUTSTANDING=1),        # the unbuffered arbiter (the baseline)
+    dict(N=4, BUF_BEATS=32, OUTSTANDING=4, PRIORITY=1),   # the stitched tree's: fetchers in datapath order
 ]
 
 
-@pytest.mark.parametrize("p", ARBITER, ids=lambda p: "N{N}_BUF{BUF_BEATS}_OUT{OUTSTANDING}".format(**p))
+@pytest.mark.parametrize("p", ARBITER, ids=lambda p: "N{N}_BUF{BUF_BEATS}_OUT{OUTSTANDING}_P{PRIORITY}".format(
+    **{"PRIORITY": 0, **p}))
 def test_axi_read_arbiter(p):
     res = run_cocotb(rtl("axi_read_arbiter.sv"), "axi_read_arbiter", "sim.tb.test_axi_read_arbiter",
                      parameters=p, config={"seed": p["N"] + p["BUF_BEATS"], "bursts": 10})

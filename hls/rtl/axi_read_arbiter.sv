@@ -15,6 +15,10 @@
 //   port held by its reader for the whole burst); OUTSTANDING is ignored. The earlier design, kept
 //   as the baseline bench/fetch_rate.py measures against.
 //
+// PRIORITY = 1: master 0 first, then 1, ... (the stitched tree numbers its fetchers in datapath
+//   order): a level's first layer gets its whole weight set first and starts computing while the
+//   later layers' sets arrive, instead of every layer waiting until the level's last burst.
+//
 // The masters' arid is kept per master and returned on its rid. Write channels are not part of
 // this block (the fetchers never write): the stitched top ties the DDR port's write channels off.
 // Ports: packed arrays, master i at [i*W +: W].
@@ -24,7 +28,8 @@ module axi_read_arbiter #(
 	int unsigned  DATA_W = 256,
 	int unsigned  ID_W = 2,
 	int unsigned  BUF_BEATS = 32,     // per-master R FIFO; >= the longest burst (fetch_weights: 16)
-	int unsigned  OUTSTANDING = 4     // bursts in flight on the port (BUF_BEATS > 0)
+	int unsigned  OUTSTANDING = 4,    // bursts in flight on the port (BUF_BEATS > 0)
+	int unsigned  PRIORITY = 0        // 0: round robin; 1: the lowest-numbered eligible master first
 )(
 	input  logic  ap_clk,
 	input  logic  ap_rst_n,
@@ -61,16 +66,18 @@ module axi_read_arbiter #(
 );
 	localparam int unsigned  SEL_W = N > 1 ? $clog2(N) : 1;
 
-	// next master with arvalid (and, buffered, room for its burst) after Last
+	// next master with arvalid (and, buffered, room for its burst) after Last; with PRIORITY the
+	// search always starts at master 0 (still work-conserving: a master without room is skipped)
 	logic [SEL_W-1:0]  Last;
 	logic [N-1:0]      eligible;
 	logic              pick_vld;
 	logic [SEL_W-1:0]  pick;
+	wire  [SEL_W-1:0]  from = PRIORITY != 0 ? SEL_W'(N - 1) : Last;
 	always_comb begin
 		pick_vld = 0;
 		pick = '0;
 		for (int unsigned k = 1; k <= N; k++) begin
-			automatic int unsigned  i = (int'(Last) + k) % N;
+			automatic int unsigned  i = (int'(from) + k) % N;
 			if (!pick_vld && eligible[i]) begin
 				pick_vld = 1;
 				pick = SEL_W'(i);

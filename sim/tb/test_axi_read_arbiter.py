@@ -7,7 +7,9 @@ receives exactly its bursts' bytes, in its order, ``rlast`` on each burst's last
 ``arid`` on ``rid``; whatever the other masters do. Buffered (``BUF_BEATS`` > 0) the port's
 ``rready`` is high whenever a burst is outstanding (the port never waits on a slow reader), at
 most ``OUTSTANDING`` bursts are in flight and no master ever has more beats granted than its FIFO
-holds; unbuffered, one burst at a time.
+holds; unbuffered, one burst at a time. With ``PRIORITY`` = 1 (buffered) every grant goes to the
+lowest-numbered master that could take one (its request shown, its FIFO room, no request of its
+own waiting in the arbiter's AR register).
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ async def _run(dut, seed: int, p_ready: list[float], n_bursts: int, port_bytes: 
                latency: int = 0, p_arvalid: float = 0.7):
     n = len(dut.s_arvalid)
     buf, outstanding = int(dut.BUF_BEATS.value), int(dut.OUTSTANDING.value)
+    priority = bool(int(dut.PRIORITY.value)) and buf > 0
     rng = random.Random(seed)
     image = bytes(rng.getrandbits(8) for _ in range(64 * 1024))
     # each master: INCR bursts of 1-16 beats (fetch_weights issues up to 16), a fixed arid
@@ -62,6 +65,7 @@ async def _run(dut, seed: int, p_ready: list[float], n_bursts: int, port_bytes: 
     ar = [None] * n                 # the request a master shows (held until taken)
     granted = [0] * n               # beats granted and not yet taken, per master (buffered check)
     in_flight = 0
+    ar_reg = None                   # the master whose granted request waits in the AR register
     while sum(len(g) for g in got) < total:
         await RisingEdge(dut.ap_clk)
         cycles += 1
@@ -86,6 +90,14 @@ async def _run(dut, seed: int, p_ready: list[float], n_bursts: int, port_bytes: 
         if int(dut.m_rvalid.value) and int(dut.m_rready.value) and int(dut.m_rlast.value):
             in_flight -= 1
         max_out = max(max_out, in_flight)
+        if priority and arready:
+            j = (arready & -arready).bit_length() - 1
+            could = [i for i in range(n) if ar[i] and ar_reg != i and granted[i] + ar[i][1] <= buf]
+            assert could and j == could[0], f"granted master {j}, the first that could take one is {could}"
+        if int(dut.m_arvalid.value) and int(dut.m_arready.value):
+            ar_reg = None
+        if arready:
+            ar_reg = (arready & -arready).bit_length() - 1
         if buf and in_flight > 0 and int(dut.m_rvalid.value) and not int(dut.m_rready.value):
             stalls += 1
         for i in range(n):
