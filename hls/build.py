@@ -49,6 +49,24 @@ def _fold_target(name: str, target_cycles: int, router_fold: int) -> int:
     return max(1, target_cycles // router_fold) if name.startswith(("router_", "head_")) else target_cycles
 
 
+def _fold_levels(unfolded: dict[str, Any], paths, target, folding_config, fill_port_bytes: float | None) -> dict[str, Any]:
+    """Each level's datapath: the first branch's nodes folded (``target(name)`` cycles; SIMD widened
+    to fill at ``fill_port_bytes`` a cycle unless None), every branch given that folding and the
+    level's widest types, weights from DDR."""
+    folded = {}
+    for path in paths:
+        for position in range(len(path.branches[0])):
+            names = [branch[position] for branch in path.branches]
+            first = fold(unfolded[names[0]], target(names[0]), folding_config)
+            if fill_port_bytes:
+                first = first.transform(PortRateFill(fill_port_bytes))
+            models = [first] + [unfolded[n] for n in names[1:]]
+            shared = datapath_attrs(models, names)
+            for n, model in zip(names, models):
+                folded[n] = model.transform(SetLayerAttrs(shared)).transform(SetWeightMemory(external=True))
+    return folded
+
+
 def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_cycles: int | None = None,
           folding_config: str | Path | None = None, hdl: bool = True, weight_ram: str | None = None,
           weight_buffer: str = "branch", router_fold: int = ROUTER_FOLD,
@@ -100,33 +118,27 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
         hw[name] = fold(hw[name], _fold_target(name, target_cycles, router_fold), folding_config).transform(SetWeightMemory(external=False,
                                                                                              ram_style=weight_ram))
     unfolded = {n: hw[n] for path in paths for branch in path.branches for n in branch}
+    fill_note = None
     for fill in ([True, False] if port_fill else [False]):
-        for path in paths:
-            for position in range(len(path.branches[0])):
-                names = [branch[position] for branch in path.branches]
-                hw[names[0]] = fold(unfolded[names[0]], _fold_target(names[0], target_cycles, router_fold), folding_config)
-                if fill:
-                    hw[names[0]] = hw[names[0]].transform(PortRateFill(board.weight_port()["port_bytes"]))
-                shared = datapath_attrs([hw[names[0]]] + [unfolded[n] for n in names[1:]], names)
-                for n in names:
-                    hw[n] = (hw[n] if n == names[0] else unfolded[n]).transform(SetLayerAttrs(shared)).transform(
-                        SetWeightMemory(external=True))
+        hw.update(_fold_levels(unfolded, paths, lambda n: _fold_target(n, target_cycles, router_fold), folding_config,
+                               board.weight_port()["port_bytes"] if fill else None))
         scratch = out / ".scratch"
         scratch.mkdir(exist_ok=True)
         weights = write_weight_image(hw, paths, out, scratch)
         shutil.rmtree(scratch)
         onchip = onchip_parts(hw, paths, weights, board.part, weight_buffer)
-        # the wider SIMD costs DSPs/LUTs: where they do not fit, the folding's SIMD (port_fill dropped)
-        if not (fill and check_budget(onchip, board)):
+        # the wider SIMD costs DSPs/LUTs: where they do not fit, the folding's SIMD
+        problems = check_budget(onchip, board)
+        if not (fill and problems):
             break
-        port_fill = "dropped: the widened fetched layers do not fit (" + "; ".join(check_budget(onchip, board)) + ")"
+        fill_note = "dropped: the widened fetched layers do not fit (" + "; ".join(problems) + ")"
     (out / "nodes").mkdir(exist_ok=True)
     for name, model in hw.items():
         model.save(str(out / "nodes" / f"{name}.hw.onnx"))
     tree_bytes = sum(level["regions"][0]["bytes"] for level in weights["levels"])
     head = manifest["nodes"]["head_0"]
     report = {"board": board.as_dict(), "target_cycles": target_cycles,
-              "router_target_cycles": _fold_target("router_", target_cycles, router_fold), "port_fill": port_fill, "folding_config": folding_config and str(folding_config),
+              "router_target_cycles": _fold_target("router_", target_cycles, router_fold), "port_fill": fill_note or port_fill, "folding_config": folding_config and str(folding_config),
               "weight_ram": weight_ram, "weight_buffer": weight_buffer,
               "onchip": onchip, "total": resource_sum([e["resources"] for e in onchip]), "budget": board.budget(),
               "ddr": {"tree_weight_bytes": tree_bytes, "dense_weight_bytes": dense_bytes,

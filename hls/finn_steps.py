@@ -259,9 +259,9 @@ class PortRateFill(Transformation):
     a cycle) waits on its own buffer while the port could deliver more (PYNQ-Z2 8, ZCU104 16 bytes
     a cycle). SIMD is widened only where the buffer needs no more BRAM than the folding's, give or
     take one BRAM36 (its depth rounds up to a power of two, so a wider SIMD can need fewer; with
-    many PE lanes a wider word costs a BRAM per lane): to the smallest divisor of MW from ``port bits / weight bits`` up to 4x
-    that, else to the widest divisor below that; otherwise it stays. The compute gets faster as a
-    side effect."""
+    many PE lanes a wider word costs a BRAM per lane): to the smallest divisor of MW from
+    ``port bits / weight bits`` up to 4x that, else to the widest divisor below that; otherwise it
+    stays. The compute gets faster as a side effect."""
 
     def __init__(self, port_bytes: float):
         super().__init__()
