@@ -10,6 +10,10 @@ Stages, each in ``<work>/<model>/`` and each continued from its checkpoint when 
   (``configs/<model>_tree_cifar10.yaml``), the leaf heat map, in ``tree_activation/``;
 - ``quant``: W4A4 QAT keeping the float routing (``configs/<model>_quant_cifar10.yaml``), with
   Top-1, leaf agreement with the float tree and balance;
+- ``margin``: the tree stage's tree fine-tuned further with the routing-margin term
+  (``configs/<model>_margin_cifar10.yaml``, ``margin/``), hard-routed evaluation, then the same
+  W4A4 QAT from it (``quant_margin/``): does a margin on the float routers keep their decisions
+  through quantisation?
 - ``depths``: the tree config's conversion at depths 1, 2, 3 and at ``tree.depth: auto``
   (``depth_<d>/``, ``depth_auto/``): per depth the active parameters, every node's silhouette
   against its one-Gaussian reference (model/convert.py ``choose_depth``), the hard-routed Top-1
@@ -34,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from model.config import load_config  # noqa: E402
 from model.train import resumable, write_json  # noqa: E402
 
-STAGES = ("dense", "tree", "quant", "depths", "variants")
+STAGES = ("dense", "tree", "quant", "margin", "depths", "variants")
 # Fine-tuned trees beside the main one (stage ``variants``; the tree config with these overrides, the
 # same budget): the depths next to depth 2, and the paper's Section V-E ablations.
 VARIANTS = {"depth_1": ["tree.depth=1"], "depth_3": ["tree.depth=3"],
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     from quant.qat import run_quantize
 
     work = args.work / args.model
-    config_of = {"dense": "", "tree": "_tree", "quant": "_quant", "depths": "_tree", "variants": "_tree"}
+    config_of = {"dense": "", "tree": "_tree", "quant": "_quant", "margin": "_margin", "depths": "_tree",
+                 "variants": "_tree"}
     configs = {s: load_config(REPO / "configs" / f"{args.model}{config_of[s]}_cifar10.yaml") for s in stages}
     report: dict = {"model": args.model, "dataset": "cifar10"}
     results = args.results / f"cifar10_{args.model}.json"
@@ -94,6 +99,25 @@ def main(argv: list[str] | None = None) -> int:
         report["quant"] = run_stage("quant", work / "quant", lambda: run_quantize(
             tree_dir / "finetune" / "checkpoint.pt", cfg, work / "quant",
             resume=resumable(work / "quant" / "checkpoint.pt", cfg)))
+    if "margin" in stages:
+        from model.finetune import run_finetune
+        from model.tree_report import evaluate_tree_checkpoint
+        cfg, margin_dir = configs["margin"], work / "margin"
+
+        def margin() -> dict:
+            finetune = run_finetune(tree_dir / "finetune" / "checkpoint.pt", cfg, margin_dir / "finetune",
+                                    resume=resumable(margin_dir / "finetune" / "checkpoint.pt", cfg))
+            result = evaluate_tree_checkpoint(margin_dir / "finetune" / "checkpoint.pt", cfg, out_dir=margin_dir)
+            result.pop("class_leaf_counts")
+            result = {**result, "epochs": cfg.epochs, "train_seconds": finetune["train_seconds"],
+                      "margin": cfg.tree.margin, "margin_lambda": cfg.tree.margin_lambda}
+            write_json(margin_dir / "metrics.json", result)
+            return result
+        report["margin"] = run_stage("margin", margin_dir, margin)
+        qcfg = load_config(REPO / "configs" / f"{args.model}_quant_cifar10.yaml")
+        report["quant_margin"] = run_stage("quant from the margin tree", work / "quant_margin", lambda: run_quantize(
+            margin_dir / "finetune" / "checkpoint.pt", qcfg, work / "quant_margin",
+            resume=resumable(work / "quant_margin" / "checkpoint.pt", qcfg)))
     if "depths" in stages:
         report["depths"] = run_stage("depths", work / "depths", lambda: depths(
             work / "dense" / "checkpoint.pt", configs["depths"], work / "depths"))
@@ -158,12 +182,20 @@ def table(report: dict) -> str:
     if tree:
         rows.append(f"| tree (depth 2, hard) | {tree['top1_hard']:.2f} | {tree['active_params']:,} | "
                     f"{tree['balance']:.3f} | - | {tree['epochs']} | {tree['train_seconds']:.0f} |")
-    quant = report.get("quant")
-    if quant:
+    def quant_row(quant: dict, name: str) -> None:
         refit = quant.get("router_refit") or {}
         before = f" ({refit['leaf_agreement_before']:.1f} before the router refit)" if refit else ""
-        rows.append(f"| tree {quant['bits']} | {quant['top1']:.2f} | - | {quant['balance']:.3f} | "
+        rows.append(f"| {name} {quant['bits']} | {quant['top1']:.2f} | - | {quant['balance']:.3f} | "
                     f"{quant['leaf_agreement']:.1f}{before} | {quant['epochs']} | {quant['train_seconds']:.0f} |")
+    if report.get("quant"):
+        quant_row(report["quant"], "tree")
+    margin = report.get("margin")
+    if margin:
+        rows.append(f"| tree + margin phase (margin {margin['margin']}, lambda {margin['margin_lambda']}, hard) | "
+                    f"{margin['top1_hard']:.2f} | {margin['active_params']:,} | {margin['balance']:.3f} | - | "
+                    f"+{margin['epochs']} | {margin['train_seconds']:.0f} |")
+    if report.get("quant_margin"):
+        quant_row(report["quant_margin"], "tree + margin phase")
     for name, v in (report.get("variants") or {}).items():
         rows.append(f"| tree {name.replace('_', ' ')} ({VARIANTS[name][0]}, hard) | {v['top1_hard']:.2f} | "
                     f"{v['active_params']:,} | {v['balance']:.3f} | - | {v['epochs']} | {v['train_seconds']:.0f} |")

@@ -4,8 +4,9 @@ driver on the Verilator model of the whole design behind AXI for test images rea
     .venv/bin/python bench/cifar10_hw.py --model resnet20            # after bench/cifar10.py's quant stage
     .venv/bin/python bench/cifar10_hw.py --model resnet20 --per-leaf 2 --sim-board pynq-z2
 
-Reads the W4A4 tree of ``bench/cifar10.py`` (``<work>/<model>/quant/checkpoint.pt``) and writes,
-in ``<work>/<model>/hw/`` (the layout of ``sigmabranch demo``, so its functions run it):
+Reads the W4A4 tree of ``bench/cifar10.py`` (``<work>/<model>/quant/checkpoint.pt``, or with
+``--quant quant_margin`` the QAT of its margin stage's tree) and writes, in ``<work>/<model>/hw/``
+(``hw_quant_margin/``; the layout of ``sigmabranch demo``, so its functions run it):
 
 - ``export/``: QONNX per node, ``tree.json``, ``check.json`` (integer reference vs qonnx, FINN+ and
   Brevitas on the first ``--check-inputs`` test images);
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-cycles", default="pynq-z2=200000",
                    help="SetFolding targets per board, e.g. pynq-z2=200000,zcu104=20000 (others: the board's default; "
                         "the digits default, 20000 on PYNQ-Z2, needs 3x its DSPs for ResNet-20 at 32x32)")
+    p.add_argument("--quant", default="quant",
+                   help="bench/cifar10.py's W4A4 folder to take the tree from: quant (default) or quant_margin "
+                        "(QAT of the margin stage's tree); the hardware goes to hw/ or hw_<name>/")
     p.add_argument("--no-sim", action="store_true",
                    help="builds only; the simulation of the previous results .json is kept (its design unchanged)")
     p.add_argument("--report-only", action="store_true", help="rewrite the .md from the results .json, run nothing")
@@ -192,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     from sigmabranch.pipeline import run_host_sim
 
     work = args.work / args.model
-    ckpt = work / "quant" / "checkpoint.pt"
-    if not (work / "quant" / "metrics.json").is_file():
+    ckpt = work / args.quant / "checkpoint.pt"
+    if not (work / args.quant / "metrics.json").is_file():
         p.error(f"{ckpt}: no finished W4A4 tree; run bench/cifar10.py --model {args.model} first")
-    hw = work / "hw"
+    hw = work / ("hw" if args.quant == "quant" else f"hw_{args.quant}")
     report: dict = {"model": args.model, "checkpoint": str(ckpt), "check_inputs": args.check_inputs, "boards": {}}
     t0 = time.perf_counter()
     report["check"] = export_stage(ckpt, hw, args.check_inputs)

@@ -49,6 +49,7 @@ from hls.finn_rtllib import (dwc_sources, ensure_finn_settings, fetcher_sources,
                              node_sources)
 from hls.residual import layer_fifo_depth, path_fifo_depths, stream_order
 from hls.router_params import write_router_params
+from hls.weight_image import narrow_layers
 from hls.stitch import (RTL_DIR, StitchError, flat_stages, host_feed_wrapper, module_header, router_select_text,
                         stride_wrapper)
 
@@ -191,6 +192,32 @@ def prepare_node(model, part: str, clk_ns: float, prefix: str, out_dir: Path):
         finally:
             get_settings().finn_build_dir = saved
     return model
+
+
+def narrow_fetched_weights(model, prefix: str, narrow: set[str]) -> None:
+    """Declare narrow weights (``NARROW_WEIGHTS = 1``) to the ``external_mem`` MVAU_rtl layers in
+    ``narrow`` (unprefixed names) of a prepared node.
+
+    FINN+ generates ``NARROW_WEIGHTS = 0`` for any layer whose weights it cannot see (fetched
+    from DDR), and on DSP48E1 its MVU then packs 3 PE lanes per DSP instead of 4 for 4-bit
+    weights and activations: the demo's fetched layers took 270 DSPs where 189 do. The build
+    knows every branch's weights: a layer is in ``narrow`` only if no branch has a weight at the
+    datatype's minimum (``weights.json`` records it; a weight image with such a value is not this
+    design's)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        if node.op_type != "MVAU_rtl" or node.name[len(prefix) + 1:] not in narrow:
+            continue
+        inst = getCustomOp(node)
+        if inst.get_nodeattr("mem_mode") != "external_mem":
+            continue
+        wrapper = Path(inst.get_nodeattr("code_gen_dir_ipgen")) / f"{node.name}_wrapper.v"
+        text = wrapper.read_text()
+        patched = re.sub(r"(parameter\s+NARROW_WEIGHTS\s*=\s*)0\b", r"\g<1>1", text)
+        if patched == text:
+            raise StitchError(f"{wrapper}: no NARROW_WEIGHTS = 0 parameter to set (FINN+'s MVAU_rtl wrapper changed?)")
+        wrapper.write_text(patched)
 
 
 def _finn_stage(model, node) -> Stage:
@@ -514,6 +541,7 @@ class TreeParts:
                     shutil.rmtree(d)
                 model = prepare_node(ModelWrapper(str(self.build_dir / "nodes" / f"{node}.hw.onnx")), self.part,
                                      self.clk_ns, prefix, d)
+                narrow_fetched_weights(model, prefix, narrow_layers(self.weights, node))
                 model.save(str(saved))
         self._models[(node, prefix)] = model
         return model

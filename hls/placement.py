@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from .boards import Board
 from .residual import layer_fifos, residual_fifos
-from .weight_image import fetch_len
+from .weight_image import fetch_len, narrow_layers
 
 RESOURCES = ("BRAM_18K", "URAM", "LUT", "DSP")
 # HLS-only FINN+ nodes the stitched design replaces by the blocks of hls/rtl/ (the report shows
@@ -86,13 +86,50 @@ def lwb_bram18(mh: int, mw: int, pe: int, simd: int, weight_bits: int) -> int:
     return 2 * pe * bram18_for(depth, simd * weight_bits)
 
 
-def node_resources(model, part: str, streamed: bool, sets: int = 1, buffered: bool = True) -> list[dict[str, Any]]:
+def mvau_rtl_dsp(pe: int, simd: int, weight_bits: int, act_bits: int, narrow: bool, part: str) -> int | None:
+    """DSPs FINN+'s ``MVAU_rtl`` instantiates on DSP48E1/E2 (``finn-rtllib/mvu/mvu.sv``): it packs
+    ``1 + (A - !narrow - W) // (W + A_act - 1)`` PE lanes into a DSP's A port (A = 25 bits on
+    DSP48E1, 27 on DSP48E2), one DSP per SIMD element and lane group. FINN+'s estimate assumes 4
+    lanes; on DSP48E1 a 4-bit layer without narrow weights gets 3 (its ``external_mem`` layers:
+    it cannot see their weights). None on DSP58 (FINN+'s estimate stands)."""
+    from finn.util.basic import get_dsp_block
+    block = get_dsp_block(part)
+    if block == "DSP58":
+        return None
+    a_width = 25 if block == "DSP48E1" else 27
+    lanes = 1 if a_width == weight_bits else 1 + (a_width - (not narrow) - weight_bits) // (weight_bits + act_bits - 1)
+    return math.ceil(pe / lanes) * simd
+
+
+# router_decide.sv as Yosys 0.23 maps it for xc7 (N = 128, PE = 1, 16-bit z_acc/u/c: 1160 LUT,
+# 984 FF, 2 DSP48E1): the DSPs are the per-word u*z and z*z of each PE lane; the LUTs are mostly
+# the serial multiplier's WIDE-bit registers and adder, which grow with the accumulator widths.
+ROUTER_DECIDE = {"BRAM_18K": 0, "URAM": 0, "LUT": 1200, "DSP_PER_PE": 2}
+
+
+def _projection_pe(model) -> int:
+    """PE of a router's projection (its last layer), the elements router_decide takes per word."""
+    from qonnx.custom_op.registry import getCustomOp
+    return int(getCustomOp(model.graph.node[-1]).get_folded_output_shape()[-1])
+
+
+def router_decide_resources(pe: int) -> dict[str, int]:
+    return {"BRAM_18K": 0, "URAM": 0, "LUT": ROUTER_DECIDE["LUT"], "DSP": ROUTER_DECIDE["DSP_PER_PE"] * pe}
+
+
+def node_resources(model, part: str, streamed: bool, sets: int = 1, buffered: bool = True,
+                   narrow: Iterable[str] = ()) -> list[dict[str, Any]]:
     """FINN+'s estimate per layer. A streamed MVAU's weights live in DDR, but its
     ``fetch_weights`` buffer holds one weight set on chip: FINN+'s ``external_mem`` estimate
     (the MVU, no weight memory) plus the buffer's BRAM as the RTL instantiates it
     (:func:`fetch_buffer_bram18`); without a buffer (``buffered=False``) the ``external_mem``
-    estimate alone. A shared datapath's thresholds hold ``sets`` sets (one per branch)."""
+    estimate alone. A shared datapath's thresholds hold ``sets`` sets (one per branch).
+    ``MVAU_rtl`` DSPs are counted as its RTL packs them (:func:`mvau_rtl_dsp`): on chip, narrow
+    if its weights are; streamed, if the layer is in ``narrow`` (every branch's set narrow, the
+    stitch then builds it so)."""
     from qonnx.custom_op.registry import getCustomOp
+
+    from .weight_image import is_narrow
     rows = []
     for node in model.graph.node:
         inst = getCustomOp(node)
@@ -105,6 +142,12 @@ def node_resources(model, part: str, streamed: bool, sets: int = 1, buffered: bo
             inst.set_nodeattr("mlo_max_iter", 0)
         else:
             estimate = inst.node_res_estimation(part)
+        if node.op_type == "MVAU_rtl":
+            dsp = mvau_rtl_dsp(inst.get_nodeattr("PE"), inst.get_nodeattr("SIMD"), inst.get_input_datatype(1).bitwidth(),
+                               inst.get_input_datatype(0).bitwidth(),
+                               node.name in narrow if streamed else
+                               is_narrow(model.get_initializer(node.input[1]), inst.get_input_datatype(1)), part)
+            estimate = {**estimate, "DSP": estimate.get("DSP", 0) if dsp is None else dsp}
         row = {"layer": node.name, "op": node.op_type, "BRAM_18K": int(estimate.get("BRAM_18K", 0)),
                "URAM": int(estimate.get("URAM", 0)), "LUT": int(estimate.get("LUT", 0)),
                "DSP": int(estimate.get("DSP", 0)), "cycles": int(inst.get_exp_cycles())}
@@ -153,7 +196,14 @@ def onchip_parts(hw: dict[str, Any], paths: list[LevelDatapath], weights: dict[s
             continue
         level = next((p for p in paths if p.branches[0] == names), None)
         sets = len(level.branches) if level else 1
-        rows = [row for n in names for row in node_resources(hw[n], part, streamed, sets, buffered)]
+        rows = [row for n in names for row in node_resources(hw[n], part, streamed, sets, buffered,
+                                                              narrow_layers(weights, n) if level else ())]
+        # hls/rtl/router_decide.sv after a router projection: the root's, or below a level one per
+        # branch (each with its own integers, selected by the branch register)
+        rows += [{"layer": f"{n} decision" + (f" (x{sets}, one per branch)" if sets > 1 else ""),
+                  "op": "router_decide.sv (Yosys-calibrated)", "cycles": 0,
+                  **{k: v * sets for k, v in router_decide_resources(_projection_pe(hw[n])).items()}}
+                 for n in names if n.startswith("router_")]
         fifos = [{"node": n, **f} for n in names for f in residual_fifos(hw[n], part)]
         rows += [{"layer": f"{f['add']} FIFO {f['path']}", "op": "fifo.sv (residual path)", "cycles": 0,
                   **{k: f[k] for k in RESOURCES}} for f in fifos]

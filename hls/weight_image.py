@@ -71,6 +71,23 @@ def align(n: int, to: int = REGION_ALIGN) -> int:
     return -(-n // to) * to
 
 
+def is_narrow(weights: np.ndarray, datatype) -> bool:
+    """No weight at the datatype's minimum (Brevitas' narrow range, e.g. INT4 in [-7, 7]): FINN+'s
+    MVAU_rtl then packs more PE lanes per DSP48E1 (``NARROW_WEIGHTS``)."""
+    return bool(datatype.signed() and np.min(weights) > datatype.min())
+
+
+def narrow_layers(weights: dict[str, Any], node: str) -> set[str]:
+    """The layers of streamed ``node`` whose weights are narrow in every branch of its level
+    (``weights.json``'s per-level ``narrow``, aligned with each region's layers)."""
+    for level in weights["levels"]:
+        for region in level["regions"]:
+            if node in region["nodes"]:
+                flags = level.get("narrow") or [False] * len(region["layers"])
+                return {layer["layer"] for layer, n in zip(region["layers"], flags) if n and layer["node"] == node}
+    return set()
+
+
 def fetch_layer_bytes(inst, weights: np.ndarray, scratch: Path) -> bytes:
     """One weight set in FINN+'s ``external_mem`` layout (``make_weight_file``): 256-bit words,
     written one hex word per line; as DDR bytes, little-endian (byte 0 = bits 7:0)."""
@@ -97,11 +114,13 @@ def write_weight_image(hw: dict[str, Any], paths: list, out: Path, scratch: Path
                     if not node.op_type.startswith("MVAU"):
                         continue
                     inst = getCustomOp(node)
-                    data = fetch_layer_bytes(inst, model.get_initializer(node.input[1]), scratch)
+                    w = model.get_initializer(node.input[1])
+                    data = fetch_layer_bytes(inst, w, scratch)
                     layers.append({"node": name, "layer": node.name, "offset": len(region), "bytes": len(data),
                                    "MH": inst.get_nodeattr("MH"), "MW": inst.get_nodeattr("MW"),
                                    "PE": inst.get_nodeattr("PE"), "SIMD": inst.get_nodeattr("SIMD"),
-                                   "weight_datatype": inst.get_nodeattr("weightDataType")})
+                                   "weight_datatype": inst.get_nodeattr("weightDataType"),
+                                   "narrow": is_narrow(w, inst.get_input_datatype(1))})
                     region += data
             regions.append((region, layers))
         stride = align(max(len(r) for r, _ in regions))
@@ -113,7 +132,10 @@ def write_weight_image(hw: dict[str, Any], paths: list, out: Path, scratch: Path
             entries.append({"branch": branch, "nodes": path.branches[branch], "offset": offset, "bytes": len(region),
                             "crc32": zlib.crc32(region), "layers": layers})
         image += bytes(base + len(regions) * stride - len(image))
-        levels.append({"level": path.level, "base": base, "region_stride": stride, "regions": entries})
+        # a datapath layer may assume narrow weights only if every branch's set is narrow
+        narrow = [all(r[1][j]["narrow"] for r in regions) for j in range(len(regions[0][1]))]
+        levels.append({"level": path.level, "base": base, "region_stride": stride, "regions": entries,
+                       "narrow": narrow})
     (out / "weights.bin").write_bytes(bytes(image))
     meta = {"format": "sigmabranch-weights/1", "file": "weights.bin", "bytes": len(image), "align": REGION_ALIGN,
             "data_bits": FETCH_DATA_BITS, "crc32": zlib.crc32(bytes(image)),

@@ -71,6 +71,8 @@ class TreeConfig:
     resp_lambda: float = 0.3  # weight of the responsibility loss (0 = the Section V-E ablation)
     resp_tau: float = 1.0  # temperature of the soft-min responsibility target
     balance_lambda: float = 0.0  # load-balancing term (model/finetune.py balance_loss; not in the paper)
+    margin_lambda: float = 0.0  # routing-margin term (model/finetune.py margin_loss; not in the paper)
+    margin: float = 0.8  # the margin it asks of every router, in its LayerNorm latent's units
 
 
 @dataclass

@@ -139,6 +139,34 @@ def test_placement_report_and_driver_metadata(built):
     assert (root / "pynq-z2" / "export" / "tree.json").is_file()
 
 
+def test_mvau_dsp_count_is_the_lanes_the_rtl_packs():
+    from hls.placement import mvau_rtl_dsp
+    # DSP48E1 instances Yosys elaborated in the PYNQ-Z2 demo (W4, UINT4/INT8 inputs): on-chip
+    # narrow layers pack 4 lanes, fetched layers FINN+ builds non-narrow pack 3
+    assert mvau_rtl_dsp(4, 9, 4, 4, True, "xc7z020clg400-1") == 9
+    assert mvau_rtl_dsp(1, 1, 4, 8, True, "xc7z020clg400-1") == 1
+    assert mvau_rtl_dsp(7, 21, 4, 4, False, "xc7z020clg400-1") == 63
+    assert mvau_rtl_dsp(4, 63, 4, 4, False, "xc7z020clg400-1") == 126
+    assert mvau_rtl_dsp(7, 21, 4, 4, True, "xc7z020clg400-1") == 42
+    # DSP48E2 (27-bit A port) packs 4 either way; 8-bit weights one lane group of 2
+    assert mvau_rtl_dsp(4, 63, 4, 4, False, "xczu7ev-ffvc1156-2-e") == 63
+    assert mvau_rtl_dsp(4, 8, 8, 8, True, "xczu7ev-ffvc1156-2-e") == 16
+
+
+def test_fetched_layers_are_built_narrow_and_counted_so(built):
+    """Every branch's weights are narrow (Brevitas' narrow range), so each fetched MVAU_rtl is
+    built with NARROW_WEIGHTS = 1 (FINN+ writes 0 for weights it cannot see) and its DSPs counted
+    with 4 lanes; each router's decision block is in the placement."""
+    root, report, _ = built
+    weights = json.loads((root / "pynq-z2" / "weights.json").read_text())
+    assert all(all(level["narrow"]) for level in weights["levels"])
+    wrappers = [w for w in (root / "pynq-z2" / "vivado" / "src").rglob("l*_MVAU_rtl_[0-9]_wrapper.v")]
+    assert wrappers and all("NARROW_WEIGHTS = 1," in w.read_text() for w in wrappers)
+    rows = [r for part in report["onchip"] for r in part["layers"]]
+    decisions = [r for r in rows if r["op"].startswith("router_decide")]
+    assert len(decisions) == 2 and all(r["DSP"] >= 2 for r in decisions)  # root, and one row x2 below level 0
+
+
 def test_a_design_that_does_not_fit_is_refused_with_the_overflow(built, monkeypatch):
     root, _, _ = built
     tiny = dataclasses.replace(boards.get_board("pynq-z2"), name="tiny", lut=100, dsp=2, bram18=4, uram=0, clk_ns=10.0,

@@ -12,7 +12,8 @@ from model.checkpoint import CheckpointError
 from model.config import TreeConfig
 from model.convert import (ConversionError, convert, cosine_silhouette, save_tree, select_channels, spherical_kmeans,
                            tree_from_checkpoint)
-from model.finetune import balance_loss, balance_score, sigma_branch_loss
+from model.config import TrainConfig
+from model.finetune import balance_loss, balance_score, margin_loss, sigma_branch_loss, tree_loss
 from model.registry import create_model
 
 
@@ -214,6 +215,51 @@ def test_balance_loss_pulls_the_batch_toward_every_leaf_not_each_input_toward_un
     plain = sigma_branch_loss(leaf_logits, log_p, y)
     assert sigma_branch_loss(leaf_logits, log_p, y, balance_lambda=0.5).item() == pytest.approx(
         plain.item() + 0.5 * balance_loss(log_p).item(), rel=1e-6)
+
+
+def test_margin_loss_is_the_reach_weighted_hinge_on_each_routers_distance():
+    _, tree, _ = converted(depth=2)
+    d = tree.routers[0][0].router.in_features
+    with torch.no_grad():
+        for level, nodes in enumerate(tree.routers):
+            for node in nodes:
+                node.router.weight.zero_(), node.router.bias.zero_()
+                node.router.weight[1, level] = 2.0  # w = 2 e_level, |w| = 2: distance = |z[level]|
+    z = torch.zeros(2, d)
+    z[0, 0], z[1, 0] = 0.1, 3.0  # root: input 0 inside the margin (0.7 short), input 1 clear of it
+    z1, z2 = torch.zeros(2, d), torch.zeros(2, d)
+    z1[:, 1], z2[:, 1] = 0.5, 0.2  # level-1 nodes: 0.3 and 0.6 short for every input
+    latents = [z.requires_grad_(), z1, z2]
+    p = torch.tensor([[0.4, 0.2, 0.3, 0.1], [0.1, 0.1, 0.5, 0.3]])  # reach node 1: 0.6 / 0.2, node 2: 0.4 / 0.8
+    hinge = (0.7 + 0) / 2 + (0.6 * 0.3 + 0.2 * 0.3) / 2 + (0.4 * 0.6 + 0.8 * 0.6) / 2
+    # split: the reach-weighted mean of tanh(s / margin) per node, squared (every input on one side here)
+    split = ((math.tanh(0.1 / 0.8) + math.tanh(3.0 / 0.8)) / 2) ** 2 + math.tanh(0.5 / 0.8) ** 2 + math.tanh(0.2 / 0.8) ** 2
+    expected = hinge + split
+    loss = margin_loss(tree, latents, p.log(), margin=0.8)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    # the hinge pushes input 0 away from the hyperplane, the split pulls both back toward it (the
+    # batch is all on one side): input 1, clear of the margin, feels only the split
+    assert latents[0].grad[1, 0] > 0
+    router = tree.routers[0][0].router
+    assert router.bias.grad[1] > 0  # a descent step moves the hyperplane into the batch
+    with torch.no_grad():  # scaling a router sharpens its softmax but moves no decision: same loss
+        tree.routers[0][0].router.weight.mul_(10.0)
+    assert margin_loss(tree, latents, p.log(), margin=0.8).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_margin_term_is_added_to_the_tree_loss_with_its_weight():
+    _, tree, _ = converted(depth=2)
+    tree.eval()  # no dropout: both forwards see the same latents
+    x, y = clustered_digits_like(8)[:]
+    cfg = TrainConfig()
+    plain = tree_loss(cfg)(tree, x, y)
+    cfg.tree.margin_lambda, cfg.tree.margin = 0.5, 2.0
+    latents: list = []
+    _, log_p = tree(x, mode="leaves", latents=latents)
+    added = margin_loss(tree, latents, log_p, 2.0)
+    assert added.item() > 0
+    assert tree_loss(cfg)(tree, x, y).item() == pytest.approx(plain.item() + 0.5 * added.item(), rel=1e-5)
 
 
 def test_balance_score_matches_the_papers_examples():

@@ -23,14 +23,14 @@
 // Ports: ap_clk, ap_rst_n (active-low sync), in0_V_tdata/tvalid/tready, out0_V_tdata/tvalid/tready,
 //   decision, decision_valid.
 // Protocol: AXI-stream, any valid/ready pattern. Sums accumulate while the frame streams in
-//   (1 word/cycle); after the last word the input is held off (tready low) for 3 cycles of wide
-//   arithmetic and until the decision word is accepted downstream.
-// Latency: out0_V_tvalid rises 3 cycles after the clock edge that accepts the last input word;
-//   throughput one frame per N/PE + 4 cycles (plus output back-pressure).
-// Arithmetic: per word, PE 16 x ZBW-bit products (u*z) and PE squares; per frame, four products
-//   of up to WIDE bits (A*A and c*c*R are the widest, ~2x the accumulator width + 2*CW), one
-//   register stage each. Exact at any width; only checked in Verilator (no synthesis here): at
-//   high clock rates the S_SQ products may need more pipeline stages or a serial multiplier.
+//   (1 word/cycle); after the last word the input is held off (tready low) while the six
+//   per-frame products are computed serially and until the decision word is accepted downstream.
+// Latency: out0_V_tvalid rises 2*LN + SUW + SZW + AW + 2*CW + 15 cycles after the clock edge
+//   that accepts the last input word (170 for N = 128, 16-bit z_acc, u and c); throughput one
+//   frame per N/PE + that + 1 cycles (plus output back-pressure). The router runs once per image,
+//   thousands of cycles apart.
+// Arithmetic: per word, PE UW x ZBW-bit products (u*z) and PE squares (DSPs); per frame, six
+//   products on one shift-and-add unit (WIDE-bit adder, no DSP). Exact at any width.
 module router_decide #(
   parameter int unsigned N         = 4,
   parameter int unsigned PE        = 1,
@@ -80,7 +80,7 @@ module router_decide #(
     if (N % PE != 0) $error("router_decide: N=%0d not divisible by PE=%0d", N, PE);
   end
 
-  typedef enum logic [2:0] {S_ACC, S_AV, S_SQ, S_CMP, S_OUT} state_t;
+  typedef enum logic [2:0] {S_ACC, S_LOAD, S_MUL, S_STORE, S_CMP, S_OUT} state_t;
   state_t state;
   logic [FW-1:0] fold;
 
@@ -116,13 +116,34 @@ module router_decide #(
     end
   end
 
-  // wide stage registers
-  logic signed [WIDE-1:0] a_r, r_r, a2_r, cr_r;
-  logic                   apos_r, d_r, dv_r;
-  logic signed [WIDE-1:0] n_w, c_w, e_w;
-  assign n_w = WIDE'(signed'({1'b0, 32'(N)}));
-  assign c_w = WIDE'($signed(C_INT));
-  assign e_w = WIDE'(signed'({1'b0, E_INT}));
+  // Per frame, six products, one at a time on one shift-and-add multiplier (no DSP): the frame
+  // comes once per image, so ~170 cycles of latency cost nothing, while one-cycle WIDE-bit
+  // products (the first version) took 25 DSP48E1 per router in Yosys xc7 (now 2: the per-word
+  // u*z and z*z), for ~300 more LUTs and ~600 more FFs.
+  //   0: t  = N * s_uz          1: a = t - s_u * s_z
+  //   2: t  = N * s_zz          3: r = t - s_z * s_z + E
+  //   4: a2 = a * a             5: cr = (c*c) * r
+  // product(x, m) with m a B-bit two's-complement multiplier: sum over bits i < B-1 of m_i*x*2^i
+  // minus m_(B-1)*x*2^(B-1), one bit per cycle (x shifts left, m right).
+  localparam int unsigned CCW  = 2 * CW;                           // c*c >= 0 as a signed value
+  localparam int unsigned B0   = LN + 1;                           // N, non-negative
+  localparam int unsigned MB0  = (B0 > SUW) ? B0 : SUW;
+  localparam int unsigned MB1  = (MB0 > SZW) ? MB0 : SZW;
+  localparam int unsigned MB2  = (MB1 > AW) ? MB1 : AW;
+  localparam int unsigned MB   = (MB2 > CCW) ? MB2 : CCW;          // widest multiplier
+  localparam int unsigned CNTW = $clog2(MB + 1);
+  localparam logic signed [CCW-1:0] CC = CCW'($signed(C_INT)) * CCW'($signed(C_INT));
+
+  logic signed [WIDE-1:0] x_r, p_r, t_r, a_r, r_r, a2_r, cr_r;
+  logic signed [MB-1:0]   m_r;
+  logic [CNTW-1:0]        cnt;      // multiplier bits still to take
+  logic [2:0]             step;
+  logic                   d_r, dv_r;
+  logic signed [WIDE-1:0] n_w, e_w;
+  logic                   c_neg;
+  assign n_w   = WIDE'(signed'({1'b0, 32'(N)}));
+  assign e_w   = WIDE'(signed'({1'b0, E_INT}));
+  assign c_neg = C_INT[CW-1];
 
   assign in0_V_tready = (state == S_ACC);
   wire take = in0_V_tvalid && in0_V_tready;
@@ -131,6 +152,7 @@ module router_decide #(
     if (!ap_rst_n) begin
       state <= S_ACC;
       fold  <= '0;
+      step  <= '0;
       s_z <= '0; s_u <= '0; s_uz <= '0; s_zz <= '0;
       d_r <= 1'b0; dv_r <= 1'b0;
     end else begin
@@ -143,27 +165,47 @@ module router_decide #(
           end
           if (fold == FW'(NF - 1)) begin
             fold  <= '0;
-            state <= S_AV;
+            step  <= '0;
+            state <= S_LOAD;
           end else begin
             fold <= fold + 1'b1;
           end
         end
-        S_AV: begin
-          a_r <= n_w * WIDE'(s_uz) - WIDE'(s_u) * WIDE'(s_z);
-          r_r <= n_w * WIDE'(s_zz) - WIDE'(s_z) * WIDE'(s_z) + e_w;
-          state <= S_SQ;
+        S_LOAD: begin      // operands of product `step`
+          p_r <= '0;
+          case (step)
+            3'd0:    begin x_r <= WIDE'(s_uz); m_r <= MB'(n_w);             cnt <= CNTW'(B0);  end
+            3'd1:    begin x_r <= WIDE'(s_z);  m_r <= MB'(s_u);             cnt <= CNTW'(SUW); end
+            3'd2:    begin x_r <= WIDE'(s_zz); m_r <= MB'(n_w);             cnt <= CNTW'(B0);  end
+            3'd3:    begin x_r <= WIDE'(s_z);  m_r <= MB'(s_z);             cnt <= CNTW'(SZW); end
+            3'd4:    begin x_r <= a_r;         m_r <= MB'(a_r);             cnt <= CNTW'(AW);  end
+            default: begin x_r <= r_r;         m_r <= MB'(CC);              cnt <= CNTW'(CCW); end
+          endcase
+          state <= S_MUL;
         end
-        S_SQ: begin
-          a2_r   <= a_r * a_r;
-          cr_r   <= c_w * c_w * r_r;
-          apos_r <= (a_r > 0);
-          state  <= S_CMP;
+        S_MUL: begin       // one multiplier bit per cycle; the last (sign) bit subtracts
+          if (m_r[0]) p_r <= (cnt == 1) ? p_r - x_r : p_r + x_r;
+          x_r <= x_r <<< 1;
+          m_r <= m_r >>> 1;
+          cnt <= cnt - 1'b1;
+          if (cnt == 1) state <= S_STORE;
+        end
+        S_STORE: begin
+          case (step)
+            3'd0, 3'd2: t_r  <= p_r;
+            3'd1:       a_r  <= t_r - p_r;
+            3'd3:       r_r  <= t_r - p_r + e_w;
+            3'd4:       a2_r <= p_r;
+            default:    cr_r <= p_r;
+          endcase
+          step  <= step + 1'b1;
+          state <= (step == 3'd5) ? S_CMP : S_LOAD;
         end
         S_CMP: begin
-          if (!c_w[WIDE-1])   // c >= 0
-            d_r <= apos_r || ((c_w != 0) && (cr_r > a2_r));
+          if (!c_neg)   // c >= 0
+            d_r <= (a_r > 0) || ((C_INT != 0) && (cr_r > a2_r));
           else
-            d_r <= apos_r && (a2_r > cr_r);
+            d_r <= (a_r > 0) && (a2_r > cr_r);
           dv_r  <= 1'b1;
           state <= S_OUT;
         end
