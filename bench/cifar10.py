@@ -14,6 +14,9 @@ Stages, each in ``<work>/<model>/`` and each continued from its checkpoint when 
   (``configs/<model>_margin_cifar10.yaml``, ``margin/``), hard-routed evaluation, then the same
   W4A4 QAT from it (``quant_margin/``): does a margin on the float routers keep their decisions
   through quantisation?
+- ``distill``: the tree stage's tree fine-tuned longer with knowledge distillation from the dense
+  model (``configs/<model>_distill_cifar10.yaml``, ``distill/``), then the margin phase, still
+  distilling (``distill_margin/``), then the same W4A4 QAT (``quant_distill/``);
 - ``depths``: the tree config's conversion at depths 1, 2, 3 and at ``tree.depth: auto``
   (``depth_<d>/``, ``depth_auto/``): per depth the active parameters, every node's silhouette
   against its one-Gaussian reference (model/convert.py ``choose_depth``), the hard-routed Top-1
@@ -38,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from model.config import load_config  # noqa: E402
 from model.train import resumable, write_json  # noqa: E402
 
-STAGES = ("dense", "tree", "quant", "margin", "depths", "variants")
+STAGES = ("dense", "tree", "quant", "margin", "distill", "depths", "variants")
 # Fine-tuned trees beside the main one (stage ``variants``; the tree config with these overrides, the
 # same budget): the depths next to depth 2, and the paper's Section V-E ablations.
 VARIANTS = {"depth_1": ["tree.depth=1"], "depth_3": ["tree.depth=3"],
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work / args.model
     config_of = {"dense": "", "tree": "_tree", "quant": "_quant", "margin": "_margin", "depths": "_tree",
-                 "variants": "_tree"}
+                 "variants": "_tree", "distill": "_distill"}
     configs = {s: load_config(REPO / "configs" / f"{args.model}{config_of[s]}_cifar10.yaml") for s in stages}
     report: dict = {"model": args.model, "dataset": "cifar10"}
     results = args.results / f"cifar10_{args.model}.json"
@@ -100,24 +103,29 @@ def main(argv: list[str] | None = None) -> int:
             tree_dir / "finetune" / "checkpoint.pt", cfg, work / "quant",
             resume=resumable(work / "quant" / "checkpoint.pt", cfg)))
     if "margin" in stages:
-        from model.finetune import run_finetune
-        from model.tree_report import evaluate_tree_checkpoint
         cfg, margin_dir = configs["margin"], work / "margin"
-
-        def margin() -> dict:
-            finetune = run_finetune(tree_dir / "finetune" / "checkpoint.pt", cfg, margin_dir / "finetune",
-                                    resume=resumable(margin_dir / "finetune" / "checkpoint.pt", cfg))
-            result = evaluate_tree_checkpoint(margin_dir / "finetune" / "checkpoint.pt", cfg, out_dir=margin_dir)
-            result.pop("class_leaf_counts")
-            result = {**result, "epochs": cfg.epochs, "train_seconds": finetune["train_seconds"],
-                      "margin": cfg.tree.margin, "margin_lambda": cfg.tree.margin_lambda}
-            write_json(margin_dir / "metrics.json", result)
-            return result
-        report["margin"] = run_stage("margin", margin_dir, margin)
+        report["margin"] = run_stage("margin", margin_dir, lambda: finetune_further(
+            tree_dir / "finetune" / "checkpoint.pt", cfg, margin_dir, ("margin", "margin_lambda")))
         qcfg = load_config(REPO / "configs" / f"{args.model}_quant_cifar10.yaml")
         report["quant_margin"] = run_stage("quant from the margin tree", work / "quant_margin", lambda: run_quantize(
             margin_dir / "finetune" / "checkpoint.pt", qcfg, work / "quant_margin",
             resume=resumable(work / "quant_margin" / "checkpoint.pt", qcfg)))
+    if "distill" in stages:
+        from model.config import apply_overrides
+        teacher = [f"tree.distill_teacher={work / 'dense' / 'checkpoint.pt'}"]
+        cfg, distill_dir = apply_overrides(configs["distill"], teacher), work / "distill"
+        report["distill"] = run_stage("distill", distill_dir, lambda: finetune_further(
+            tree_dir / "finetune" / "checkpoint.pt", cfg, distill_dir, ("distill_lambda", "distill_tau")))
+        # then the margin phase (still distilling) and W4A4 QAT, as the margin stage does for the tree
+        mcfg = apply_overrides(load_config(REPO / "configs" / f"{args.model}_margin_cifar10.yaml"), teacher + [
+            f"tree.distill_lambda={cfg.tree.distill_lambda}", f"tree.distill_tau={cfg.tree.distill_tau}"])
+        report["distill_margin"] = run_stage("margin phase of the distilled tree", work / "distill_margin",
+                                             lambda: finetune_further(distill_dir / "finetune" / "checkpoint.pt", mcfg,
+                                                                      work / "distill_margin", ("margin", "margin_lambda")))
+        qcfg = load_config(REPO / "configs" / f"{args.model}_quant_cifar10.yaml")
+        report["quant_distill"] = run_stage("quant from the distilled tree", work / "quant_distill", lambda: run_quantize(
+            work / "distill_margin" / "finetune" / "checkpoint.pt", qcfg, work / "quant_distill",
+            resume=resumable(work / "quant_distill" / "checkpoint.pt", qcfg)))
     if "depths" in stages:
         report["depths"] = run_stage("depths", work / "depths", lambda: depths(
             work / "dense" / "checkpoint.pt", configs["depths"], work / "depths"))
@@ -143,6 +151,22 @@ def main(argv: list[str] | None = None) -> int:
     results.with_suffix(".md").write_text(table(report))
     print(results.with_suffix(".md").read_text())
     return 0
+
+
+def finetune_further(checkpoint: Path, cfg, folder: Path, keys: tuple[str, ...]) -> dict:
+    """A fine-tuned tree fine-tuned further under ``cfg`` (``folder/finetune``, resumed), then its
+    hard-routed evaluation; ``keys`` of ``cfg.tree`` go into the stage's metrics."""
+    from model.finetune import run_finetune
+    from model.tree_report import evaluate_tree_checkpoint
+
+    finetune = run_finetune(checkpoint, cfg, folder / "finetune",
+                            resume=resumable(folder / "finetune" / "checkpoint.pt", cfg))
+    result = evaluate_tree_checkpoint(folder / "finetune" / "checkpoint.pt", cfg, out_dir=folder)
+    result.pop("class_leaf_counts")
+    result = {**result, "epochs": cfg.epochs, "train_seconds": finetune["train_seconds"],
+              **{k: getattr(cfg.tree, k) for k in keys}}
+    write_json(folder / "metrics.json", result)
+    return result
 
 
 def depths(dense_checkpoint: Path, cfg, folder: Path) -> dict:
@@ -196,6 +220,17 @@ def table(report: dict) -> str:
                     f"+{margin['epochs']} | {margin['train_seconds']:.0f} |")
     if report.get("quant_margin"):
         quant_row(report["quant_margin"], "tree + margin phase")
+    distill = report.get("distill")
+    if distill:
+        rows.append(f"| tree + distillation (lambda {distill['distill_lambda']}, tau {distill['distill_tau']}, hard) | "
+                    f"{distill['top1_hard']:.2f} | {distill['active_params']:,} | {distill['balance']:.3f} | - | "
+                    f"+{distill['epochs']} | {distill['train_seconds']:.0f} |")
+    dm = report.get("distill_margin")
+    if dm:
+        rows.append(f"| tree + distillation + margin phase (hard) | {dm['top1_hard']:.2f} | {dm['active_params']:,} | "
+                    f"{dm['balance']:.3f} | - | +{dm['epochs']} | {dm['train_seconds']:.0f} |")
+    if report.get("quant_distill"):
+        quant_row(report["quant_distill"], "tree + distillation + margin phase")
     for name, v in (report.get("variants") or {}).items():
         rows.append(f"| tree {name.replace('_', ' ')} ({VARIANTS[name][0]}, hard) | {v['top1_hard']:.2f} | "
                     f"{v['active_params']:,} | {v['balance']:.3f} | - | {v['epochs']} | {v['train_seconds']:.0f} |")

@@ -73,6 +73,12 @@ class TreeConfig:
     balance_lambda: float = 0.0  # load-balancing term (model/finetune.py balance_loss; not in the paper)
     margin_lambda: float = 0.0  # routing-margin term (model/finetune.py margin_loss; not in the paper)
     margin: float = 0.8  # the margin it asks of every router, in its LayerNorm latent's units
+    # Knowledge distillation from the dense model (Hinton et al.; not in the paper): every leaf is
+    # pulled toward the dense model's softened outputs on the inputs routed to it
+    # (model/finetune.py distill_loss). The teacher is a dense checkpoint.pt.
+    distill_lambda: float = 0.0
+    distill_tau: float = 4.0
+    distill_teacher: str | None = None
 
 
 @dataclass

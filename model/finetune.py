@@ -15,6 +15,10 @@ sees little data never becomes the best.
 
 Optionally (``tree.margin_lambda``, not in the paper) a routing-margin term, :func:`margin_loss`,
 so that the hard decisions survive quantisation.
+
+Optionally (``tree.distill_lambda``, not in the paper) knowledge distillation from the dense
+model, :func:`distill_loss`: with a short fine-tuning budget the branches, narrowed to ~0.7 of the
+dense width, recover faster from the dense model's soft outputs than from the labels alone.
 """
 from __future__ import annotations
 
@@ -109,7 +113,46 @@ def margin_loss(tree: SigmaBranchTree, latents: list[torch.Tensor], leaf_log_pro
     return loss
 
 
-def tree_loss(cfg: TrainConfig):
+def distill_loss(leaf_logits: torch.Tensor, leaf_log_probs: torch.Tensor, teacher_logits: torch.Tensor,
+                 tau: float) -> torch.Tensor:
+    """Routing-weighted distillation: ``sum_l p_l * tau^2 * KL(softmax(t/tau) || softmax(s_l/tau))``.
+
+    Weighted like the specialist loss, so each leaf imitates the dense model on the inputs that
+    reach it (what hard routing will run it on); the routing weights are detached: where inputs go
+    stays the business of the paper's losses. ``tau^2`` keeps the gradient's scale independent of
+    ``tau`` (Hinton et al.). ``leaf_logits`` (B, L, C), ``teacher_logits`` (B, C).
+    """
+    target = F.log_softmax(teacher_logits.detach() / tau, dim=-1).unsqueeze(1)
+    student = F.log_softmax(leaf_logits / tau, dim=-1)
+    kl = (target.exp() * (target - student)).sum(-1)  # (B, L)
+    return tau * tau * (leaf_log_probs.detach().exp() * kl).sum(1).mean()
+
+
+def load_teacher(path: str | Path, tree: SigmaBranchTree) -> nn.Module:
+    """The dense checkpoint to distil from, frozen in eval mode; refused unless it classifies into
+    the tree's classes (a teacher of another task would teach nonsense, silently)."""
+    from .checkpoint import model_from_checkpoint
+    from .config import ConfigError
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"tree.distill_teacher: no dense checkpoint at {path}")
+    teacher, ckpt = model_from_checkpoint(path)
+    spec_args = tree.spec.get("dense_args", {})
+    if ckpt.get("model_args", {}).get("num_classes") != spec_args.get("num_classes"):
+        raise ConfigError(f"tree.distill_teacher {path}: {ckpt['model_name']} with "
+                          f"{ckpt.get('model_args', {}).get('num_classes')} classes cannot teach a tree of "
+                          f"{spec_args.get('num_classes')} classes")
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def tree_loss(cfg: TrainConfig, teacher: nn.Module | None = None):
+    if cfg.tree.distill_lambda and teacher is None:
+        raise ValueError("tree.distill_lambda > 0 needs a teacher (tree.distill_teacher)")
+
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         latents: list[torch.Tensor] | None = [] if cfg.tree.margin_lambda else None
         leaf_logits, leaf_log_probs = model(x, mode="leaves", latents=latents)
@@ -118,6 +161,12 @@ def tree_loss(cfg: TrainConfig):
         if latents is not None:
             tree = getattr(model, "module", model)  # under DistributedDataParallel
             loss = loss + cfg.tree.margin_lambda * margin_loss(tree, latents, leaf_log_probs, cfg.tree.margin)
+        if cfg.tree.distill_lambda:
+            teacher.to(x.device)
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            loss = loss + cfg.tree.distill_lambda * distill_loss(leaf_logits, leaf_log_probs, teacher_logits,
+                                                                 cfg.tree.distill_tau)
         return loss
     return loss_fn
 
@@ -171,13 +220,15 @@ def run_finetune(tree_checkpoint: str | Path, cfg: TrainConfig, out_dir: str | P
     from .dense import dataset_for
 
     tree, ckpt = tree_from_checkpoint(tree_checkpoint)
+    teacher = load_teacher(cfg.tree.distill_teacher, tree) if cfg.tree.distill_lambda else None
     data = dataset_for(cfg)
     result = fit(tree, cfg, data.train, data.test, out_dir, kind="tree", model_name=ckpt["model_name"],
-                 model_args=ckpt["spec"]["dense_args"], loss_fn=tree_loss(cfg),
+                 model_args=ckpt["spec"]["dense_args"], loss_fn=tree_loss(cfg, teacher),
                  evaluate_fn=evaluate_tree,
                  device=device, resume=resume, extra_checkpoint={"spec": tree.spec, "input_shape": list(data.input_shape)})
     metrics = {**result.final, "epochs": cfg.epochs, "resp_lambda": cfg.tree.resp_lambda,
                "balance_lambda": cfg.tree.balance_lambda, "margin_lambda": cfg.tree.margin_lambda,
+               "distill_lambda": cfg.tree.distill_lambda,
                "train_seconds": sum(h["seconds"] for h in result.history)}
     if is_main_process():
         write_json(Path(out_dir) / "metrics.json", metrics)

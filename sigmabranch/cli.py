@@ -94,6 +94,9 @@ def cmd_finetune(args) -> int:
     from model.config import apply_overrides
     from model.finetune import run_finetune
     cfg = apply_overrides(_load_cfg(args), _tree_overrides(args))
+    if args.teacher:  # distil from this dense checkpoint, at the config's weight (1.0 where it has none)
+        cfg = apply_overrides(cfg, [f"tree.distill_teacher={args.teacher}",
+                                    f"tree.distill_lambda={cfg.tree.distill_lambda or 1.0}"])
     print(json.dumps(run_finetune(args.tree, cfg, args.out, device=args.device, resume=args.resume), indent=2))
     return 0
 
@@ -227,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tree", required=True, help="tree.pt from `sigmabranch convert` (or a fine-tuned checkpoint)")
     p.add_argument("--out", required=True, type=Path, help="output run directory")
     p.add_argument("--resume", help="continue from this checkpoint.pt")
+    p.add_argument("--teacher", help="dense checkpoint.pt to distil from (knowledge distillation, not in the paper; "
+                                     "weight tree.distill_lambda, 1.0 if unset; temperature tree.distill_tau)")
     tree_flags(p)
     p.set_defaults(func=cmd_finetune)
 

@@ -160,3 +160,23 @@ def test_failed_hardware_check_fails_the_demo_after_writing_metrics(tmp_path, mo
     err = capsys.readouterr().err
     assert "sigmabranch demo: check FAILED" in err and "image 1:" in err and "Traceback" not in err
     assert (tmp_path / "demo" / "metrics.json").is_file()
+
+
+def test_finetune_with_a_missing_teacher_is_one_clear_line(tmp_path, capsys):
+    import torch
+
+    from model.config import TreeConfig
+    from model.convert import convert, save_tree
+    from model.registry import create_model
+
+    torch.manual_seed(0)
+    dense = create_model("edge_cnn", num_classes=10).eval()
+    x = torch.randn(32, 1, 8, 8)
+    data = torch.utils.data.TensorDataset(x, torch.arange(32) % 10)
+    tree, _ = convert(dense, "edge_cnn", {"num_classes": 10}, data, TreeConfig(depth=1, max_samples=32), seed=0)
+    save_tree(tmp_path / "tree.pt", tree)
+    code = main(["finetune", "--config", str(CONFIGS / "demo_tree_digits.yaml"), "--tree", str(tmp_path / "tree.pt"),
+                 "--out", str(tmp_path / "ft"), "--teacher", str(tmp_path / "no_teacher.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no_teacher.pt" in err and "distill_teacher" in err and "Traceback" not in err
+    assert not (tmp_path / "ft" / "checkpoint.pt").exists()

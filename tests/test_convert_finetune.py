@@ -13,7 +13,9 @@ from model.config import TreeConfig
 from model.convert import (ConversionError, convert, cosine_silhouette, save_tree, select_channels, spherical_kmeans,
                            tree_from_checkpoint)
 from model.config import TrainConfig
-from model.finetune import balance_loss, balance_score, margin_loss, sigma_branch_loss, tree_loss
+from model.config import ConfigError
+from model.finetune import (balance_loss, balance_score, distill_loss, load_teacher, margin_loss, sigma_branch_loss,
+                            tree_loss)
 from model.registry import create_model
 
 
@@ -260,6 +262,43 @@ def test_the_margin_term_is_added_to_the_tree_loss_with_its_weight():
     added = margin_loss(tree, latents, log_p, 2.0)
     assert added.item() > 0
     assert tree_loss(cfg)(tree, x, y).item() == pytest.approx(plain.item() + 0.5 * added.item(), rel=1e-5)
+
+
+def test_distill_loss_is_the_routing_weighted_kl_to_the_teacher_on_a_hand_case():
+    teacher = torch.tensor([[2.0, 0.0]])
+    leaves = torch.tensor([[[2.0, 0.0], [0.0, 2.0]]], requires_grad=True)  # leaf 0 agrees, leaf 1 is reversed
+    p = torch.tensor([[0.25, 0.75]], requires_grad=True)
+    tau = 2.0
+    t = torch.softmax(teacher / tau, -1)[0]
+    kl_reversed = float((t * (t.log() - torch.softmax(torch.tensor([0.0, 2.0]) / tau, -1).log())).sum())
+    loss = distill_loss(leaves, p.log(), teacher, tau)
+    assert loss.item() == pytest.approx(tau * tau * 0.75 * kl_reversed, rel=1e-6)  # leaf 0's KL is 0
+    loss.backward()
+    assert p.grad is None or torch.all(p.grad == 0)  # routing weights detached: routing is not taught
+    assert leaves.grad[0, 1, 0] < 0 and leaves.grad[0, 0].abs().max() < 1e-7  # leaf 1 pulled toward class 0
+
+
+def test_the_distillation_term_is_added_and_a_wrong_teacher_is_refused(tmp_path):
+    dense, tree, _ = converted(depth=2)
+    tree.eval()
+    x, y = clustered_digits_like(8)[:]
+    cfg = TrainConfig()
+    plain = tree_loss(cfg)(tree, x, y)
+    cfg.tree.distill_lambda, cfg.tree.distill_tau = 0.5, 3.0
+    with pytest.raises(ValueError, match="teacher"):
+        tree_loss(cfg)
+    leaf_logits, log_p = tree(x, mode="leaves")
+    added = distill_loss(leaf_logits, log_p, dense(x), 3.0)
+    assert added.item() > 0
+    assert tree_loss(cfg, dense)(tree, x, y).item() == pytest.approx(plain.item() + 0.5 * added.item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="no dense checkpoint"):
+        load_teacher(tmp_path / "missing.pt", tree)
+    other = create_model("edge_cnn", num_classes=7)
+    from model.checkpoint import FORMAT
+    torch.save({"format": FORMAT, "kind": "dense", "model_name": "edge_cnn", "model_args": {"num_classes": 7},
+                "state_dict": other.state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="7 classes"):
+        load_teacher(tmp_path / "other.pt", tree)
 
 
 def test_balance_score_matches_the_papers_examples():
