@@ -363,13 +363,12 @@ def hierarchy_cells(path: Path, top: str, core: str | None) -> tuple[dict[str, i
         return memo[m]
     totals = flat(top)
     parent = core if core in mods else top
-    rows = [{"module": c, "instances": n, **{k: v * n for k, v in summarize(flat(c)).items() if k != "other_cells"}}
-            for c, n in mods[parent].items() if c in mods]
-    covered = Counter()
+    rows, covered = [], Counter()
     for c, n in mods[parent].items():
         if c in mods:
-            for cc, nn in flat(c).items():
-                covered[cc] += n * nn
+            cells = Counter({cc: n * nn for cc, nn in flat(c).items()})
+            covered += cells
+            rows.append({"module": c, "instances": n, **{k: v for k, v in summarize(cells).items() if k != "other_cells"}})
     glue = totals - covered
     rows.append({"module": "(glue)", "instances": 1, **{k: v for k, v in summarize(glue).items() if k != "other_cells"}})
     rows.sort(key=lambda r: -r["LUT_TOTAL"])

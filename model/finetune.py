@@ -162,7 +162,8 @@ def tree_loss(cfg: TrainConfig, teacher: nn.Module | None = None):
             tree = getattr(model, "module", model)  # under DistributedDataParallel
             loss = loss + cfg.tree.margin_lambda * margin_loss(tree, latents, leaf_log_probs, cfg.tree.margin)
         if cfg.tree.distill_lambda:
-            teacher.to(x.device)
+            if next(teacher.parameters()).device != x.device:  # fit() picks the device: move once
+                teacher.to(x.device)
             with torch.no_grad():
                 teacher_logits = teacher(x)
             loss = loss + cfg.tree.distill_lambda * distill_loss(leaf_logits, leaf_log_probs, teacher_logits,
