@@ -17,6 +17,9 @@ Stages, each in ``<work>/<model>/`` and each continued from its checkpoint when 
 - ``distill``: the tree stage's tree fine-tuned longer with knowledge distillation from the dense
   model (``configs/<model>_distill_cifar10.yaml``, ``distill/``), then the margin phase, still
   distilling (``distill_margin/``), then the same W4A4 QAT (``quant_distill/``);
+- ``distill_long``: the distill stage's last tree fine-tuned further, distilling and with the margin
+  term, the learning rate restarted (``configs/<model>_distill_long_cifar10.yaml``,
+  ``distill_long/``), then the same W4A4 QAT (``quant_distill_long/``);
 - ``depths``: the tree config's conversion at depths 1, 2, 3 and at ``tree.depth: auto``
   (``depth_<d>/``, ``depth_auto/``): per depth the active parameters, every node's silhouette
   against its one-Gaussian reference (model/convert.py ``choose_depth``), the hard-routed Top-1
@@ -41,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from model.config import load_config  # noqa: E402
 from model.train import resumable, write_json  # noqa: E402
 
-STAGES = ("dense", "tree", "quant", "margin", "distill", "depths", "variants")
+STAGES = ("dense", "tree", "quant", "margin", "distill", "distill_long", "depths", "variants")
 # Fine-tuned trees beside the main one (stage ``variants``; the tree config with these overrides, the
 # same budget): the depths next to depth 2, and the paper's Section V-E ablations.
 VARIANTS = {"depth_1": ["tree.depth=1"], "depth_3": ["tree.depth=3"],
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work / args.model
     config_of = {"dense": "", "tree": "_tree", "quant": "_quant", "margin": "_margin", "depths": "_tree",
-                 "variants": "_tree", "distill": "_distill"}
+                 "variants": "_tree", "distill": "_distill", "distill_long": "_distill_long"}
     configs = {s: load_config(REPO / "configs" / f"{args.model}{config_of[s]}_cifar10.yaml") for s in stages}
     report: dict = {"model": args.model, "dataset": "cifar10"}
     results = args.results / f"cifar10_{args.model}.json"
@@ -126,6 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         report["quant_distill"] = run_stage("quant from the distilled tree", work / "quant_distill", lambda: run_quantize(
             work / "distill_margin" / "finetune" / "checkpoint.pt", qcfg, work / "quant_distill",
             resume=resumable(work / "quant_distill" / "checkpoint.pt", qcfg)))
+    if "distill_long" in stages:
+        from model.config import apply_overrides
+        cfg = apply_overrides(configs["distill_long"], [f"tree.distill_teacher={work / 'dense' / 'checkpoint.pt'}"])
+        long_dir = work / "distill_long"
+        report["distill_long"] = run_stage("distill_long", long_dir, lambda: finetune_further(
+            work / "distill_margin" / "finetune" / "checkpoint.pt", cfg, long_dir,
+            ("distill_lambda", "distill_tau", "margin", "margin_lambda")))
+        qcfg = load_config(REPO / "configs" / f"{args.model}_quant_cifar10.yaml")
+        report["quant_distill_long"] = run_stage("quant from the longer-distilled tree", work / "quant_distill_long",
+                                                 lambda: run_quantize(
+            long_dir / "finetune" / "checkpoint.pt", qcfg, work / "quant_distill_long",
+            resume=resumable(work / "quant_distill_long" / "checkpoint.pt", qcfg)))
     if "depths" in stages:
         report["depths"] = run_stage("depths", work / "depths", lambda: depths(
             work / "dense" / "checkpoint.pt", configs["depths"], work / "depths"))
@@ -231,6 +246,12 @@ def table(report: dict) -> str:
                     f"{dm['balance']:.3f} | - | +{dm['epochs']} | {dm['train_seconds']:.0f} |")
     if report.get("quant_distill"):
         quant_row(report["quant_distill"], "tree + distillation + margin phase")
+    dl = report.get("distill_long")
+    if dl:
+        rows.append(f"| tree + distillation + margin phase, continued (lr restarted, hard) | {dl['top1_hard']:.2f} | "
+                    f"{dl['active_params']:,} | {dl['balance']:.3f} | - | +{dl['epochs']} | {dl['train_seconds']:.0f} |")
+    if report.get("quant_distill_long"):
+        quant_row(report["quant_distill_long"], "tree + distillation + margin phase, continued")
     for name, v in (report.get("variants") or {}).items():
         rows.append(f"| tree {name.replace('_', ' ')} ({VARIANTS[name][0]}, hard) | {v['top1_hard']:.2f} | "
                     f"{v['active_params']:,} | {v['balance']:.3f} | - | {v['epochs']} | {v['train_seconds']:.0f} |")

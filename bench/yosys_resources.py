@@ -257,8 +257,10 @@ def patched_sources(desc: dict[str, Any], wdir: Path) -> tuple[list[str], list[s
 
 
 def elaborate_script(desc: dict[str, Any], top: str, stubs: Path, stub_names: list[str], netlist: Path,
-                     pre_stat: Path, sources: list[str], includes: list[str]) -> str:
-    args = ["-j", "1", "--top", top,
+                     pre_stat: Path, sources: list[str], includes: list[str], keep_hierarchy: bool = False) -> str:
+    """``keep_hierarchy`` (``--per-module``): read_slang flattens the design unless told otherwise,
+    which left nothing but the top for the per-module table."""
+    args = ["-j", "1", "--top", top, *(["--keep-hierarchy"] if keep_hierarchy else []),
             "--allow-use-before-declare",         # FINN+'s generated wrappers use ports' widths before the parameters
             "--ignore-timing",                    # delays in FINN+'s simulation-only watchdogs
             "--ignore-assertions",                # as Vivado: assertions are not synthesised
@@ -476,7 +478,8 @@ def run_build(build: Path, top_kind: str, work: Path, tools: dict[str, str], tim
     netlist, pre_stat = wdir / f"{top}.elab.v", wdir / "elab_stat.txt"
     ela = wdir / "elaborate.ys"
     sources, includes, patched = patched_sources(desc, wdir)
-    ela.write_text(elaborate_script(desc, top, stubs, stub_names, netlist, pre_stat, sources, includes))
+    ela.write_text(elaborate_script(desc, top, stubs, stub_names, netlist, pre_stat, sources, includes,
+                                keep_hierarchy=per_module))
     stat_txt, stat_json = wdir / "synth_stat.txt", wdir / "synth_stat.json"
     syn = wdir / f"synth_{family}.ys"
     syn.write_text(synth_script(netlist, top, family, stat_txt, stat_json, flatten=not per_module))

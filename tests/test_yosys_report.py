@@ -30,3 +30,12 @@ def test_hierarchical_stat_counts_every_instance_and_the_glue(tmp_path):
     assert (by_module["mid"]["instances"], by_module["mid"]["LUT"], by_module["mid"]["FF"]) == (1, 16, 16)
     assert (by_module["leaf"]["LUT"], by_module["(glue)"]["FF"], by_module["(glue)"]["LUT"]) == (8, 8, 0)
     assert [r["module"] for r in rows][0] == "mid"  # largest first
+
+
+def test_per_module_elaboration_keeps_the_hierarchy(tmp_path):
+    # read_slang flattens by default: without --keep-hierarchy the per-module table has the top only
+    def script(keep):
+        return yosys_resources.elaborate_script({}, "top", tmp_path / "bb.v", ["DSP48E1"], tmp_path / "n.v",
+                                                tmp_path / "s.txt", ["a.sv"], [], keep_hierarchy=keep)
+    assert "--keep-hierarchy" in script(True).splitlines()[0]
+    assert "--keep-hierarchy" not in script(False)
