@@ -29,7 +29,7 @@ Usage (slow: minutes per build; run it niced on a shared machine)::
     nice -n 10 .venv/bin/python bench/yosys_resources.py --build runs/demo/build/pynq-z2 \\
         --build runs/demo/build/zcu104 --name digits --out bench/results
     # --top core: the stitched tree (sigmabranch_tree) instead of the AXI top; --top both: each
-    # --work DIR keeps every intermediate file (scripts, netlist, logs, stat) in DIR/<board>-<top>/
+    # --work DIR keeps every intermediate file (scripts, netlist, logs, stat) in DIR/<name>/<board>-<top>/
     # --timeout S stops a step after S seconds and records the time instead of numbers
     # --per-module: no flattening; every module under the stitched core with its resources
     # --elaborate-only: the netlist only; --report-only: the report again from --work's files
@@ -692,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
             recs = []
             for kind in kinds:
                 try:
-                    recs.append(run_build(b, kind, work, tools, args.timeout, args.elaborate_only, args.report_only,
+                    # one folder per --name: two designs for the same board must not share one
+                    recs.append(run_build(b, kind, work / args.name, tools, args.timeout, args.elaborate_only, args.report_only,
                                           args.per_module))
                 except (RuntimeError, FileNotFoundError) as e:
                     print(f"yosys_resources: {b} ({kind}): {e}", file=sys.stderr)
