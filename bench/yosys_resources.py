@@ -346,8 +346,9 @@ def hierarchy_cells(path: Path, top: str, core: str | None) -> tuple[dict[str, i
     counted, and per module under the stitched ``core`` (else under ``top``) its instances and
     their resources, largest LUT count first; ``(glue)`` is what lies outside those modules."""
     # Yosys 0.23's `stat -json` with a hierarchy prints its plain-text instance list ("  leaf  2")
-    # into the JSON before "design": such lines (no quote, no bracket) are dropped
-    text = "\n".join(ln for ln in path.read_text().splitlines() if any(ch in ln for ch in '"{}[]'))
+    # into the JSON before "design": such lines (no quote; JSON's other lines are only brackets and
+    # commas) are dropped. Instance names may hold brackets themselves (`genMaster[0]`).
+    text = "\n".join(ln for ln in path.read_text().splitlines() if '"' in ln or not ln.strip(" \t{}[],"))
     data = json.loads(text)
     mods = {k.lstrip("\\"): {c.lstrip("\\"): int(n) for c, n in v.get("num_cells_by_type", {}).items()}
             for k, v in data.get("modules", {}).items()}
@@ -364,17 +365,49 @@ def hierarchy_cells(path: Path, top: str, core: str | None) -> tuple[dict[str, i
             memo[m] = out
         return memo[m]
     totals = flat(top)
-    parent = core if core in mods else top
+    # read_slang --keep-hierarchy names every instance's module `<module>$<instance path>`
+    parent = next((m for m in mods if core and (m == core or m.startswith(f"{core}$"))), top)
     rows, covered = [], Counter()
     for c, n in mods[parent].items():
         if c in mods:
             cells = Counter({cc: n * nn for cc, nn in flat(c).items()})
             covered += cells
-            rows.append({"module": c, "instances": n, **{k: v for k, v in summarize(cells).items() if k != "other_cells"}})
+            module, _, path = c.partition("$")
+            rows.append({"instance": path.rsplit(".", 1)[-1] or module, "module": module, "instances": n,
+                         **{k: v for k, v in summarize(cells).items() if k != "other_cells"}})
     glue = totals - covered
-    rows.append({"module": "(glue)", "instances": 1, **{k: v for k, v in summarize(glue).items() if k != "other_cells"}})
+    rows.append({"instance": "(glue)", "module": "(glue)", "instances": 1,
+                 **{k: v for k, v in summarize(glue).items() if k != "other_cells"}})
     rows.sort(key=lambda r: -r["LUT_TOTAL"])
     return dict(totals), rows
+
+
+# hls/parts.py prefixes every instance of the stitched core with its tree node: `bb` the backbone,
+# `r00` the root router, `l<L>b`/`l<L>n` the level-L datapath (its branch and its next routers or head),
+# `l<L>_routers` the decision blocks of those routers
+PART_PREFIX = re.compile(r"^(bb|r00|l(\d+)(?:[bn]|_routers))(?:_|$)")
+
+
+def part_of(instance: str) -> str:
+    """The FINN+ placement part an instance of the stitched core belongs to (``own blocks``: the
+    stitching this repository adds, DDR arbiter, weight split, forks, the glue)."""
+    m = PART_PREFIX.match(instance)
+    if m is None:
+        return "own blocks"
+    return {"bb": "backbone", "r00": "root router"}.get(m.group(1), f"level {m.group(2)} datapath")
+
+
+def parts_table(rows: list[dict[str, Any]], finn_parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-instance rows summed per FINN+ part, beside that part's estimate."""
+    keys = ("LUT_TOTAL", "LUT", "LUTRAM", "SRL", "FF", "BRAM18", "URAM", "DSP")
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        row = out.setdefault(part_of(r["instance"]), {k: 0 for k in keys})
+        for k in keys:
+            row[k] += r[k]
+    finn = {re.sub(r" \(.*\)$", "", p["part"]): p["resources"] for p in finn_parts}
+    order = [*finn, *sorted(set(out) - set(finn))]          # FINN+'s order, then own blocks
+    return [{"part": name, **out[name], "finn": finn.get(name)} for name in order if name in out]
 
 
 def summarize(cells: dict[str, int]) -> dict[str, Any]:
@@ -544,15 +577,16 @@ def finish(rec: dict[str, Any], stat_json: Path, top: str, wdir: Path, netlist: 
             rec["memory_shapes"] = memory_shapes(netlist, None)
         rec["finn"] = finn_side(placement)
         return rec
+    rec["finn"] = finn_side(placement)
     if rec.get("per_module"):
         cells, rec["modules"] = hierarchy_cells(stat_json, top, rec.get("core"))
+        rec["parts"] = parts_table(rec["modules"], rec["finn"]["parts"])
     else:
         cells = parse_stat_json(stat_json, top)
     rec["cells"] = dict(sorted(cells.items()))
     rec["yosys"] = summarize(cells)
     rec["memories"] = memory_mapping(wdir / "synth.log")
     rec["memory_shapes"] = memory_shapes(netlist, wdir / "synth.log")
-    rec["finn"] = finn_side(placement)
     y = rec["yosys"]
     print(f"[{board['name']}] {top}: LUT {y['LUT']} (+{y['LUTRAM']} LUTRAM, +{y['SRL']} SRL), FF {y['FF']}, "
           f"BRAM18 {y['BRAM18']}, URAM {y['URAM']}, DSP {y['DSP']} in {rec['steps_s']['synthesize']:.0f} s", flush=True)
@@ -624,10 +658,21 @@ def markdown(recs: list[dict[str, Any]], tools: dict[str, str]) -> str:
         if r.get("modules"):
             lines += ["", f"**{r['top']}**, per module under `{r.get('core')}` (`--per-module`: each module "
                       "mapped on its own, its instances counted; largest first):", "",
-                      "| module | instances | LUT | LUTRAM + SRL | FF | BRAM18 | URAM | DSP |",
-                      "|---|---:|---:|---:|---:|---:|---:|---:|"]
-            lines += [f"| `{m['module']}` | {m['instances']} | {m['LUT']} | {m['LUTRAM'] + m['SRL']} | {m['FF']} | "
-                      f"{m['BRAM18']} | {m['URAM']} | {m['DSP']} |" for m in r["modules"]]
+                      "| instance | module | instances | LUT | LUTRAM + SRL | FF | BRAM18 | URAM | DSP |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"| `{m['instance']}` | `{m['module']}` | {m['instances']} | {m['LUT']} | "
+                      f"{m['LUTRAM'] + m['SRL']} | {m['FF']} | {m['BRAM18']} | {m['URAM']} | {m['DSP']} |"
+                      for m in r["modules"]]
+        if r.get("parts"):
+            lines += ["", f"**{r['top']}**, the instances summed per FINN+ part (instance prefix, hls/parts.py), "
+                      "Yosys / FINN+:", "",
+                      "| part | LUT total (logic + LUTRAM + SRL) | FF | BRAM18 | URAM | DSP |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            for pr in r["parts"]:
+                f = pr["finn"] or {}
+                lines.append(f"| {pr['part']} | {pr['LUT_TOTAL']} ({pr['LUT']} + {pr['LUTRAM']} + {pr['SRL']}) / "
+                             f"{f.get('LUT', '-')} | {pr['FF']} / - | {pr['BRAM18']} / {f.get('BRAM_18K', '-')} | "
+                             f"{pr['URAM']} / {f.get('URAM', '-')} | {pr['DSP']} / {f.get('DSP', '-')} |")
     lines += ["", "FINN+ per on-chip part (its estimate; LUT / BRAM18 / URAM / DSP):", ""]
     lines += [f"- {p['part']}: {p['resources'].get('LUT')} / {p['resources'].get('BRAM_18K')} / "
               f"{p['resources'].get('URAM')} / {p['resources'].get('DSP')}" for p in fin["parts"]]
