@@ -341,10 +341,8 @@ def parse_stat_json(path: Path, top: str) -> dict[str, int]:
     return {k.lstrip("\\"): int(v) for k, v in mod.get("num_cells_by_type", {}).items()}
 
 
-def hierarchy_cells(path: Path, top: str, core: str | None) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    """A hierarchical ``stat -json``: the primitive cells of ``top`` with every submodule instance
-    counted, and per module under the stitched ``core`` (else under ``top``) its instances and
-    their resources, largest LUT count first; ``(glue)`` is what lies outside those modules."""
+def read_hierarchy(path: Path, top: str) -> dict[str, dict[str, int]]:
+    """A hierarchical ``stat -json``: every module's cells by type (submodules among them)."""
     # Yosys 0.23's `stat -json` with a hierarchy prints its plain-text instance list ("  leaf  2")
     # into the JSON before "design": such lines (no quote; JSON's other lines are only brackets and
     # commas) are dropped. Instance names may hold brackets themselves (`genMaster[0]`).
@@ -354,6 +352,38 @@ def hierarchy_cells(path: Path, top: str, core: str | None) -> tuple[dict[str, i
             for k, v in data.get("modules", {}).items()}
     if top not in mods:
         raise RuntimeError(f"{path}: no module {top} among {len(mods)} modules")
+    return mods
+
+
+def module_type_cells(path: Path, top: str) -> list[dict[str, Any]]:
+    """Per RTL module type (read_slang's per-instance suffix ``$<path>`` dropped), the primitive
+    cells of its own body summed over every instance under ``top``, largest LUT count first: which
+    RTL block the LUTs are in, whatever node it serves (e.g. FINN+'s AXI read engine of all fetchers)."""
+    mods = read_hierarchy(path, top)
+    count: Counter[str] = Counter()
+
+    def walk(m: str, n: int) -> None:
+        count[m] += n
+        for c, k in mods[m].items():
+            if c in mods:
+                walk(c, n * k)
+    walk(top, 1)
+    own: dict[str, Counter[str]] = {}
+    instances: Counter[str] = Counter()
+    for m, n in count.items():
+        kind = m.partition("$")[0]
+        instances[kind] += n
+        own.setdefault(kind, Counter()).update({c: k * n for c, k in mods[m].items() if c not in mods})
+    rows = [{"module": kind, "instances": instances[kind],
+             **{k: v for k, v in summarize(cells).items() if k != "other_cells"}} for kind, cells in own.items()]
+    return sorted(rows, key=lambda r: -r["LUT_TOTAL"])
+
+
+def hierarchy_cells(path: Path, top: str, core: str | None) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """A hierarchical ``stat -json``: the primitive cells of ``top`` with every submodule instance
+    counted, and per module under the stitched ``core`` (else under ``top``) its instances and
+    their resources, largest LUT count first; ``(glue)`` is what lies outside those modules."""
+    mods = read_hierarchy(path, top)
     memo: dict[str, Counter[str]] = {}
 
     def flat(m: str) -> Counter[str]:
@@ -581,6 +611,7 @@ def finish(rec: dict[str, Any], stat_json: Path, top: str, wdir: Path, netlist: 
     if rec.get("per_module"):
         cells, rec["modules"] = hierarchy_cells(stat_json, top, rec.get("core"))
         rec["parts"] = parts_table(rec["modules"], rec["finn"]["parts"])
+        rec["module_types"] = module_type_cells(stat_json, top)
     else:
         cells = parse_stat_json(stat_json, top)
     rec["cells"] = dict(sorted(cells.items()))
@@ -673,6 +704,12 @@ def markdown(recs: list[dict[str, Any]], tools: dict[str, str]) -> str:
                 lines.append(f"| {pr['part']} | {pr['LUT_TOTAL']} ({pr['LUT']} + {pr['LUTRAM']} + {pr['SRL']}) / "
                              f"{f.get('LUT', '-')} | {pr['FF']} / - | {pr['BRAM18']} / {f.get('BRAM_18K', '-')} | "
                              f"{pr['URAM']} / {f.get('URAM', '-')} | {pr['DSP']} / {f.get('DSP', '-')} |")
+        if r.get("module_types"):
+            lines += ["", f"**{r['top']}**, per RTL module type (its own cells, all instances; the 15 with the most "
+                      "LUTs):", "", "| RTL module | instances | LUT total | LUTRAM + SRL | FF | BRAM18 | DSP |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"| `{m['module']}` | {m['instances']} | {m['LUT_TOTAL']} | {m['LUTRAM'] + m['SRL']} | {m['FF']} | "
+                      f"{m['BRAM18']} | {m['DSP']} |" for m in r["module_types"][:15]]
     lines += ["", "FINN+ per on-chip part (its estimate; LUT / BRAM18 / URAM / DSP):", ""]
     lines += [f"- {p['part']}: {p['resources'].get('LUT')} / {p['resources'].get('BRAM_18K')} / "
               f"{p['resources'].get('URAM')} / {p['resources'].get('DSP')}" for p in fin["parts"]]

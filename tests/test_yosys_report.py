@@ -75,3 +75,12 @@ def test_slang_module_names_are_found_and_summed_per_finn_part(tmp_path):
     assert parts["level 0 datapath"]["finn"]["DSP"] == 1
     assert parts["own blocks"]["LUT_TOTAL"] == 3 + 2 and parts["own blocks"]["finn"] is None
     assert list(parts) == ["backbone", "level 0 datapath", "own blocks"]   # FINN+'s order, own blocks last
+
+
+def test_module_types_sum_every_instance_of_one_rtl_module(tmp_path):
+    path = tmp_path / "stat.json"
+    path.write_text(SLANG_STAT)
+    types = {r["module"]: r for r in yosys_resources.module_type_cells(path, "sigmabranch_tree_axi")}
+    assert (types["mvu"]["instances"], types["mvu"]["LUT"], types["mvu"]["DSP"]) == (2, 14, 3)
+    assert types["sigmabranch_tree"]["LUT"] == 2 and types["sigmabranch_tree_axi"]["FF"] == 1
+    assert next(iter(types)) == "mvu"  # largest first
