@@ -50,7 +50,7 @@ def export_stage(ckpt: Path, hw: Path, check_inputs: int) -> dict:
     return json.loads((export / "check.json").read_text())
 
 
-def build_stage(hw: Path, board: str, target_cycles: int | None) -> dict:
+def build_stage(hw: Path, board: str, target_cycles: int | None, threshold_bram_depth: int = 0) -> dict:
     """The placement report, or the refusal (a part that does not fit is a result here)."""
     from hls.build import BuildError, build
 
@@ -58,7 +58,8 @@ def build_stage(hw: Path, board: str, target_cycles: int | None) -> dict:
     if (out / "vivado").is_dir() and (out / "placement.json").is_file():
         return {"fits": True, **json.loads((out / "placement.json").read_text())}
     try:
-        return {"fits": True, **build(hw / "export", board, out, target_cycles=target_cycles)}
+        return {"fits": True, **build(hw / "export", board, out, target_cycles=target_cycles,
+                                      threshold_bram_depth=threshold_bram_depth)}
     except BuildError as err:
         if not (out / "placement.json").is_file():
             raise
@@ -117,12 +118,13 @@ def dense_on_chip(ckpt: Path, boards: list[str]) -> dict:
 
 def board_table(boards: dict) -> list[str]:
     """Markdown rows per board: folding target, fit, FINN+'s totals against the budget, DDR bytes."""
-    lines = ["| board | folding target (cycles) | fits | BRAM18 | URAM | LUT | DSP | tree DDR weight B / inference | "
-             "dense (same placement) | ratio |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| board | folding target (cycles) | thresholds in BRAM from depth | fits | BRAM18 | URAM | LUT | DSP | "
+             "tree DDR weight B / inference | dense (same placement) | ratio |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for board, b in boards.items():
         t, bud, d = b["total"], b["budget"], b["ddr"]
-        lines.append(f"| {board} | {b['target_cycles']:,} | {'yes' if b['fits'] else 'no'} | {t['BRAM_18K']} / {bud['BRAM_18K']} | "
+        lines.append(f"| {board} | {b['target_cycles']:,} | {b.get('threshold_bram_depth') or '- (LUTRAM)'} | "
+                     f"{'yes' if b['fits'] else 'no'} | {t['BRAM_18K']} / {bud['BRAM_18K']} | "
                      f"{t['URAM']} / {bud['URAM']} | {t['LUT']} / {bud['LUT']} | {t['DSP']} / {bud['DSP']} | "
                      f"{d['tree_weight_bytes']:,} | {d['dense_weight_bytes']:,} | {d['tree_vs_dense']:.3f} |")
     return lines
@@ -181,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-cycles", default="pynq-z2=200000",
                    help="SetFolding targets per board, e.g. pynq-z2=200000,zcu104=20000 (others: the board's default; "
                         "the digits default, 20000 on PYNQ-Z2, needs 3x its DSPs for ResNet-20 at 32x32)")
+    p.add_argument("--threshold-bram-depth", default="",
+                   help="per board, threshold memories of N entries or more in BRAM (sigmabranch build "
+                        "--threshold-bram-depth), e.g. pynq-z2=4096: the ResNet-20 tree's threshold sets overflow "
+                        "PYNQ-Z2's LUTs in LUTRAM")
     p.add_argument("--quant", default="quant",
                    help="bench/cifar10.py's W4A4 folder to take the tree from: quant (default) or quant_margin "
                         "(QAT of the margin stage's tree); the hardware goes to hw/ or hw_<name>/")
@@ -207,10 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     report["dense_on_chip"] = dense_on_chip(ckpt, args.boards.split(","))
     print(f"[cifar10_hw] export + check: {time.perf_counter() - t0:.0f} s", flush=True)
     targets = {k: int(v) for k, v in (item.split("=") for item in args.target_cycles.split(",") if item)}
+    depths = {k: int(v) for k, v in (item.split("=") for item in args.threshold_bram_depth.split(",") if item)}
     for board in args.boards.split(","):
         t0 = time.perf_counter()
-        b = build_stage(hw, board, targets.get(board))
-        report["boards"][board] = {k: b[k] for k in ("fits", "total", "budget", "ddr", "onchip", "problems", "target_cycles")}
+        b = build_stage(hw, board, targets.get(board), depths.get(board, 0))
+        report["boards"][board] = {k: b.get(k) for k in ("fits", "total", "budget", "ddr", "onchip", "problems", "target_cycles",
+                                                         "threshold_bram_depth")}
         report["boards"][board]["refusal"] = b.get("refusal")
         print(f"[cifar10_hw] build {board}: {time.perf_counter() - t0:.0f} s, fits: {b['fits']}", flush=True)
     if args.no_sim:

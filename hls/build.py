@@ -35,7 +35,8 @@ from host.int_reference import read_manifest
 from .boards import ROUTER_FOLD, get_board
 from .driver_meta import write_bundle
 from .errors import BuildError
-from .finn_steps import PortRateFill, SetLayerAttrs, SetWeightMemory, datapath_attrs, fold, to_hw_layers
+from .finn_steps import (PortRateFill, SetLayerAttrs, SetThresholdMemory, SetWeightMemory, datapath_attrs, fold,
+                         to_hw_layers)
 from .placement import (ONCHIP_NODES, WEIGHT_BUFFERS, check_budget, level_datapaths, onchip_parts, placement_table,
                         resource_sum)
 from .vivado import vivado_step
@@ -70,7 +71,7 @@ def _fold_levels(unfolded: dict[str, Any], paths, target, folding_config, fill_p
 def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_cycles: int | None = None,
           folding_config: str | Path | None = None, hdl: bool = True, weight_ram: str | None = None,
           weight_buffer: str = "branch", router_fold: int = ROUTER_FOLD,
-          port_fill: bool = True) -> dict[str, Any]:
+          port_fill: bool = True, threshold_bram_depth: int = 0) -> dict[str, Any]:
     """The whole build up to the vendor step; returns the placement report. ``target_cycles``
     (cycles per frame for ``SetFolding``) defaults to the board's. Routers and leaf heads are
     folded to ``target_cycles // router_fold``: their time is serial with the levels (a level
@@ -89,6 +90,9 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     - ``weight_buffer``: ``"branch"`` (FINN+'s fetch buffers hold the level's branch for the whole
       inference) or ``"none"`` (no level weights on chip: every layer's set is re-read from DDR
       for each pixel; see :mod:`hls.placement`). ``"none"`` is a placement only: ``hdl`` is refused.
+    - ``threshold_bram_depth``: threshold memories of this depth or more in BRAM, the rest in
+      LUTRAM (FINN+'s ``depth_trigger_bram``, :class:`hls.finn_steps.SetThresholdMemory`); 0 keeps
+      FINN+'s default (LUTRAM). For trees whose levels' threshold sets outgrow the LUTs.
     """
     from qonnx.core.modelwrapper import ModelWrapper
     from tqdm.auto import tqdm
@@ -101,6 +105,8 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
         raise ValueError(f"weight_buffer must be one of {', '.join(WEIGHT_BUFFERS)}, not {weight_buffer!r}")
     if weight_ram not in (None, "auto", "block", "distributed", "ultra"):
         raise ValueError(f"weight_ram must be auto, block, distributed or ultra, not {weight_ram!r}")
+    if threshold_bram_depth < 0:
+        raise ValueError(f"threshold_bram_depth must be >= 0 (0: FINN+'s default), not {threshold_bram_depth}")
     if weight_ram == "ultra" and not board.uram:
         raise BuildError(f"{board.name} ({board.part}) has no URAM: weight_ram='ultra' cannot be placed")
     export_dir, out = Path(export_dir), Path(out_dir)
@@ -122,6 +128,8 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     for fill in ([True, False] if port_fill else [False]):
         hw.update(_fold_levels(unfolded, paths, lambda n: _fold_target(n, target_cycles, router_fold), folding_config,
                                board.weight_port()["port_bytes"] if fill else None))
+        if threshold_bram_depth:
+            hw = {n: m.transform(SetThresholdMemory(threshold_bram_depth)) for n, m in hw.items()}
         scratch = out / ".scratch"
         scratch.mkdir(exist_ok=True)
         weights = write_weight_image(hw, paths, out, scratch)
@@ -139,7 +147,7 @@ def build(export_dir: str | Path, board_name: str, out_dir: str | Path, target_c
     head = manifest["nodes"]["head_0"]
     report = {"board": board.as_dict(), "target_cycles": target_cycles,
               "router_target_cycles": _fold_target("router_", target_cycles, router_fold), "port_fill": fill_note or port_fill, "folding_config": folding_config and str(folding_config),
-              "weight_ram": weight_ram, "weight_buffer": weight_buffer,
+              "weight_ram": weight_ram, "weight_buffer": weight_buffer, "threshold_bram_depth": threshold_bram_depth,
               "onchip": onchip, "total": resource_sum([e["resources"] for e in onchip]), "budget": board.budget(),
               "ddr": {"tree_weight_bytes": tree_bytes, "dense_weight_bytes": dense_bytes,
                       "tree_vs_dense": tree_bytes / dense_bytes,

@@ -8,6 +8,7 @@ re-implements them). The graph rewrites of our own are qonnx ``Transformation``s
   one's folding and the level's widest types, so one datapath computes them all;
 - :class:`SetWeightMemory`: weights on chip (``internal_decoupled``) or fetched from DDR
   (``external_mem``);
+- :class:`SetThresholdMemory`: threshold memories from a depth on in block RAM (FINN+'s LUTRAM below);
 - :class:`PortRateFill`: a fetched layer's SIMD wide enough that its weight buffer fills at the
   DDR port's rate.
 """
@@ -248,6 +249,33 @@ class SetWeightMemory(Transformation):
                     inst.set_nodeattr("ram_style", self.ram_style)
                     if self.ram_style == "ultra":
                         inst.set_nodeattr("runtime_writeable_weights", 1)
+        return model, False
+
+
+class SetThresholdMemory(Transformation):
+    """``Thresholding_rtl`` memories of ``bram_depth`` entries or more in block RAM, the smaller
+    ones in FINN+'s default (LUTRAM): FINN+'s ``depth_trigger_bram``. A level's shared datapath
+    holds every branch's threshold sets, which on a ResNet tree are most of its LUTs while BRAM is
+    left over; every memory in BRAM would take a BRAM18 per lane and stage, too many. Only the
+    memories' ``ram_style`` changes (thresholding.sv), not the logic or its latency.
+
+    FINN+'s estimate reads the triggers as ``bram <= depth < uram`` (URAM at or above), so a URAM
+    trigger of 0 would estimate URAM for every memory; it is set beyond any depth instead (the RTL
+    treats 0 and that alike: no URAM)."""
+
+    def __init__(self, bram_depth: int):
+        super().__init__()
+        if bram_depth < 1:
+            raise ValueError(f"the threshold BRAM depth must be >= 1, not {bram_depth}")
+        self.bram_depth = int(bram_depth)
+
+    def apply(self, model):
+        from qonnx.custom_op.registry import getCustomOp
+        for node in model.graph.node:
+            if node.op_type == "Thresholding_rtl":
+                inst = getCustomOp(node)
+                inst.set_nodeattr("depth_trigger_bram", self.bram_depth)
+                inst.set_nodeattr("depth_trigger_uram", 2**31 - 1)
         return model, False
 
 

@@ -269,6 +269,9 @@ def placement_table(report: dict[str, Any]) -> str:
                   f"({d['tree_streamed_bytes'] / d['tree_weight_bytes']:.1f}x the path's weights)."]
     if report.get("weight_ram"):
         lines += ["", f"On-chip MVAU weights (backbone, root router): ram_style={report['weight_ram']!r}."]
+    if report.get("threshold_bram_depth"):
+        lines += ["", f"Threshold memories of {report['threshold_bram_depth']} entries or more in BRAM "
+                  "(FINN+'s depth_trigger_bram), the smaller ones in LUTRAM."]
     lines += ["", "Estimates are FINN+'s (LUT/BRAM/DSP per layer); "
               + ("a streamed level's fetch buffers are counted as FINN+'s local_weight_buffer instantiates them "
                  "(two banks, power-of-two depth); " if buffered else "")

@@ -133,7 +133,8 @@ def cmd_build(args) -> int:
     from hls.build import build
     build(args.export, args.board, args.out, target_cycles=args.target_cycles, folding_config=args.folding,
           hdl=not args.no_hdl, weight_ram=args.weight_ram, weight_buffer=args.weight_buffer,
-          router_fold=args.router_fold, port_fill=args.port_fill)
+          router_fold=args.router_fold, port_fill=args.port_fill,
+          threshold_bram_depth=args.threshold_bram_depth)
     print((args.out / "placement.md").read_text())
     if args.bitstream:
         from hls.vivado import vivado_step
@@ -290,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-ram", dest="weight_ram", choices=("auto", "block", "distributed", "ultra"),
                    help="memory of the on-chip (backbone, root router) MVAU weights; ultra = URAM (runtime-writeable "
                         "on UltraScale+; placement only for now: needs --no-hdl)")
+    p.add_argument("--threshold-bram-depth", dest="threshold_bram_depth", type=int, default=0, metavar="N",
+                   help="threshold memories of N entries or more in BRAM, the rest in LUTRAM (FINN+'s "
+                        "depth_trigger_bram; default 0: all LUTRAM). A ResNet tree's levels hold every branch's "
+                        "threshold sets, most of their LUTs")
     p.add_argument("--weight-buffer", dest="weight_buffer", choices=("branch", "none"), default="branch",
                    help="branch (default): the levels' fetch buffers hold a whole branch for the inference; none: no "
                         "level weights on chip, each layer re-read from DDR for every pixel (placement only for now: "

@@ -225,3 +225,27 @@ def test_shared_datapath_thresholds_hold_one_set_per_branch(built, tmp_path):
     for b, segment in enumerate(segments):
         assert multi[b * size:b * size + len(segment)] == segment
     assert segments[0] != segments[1]
+
+
+def test_threshold_memories_from_a_depth_on_go_to_bram(built, tmp_path):
+    """SetThresholdMemory: FINN+'s estimate and the RTL parameter both follow depth_trigger_bram,
+    and memories shallower than the trigger stay in LUTRAM."""
+    from hls.finn_steps import SetThresholdMemory
+    from hls.placement import node_resources
+    root, _, _ = built
+    model = ModelWrapper(str(root / "pynq-z2" / "nodes" / "backbone.hw.onnx"))
+    thresholds = [n for n in model.graph.node if n.op_type == "Thresholding_rtl"]
+    assert thresholds
+    depths = {n.name: max(d for _, d in getCustomOp(n).get_pe_mem_geometries()) for n in thresholds}
+    rows = {r["layer"]: r for r in node_resources(model, "xc7z020clg400-1", streamed=False)}
+    assert all(rows[n]["BRAM_18K"] == 0 for n in depths)       # FINN+'s default: LUTRAM
+    cut = max(depths.values())
+    moved = model.transform(SetThresholdMemory(cut))
+    after = {r["layer"]: r for r in node_resources(moved, "xc7z020clg400-1", streamed=False)}
+    for n, depth in depths.items():
+        inst = getCustomOp(next(m for m in moved.graph.node if m.name == n))
+        assert inst.get_nodeattr("depth_trigger_bram") == cut
+        assert (after[n]["BRAM_18K"] > 0) == (depth >= cut)      # not URAM: its trigger is out of reach
+        assert after[n]["URAM"] == 0
+    with pytest.raises(ValueError, match="threshold_bram_depth must be >= 0"):
+        build(root / "export", "pynq-z2", tmp_path / "b", hdl=False, threshold_bram_depth=-1)
