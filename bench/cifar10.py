@@ -217,44 +217,36 @@ def table(report: dict) -> str:
     if dense:
         rows.append(f"| dense {report['model']} | {dense['top1']:.2f} | {dense['params']:,} | - | - | "
                     f"{dense['epochs']} | {dense['train_seconds']:.0f} |")
-    tree = report.get("tree")
-    if tree:
-        rows.append(f"| tree (depth 2, hard) | {tree['top1_hard']:.2f} | {tree['active_params']:,} | "
-                    f"{tree['balance']:.3f} | - | {tree['epochs']} | {tree['train_seconds']:.0f} |")
+    def tree_row(tree: dict, name: str, more: bool = False) -> None:
+        """A hard-routed fine-tuned tree; ``more``: its epochs come on top of an earlier stage's."""
+        rows.append(f"| {name} | {tree['top1_hard']:.2f} | {tree['active_params']:,} | {tree['balance']:.3f} | - | "
+                    f"{'+' if more else ''}{tree['epochs']} | {tree['train_seconds']:.0f} |")
+
     def quant_row(quant: dict, name: str) -> None:
         refit = quant.get("router_refit") or {}
         before = f" ({refit['leaf_agreement_before']:.1f} before the router refit)" if refit else ""
         rows.append(f"| {name} {quant['bits']} | {quant['top1']:.2f} | - | {quant['balance']:.3f} | "
                     f"{quant['leaf_agreement']:.1f}{before} | {quant['epochs']} | {quant['train_seconds']:.0f} |")
+    if report.get("tree"):
+        tree_row(report["tree"], "tree (depth 2, hard)")
     if report.get("quant"):
         quant_row(report["quant"], "tree")
-    margin = report.get("margin")
-    if margin:
-        rows.append(f"| tree + margin phase (margin {margin['margin']}, lambda {margin['margin_lambda']}, hard) | "
-                    f"{margin['top1_hard']:.2f} | {margin['active_params']:,} | {margin['balance']:.3f} | - | "
-                    f"+{margin['epochs']} | {margin['train_seconds']:.0f} |")
+    if (m := report.get("margin")):
+        tree_row(m, f"tree + margin phase (margin {m['margin']}, lambda {m['margin_lambda']}, hard)", more=True)
     if report.get("quant_margin"):
         quant_row(report["quant_margin"], "tree + margin phase")
-    distill = report.get("distill")
-    if distill:
-        rows.append(f"| tree + distillation (lambda {distill['distill_lambda']}, tau {distill['distill_tau']}, hard) | "
-                    f"{distill['top1_hard']:.2f} | {distill['active_params']:,} | {distill['balance']:.3f} | - | "
-                    f"+{distill['epochs']} | {distill['train_seconds']:.0f} |")
-    dm = report.get("distill_margin")
-    if dm:
-        rows.append(f"| tree + distillation + margin phase (hard) | {dm['top1_hard']:.2f} | {dm['active_params']:,} | "
-                    f"{dm['balance']:.3f} | - | +{dm['epochs']} | {dm['train_seconds']:.0f} |")
+    if (d := report.get("distill")):
+        tree_row(d, f"tree + distillation (lambda {d['distill_lambda']}, tau {d['distill_tau']}, hard)", more=True)
+    if report.get("distill_margin"):
+        tree_row(report["distill_margin"], "tree + distillation + margin phase (hard)", more=True)
     if report.get("quant_distill"):
         quant_row(report["quant_distill"], "tree + distillation + margin phase")
-    dl = report.get("distill_long")
-    if dl:
-        rows.append(f"| tree + distillation + margin phase, continued (lr restarted, hard) | {dl['top1_hard']:.2f} | "
-                    f"{dl['active_params']:,} | {dl['balance']:.3f} | - | +{dl['epochs']} | {dl['train_seconds']:.0f} |")
+    if report.get("distill_long"):
+        tree_row(report["distill_long"], "tree + distillation + margin phase, continued (lr restarted, hard)", more=True)
     if report.get("quant_distill_long"):
         quant_row(report["quant_distill_long"], "tree + distillation + margin phase, continued")
     for name, v in (report.get("variants") or {}).items():
-        rows.append(f"| tree {name.replace('_', ' ')} ({VARIANTS[name][0]}, hard) | {v['top1_hard']:.2f} | "
-                    f"{v['active_params']:,} | {v['balance']:.3f} | - | {v['epochs']} | {v['train_seconds']:.0f} |")
+        tree_row(v, f"tree {name.replace('_', ' ')} ({VARIANTS[name][0]}, hard)")
     text = f"# CIFAR-10, {report['model']} (2 CPU cores)\n\n" + "\n".join(rows) + "\n"
     if report.get("depths"):
         text += ("\n## Tree depth (conversion only, before fine-tuning)\n\n"

@@ -355,11 +355,11 @@ def read_hierarchy(path: Path, top: str) -> dict[str, dict[str, int]]:
     return mods
 
 
-def module_type_cells(path: Path, top: str) -> list[dict[str, Any]]:
+def module_type_cells(mods: dict[str, dict[str, int]], top: str) -> list[dict[str, Any]]:
     """Per RTL module type (read_slang's per-instance suffix ``$<path>`` dropped), the primitive
     cells of its own body summed over every instance under ``top``, largest LUT count first: which
-    RTL block the LUTs are in, whatever node it serves (e.g. FINN+'s AXI read engine of all fetchers)."""
-    mods = read_hierarchy(path, top)
+    RTL block the LUTs are in, whatever node it serves (e.g. FINN+'s AXI read engine of all fetchers).
+    ``mods``: :func:`read_hierarchy`'s."""
     count: Counter[str] = Counter()
 
     def walk(m: str, n: int) -> None:
@@ -379,11 +379,11 @@ def module_type_cells(path: Path, top: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["LUT_TOTAL"])
 
 
-def hierarchy_cells(path: Path, top: str, core: str | None) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    """A hierarchical ``stat -json``: the primitive cells of ``top`` with every submodule instance
-    counted, and per module under the stitched ``core`` (else under ``top``) its instances and
+def hierarchy_cells(mods: dict[str, dict[str, int]], top: str,
+                    core: str | None) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """A hierarchical ``stat -json`` (:func:`read_hierarchy`'s ``mods``): the primitive cells of
+    ``top`` with every submodule instance counted, and per module under the stitched ``core`` (else under ``top``) its instances and
     their resources, largest LUT count first; ``(glue)`` is what lies outside those modules."""
-    mods = read_hierarchy(path, top)
     memo: dict[str, Counter[str]] = {}
 
     def flat(m: str) -> Counter[str]:
@@ -609,9 +609,10 @@ def finish(rec: dict[str, Any], stat_json: Path, top: str, wdir: Path, netlist: 
         return rec
     rec["finn"] = finn_side(placement)
     if rec.get("per_module"):
-        cells, rec["modules"] = hierarchy_cells(stat_json, top, rec.get("core"))
+        mods = read_hierarchy(stat_json, top)
+        cells, rec["modules"] = hierarchy_cells(mods, top, rec.get("core"))
         rec["parts"] = parts_table(rec["modules"], rec["finn"]["parts"])
-        rec["module_types"] = module_type_cells(stat_json, top)
+        rec["module_types"] = module_type_cells(mods, top)
     else:
         cells = parse_stat_json(stat_json, top)
     rec["cells"] = dict(sorted(cells.items()))

@@ -25,7 +25,7 @@ STAT = """{
 def test_hierarchical_stat_counts_every_instance_and_the_glue(tmp_path):
     path = tmp_path / "stat.json"
     path.write_text(STAT)
-    totals, rows = yosys_resources.hierarchy_cells(path, "top", "top")
+    totals, rows = yosys_resources.hierarchy_cells(yosys_resources.read_hierarchy(path, "top"), "top", "top")
     assert totals == {"FDRE": 32, "INV": 8, "CARRY4": 6, "LUT2": 24}
     by_module = {r["module"]: r for r in rows}
     assert (by_module["mid"]["instances"], by_module["mid"]["LUT"], by_module["mid"]["FF"]) == (1, 16, 16)
@@ -63,7 +63,8 @@ SLANG_STAT = """{
 def test_slang_module_names_are_found_and_summed_per_finn_part(tmp_path):
     path = tmp_path / "stat.json"
     path.write_text(SLANG_STAT)
-    totals, rows = yosys_resources.hierarchy_cells(path, "sigmabranch_tree_axi", "sigmabranch_tree")
+    totals, rows = yosys_resources.hierarchy_cells(yosys_resources.read_hierarchy(path, "sigmabranch_tree_axi"),
+                                                   "sigmabranch_tree_axi", "sigmabranch_tree")
     assert {r["instance"] for r in rows} == {"bb_MVAU_rtl_0", "l0b_s2_fifo", "l0n_MVAU_rtl_0", "ddr_arb", "l0_routers",
                                             "(glue)"}
     assert next(r for r in rows if r["instance"] == "(glue)")["LUT"] == 2   # the core's own LUTs; the top's FF too
@@ -80,7 +81,8 @@ def test_slang_module_names_are_found_and_summed_per_finn_part(tmp_path):
 def test_module_types_sum_every_instance_of_one_rtl_module(tmp_path):
     path = tmp_path / "stat.json"
     path.write_text(SLANG_STAT)
-    types = {r["module"]: r for r in yosys_resources.module_type_cells(path, "sigmabranch_tree_axi")}
+    types = {r["module"]: r for r in yosys_resources.module_type_cells(
+        yosys_resources.read_hierarchy(path, "sigmabranch_tree_axi"), "sigmabranch_tree_axi")}
     assert (types["mvu"]["instances"], types["mvu"]["LUT"], types["mvu"]["DSP"]) == (2, 14, 3)
     assert types["sigmabranch_tree"]["LUT"] == 2 and types["sigmabranch_tree_axi"]["FF"] == 1
     assert next(iter(types)) == "mvu"  # largest first
